@@ -1,0 +1,46 @@
+//! Compiles `proto/*.proto` with prost (protox parses them: no system `protoc`) and regenerates
+//! `include/criu.h` from `src/capi` with cbindgen. CI fails when the committed header is stale.
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    compile_protos();
+    generate_header();
+    // The cdylib is what dlopen("libcriu.so.2") and -lcriu find: give it libcriu's SONAME.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcriu.so.2");
+}
+
+fn compile_protos() {
+    let dir = Path::new("proto");
+    println!("cargo:rerun-if-changed=proto");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("proto/ directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    let fds = protox::compile(&files, [dir]).expect("parsing proto/*.proto");
+    let mut cfg = prost_build::Config::new();
+    cfg.compile_fds(fds).expect("generating Rust from proto/");
+}
+
+fn generate_header() {
+    println!("cargo:rerun-if-changed=src/capi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let config = cbindgen::Config::from_file(Path::new(&crate_dir).join("cbindgen.toml"))
+        .expect("cbindgen.toml");
+    let out = Path::new(&crate_dir).join("include/criu.h");
+    match cbindgen::Builder::new()
+        // Only the C API module: the rest of the crate's constants are not libcriu's.
+        .with_src(Path::new(&crate_dir).join("src/capi/mod.rs"))
+        .with_config(config)
+        .generate()
+    {
+        // write_to_file only touches the file when the text changed, so builds stay incremental.
+        Ok(bindings) => {
+            bindings.write_to_file(out);
+        }
+        Err(e) => panic!("cbindgen failed to generate include/criu.h: {e}"),
+    }
+}

@@ -1,0 +1,75 @@
+//! The engine's public Rust API: what `criu dump|pre-dump|restore|check` do, whichever front end
+//! (command line, RPC, C library) asked for it.
+
+use std::os::fd::BorrowedFd;
+
+use crate::error::{Error, Result};
+use crate::options::Options;
+
+/// Receives CRIU's notifications ("pre-dump", "post-dump", "pre-restore", "post-restore",
+/// "network-lock", ... in CRIU's order). Returning an error aborts the operation.
+pub trait Notify {
+    fn notify(&mut self, action: &str, pid: i32, fd: Option<BorrowedFd<'_>>) -> Result<()>;
+}
+
+/// A notifier that accepts everything (the command line without --action-script).
+pub struct NoNotify;
+
+impl Notify for NoNotify {
+    fn notify(&mut self, _action: &str, _pid: i32, _fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Optional features a caller can ask about (`criu_feature_check`, `criu check --feature`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub mem_track: bool,
+    pub lazy_pages: bool,
+    pub pidfd_store: bool,
+}
+
+/// What a finished dump reports.
+#[derive(Clone, Debug, Default)]
+pub struct DumpOutcome {
+    /// True in a process restored from a self-dump, when the dump call "returns again".
+    pub restored: bool,
+}
+
+/// What a finished restore reports.
+#[derive(Clone, Debug)]
+pub struct RestoreOutcome {
+    /// Pid of the restored tree's root, as the caller sees it.
+    pub pid: i32,
+}
+
+fn reject_unsupported(opts: &Options) -> Result<()> {
+    match opts.first_unsupported() {
+        Some(name) => {
+            log::error!("option --{name} is not supported yet");
+            Err(Error::OptionNotSupported(name))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Checkpoints the tree rooted at `opts.pid` into `opts.images_dir`.
+pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
+    reject_unsupported(opts)?;
+    let _ = notify;
+    Err(Error::OptionNotSupported("dump"))
+}
+
+/// Writes memory images while the tree keeps running.
+pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
+    reject_unsupported(opts)?;
+    let _ = notify;
+    Err(Error::OptionNotSupported("pre-dump"))
+}
+
+/// Rebuilds the tree stored in `opts.images_dir`.
+pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome> {
+    reject_unsupported(opts)?;
+    let _ = notify;
+    Err(Error::OptionNotSupported("restore"))
+}

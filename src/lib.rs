@@ -1,0 +1,29 @@
+//! criu-rs: checkpoint/restore of Linux process trees with CRIU's images, command line, RPC and
+//! `libcriu.so.2` C API.
+//!
+//! Layers, bottom up:
+//! - `sys`: every raw syscall and `unsafe` block (ptrace, syscall injection, pagemap, uffd).
+//! - `procfs`: typed readers of /proc.
+//! - `images` + `pb`: CRIU's image files and protobuf messages.
+//! - resource modules (`mem`, `files`, `signals`, ...): each dumps and restores one kind of state.
+//! - `engine`: dump, pre-dump, restore, check, orchestrating the resources.
+//! - front ends: `cli` (the `criu` command), `rpc` (swrk/service), `capi` (the C library).
+
+pub mod error;
+pub mod images;
+pub mod options;
+pub mod pb;
+
+pub mod capi;
+pub mod cli;
+pub mod engine;
+pub mod logging;
+pub mod sys;
+
+pub use error::{Error, Result};
+pub use options::Options;
+
+/// The CRIU release whose interfaces this build implements.
+pub const VERSION_MAJOR: u32 = 4;
+pub const VERSION_MINOR: u32 = 2;
+pub const VERSION_SUBLEVEL: u32 = 0;

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(criu::cli::run(std::env::args().skip(1).collect()));
+}
