@@ -17,7 +17,9 @@ pub mod pb;
 pub mod capi;
 pub mod cli;
 pub mod engine;
+pub mod kerndat;
 pub mod logging;
+pub mod rpc;
 pub mod sys;
 
 pub use error::{Error, Result};

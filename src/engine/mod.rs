@@ -73,3 +73,8 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     let _ = notify;
     Err(Error::OptionNotSupported("restore"))
 }
+
+/// Which optional features this kernel and build provide.
+pub fn features() -> Features {
+    crate::kerndat::features()
+}
