@@ -13,6 +13,7 @@ pub mod error;
 pub mod images;
 pub mod options;
 pub mod pb;
+pub mod procfs;
 
 pub mod capi;
 pub mod cli;

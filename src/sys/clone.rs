@@ -1,0 +1,56 @@
+//! clone3 with set_tid: a new process with the pid it had at checkpoint time.
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+pub enum Forked {
+    Parent(pid_t),
+    Child,
+}
+
+/// Forks (no shared VM, returns twice like fork) with pid `pid`, or any pid when None.
+/// `flags` may add CLONE_PARENT (the new task becomes our sibling). The child must not call
+/// into pthread-level glibc (raise, pthread_self-based locks): glibc's cached tid is the
+/// parent's after a raw clone.
+pub fn fork_with_pid(pid: Option<pid_t>, flags: u64) -> Result<Forked> {
+    let tids = [pid.unwrap_or(0)];
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid.is_some() { tids.as_ptr() as u64 } else { 0 },
+        set_tid_size: u64::from(pid.is_some()),
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child continues on a copy of our
+    // stack. args and tids outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match r {
+        0 => Ok(Forked::Child),
+        r if r > 0 => Ok(Forked::Parent(r as pid_t)),
+        _ => {
+            let e = Errno::last();
+            match (e, pid) {
+                (Errno::EEXIST, Some(p)) => Err(Error::PidTaken(p)),
+                _ => Err(Error::sys(format!("clone3(set_tid={pid:?})"), e)),
+            }
+        }
+    }
+}
