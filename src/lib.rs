@@ -17,11 +17,19 @@ pub mod procfs;
 
 pub mod capi;
 pub mod cli;
+pub mod creds;
 pub mod engine;
+pub mod files;
+pub mod freeze;
 pub mod kerndat;
 pub mod logging;
+pub mod mem;
+pub mod regs;
+pub mod remote;
 pub mod rpc;
+pub mod signals;
 pub mod sys;
+pub mod timers;
 
 pub use error::{Error, Result};
 pub use options::Options;

@@ -6,6 +6,9 @@ use std::os::fd::BorrowedFd;
 use crate::error::{Error, Result};
 use crate::options::Options;
 
+pub mod dump;
+pub mod restore;
+
 /// Receives CRIU's notifications ("pre-dump", "post-dump", "pre-restore", "post-restore",
 /// "network-lock", ... in CRIU's order). Returning an error aborts the operation.
 pub trait Notify {
@@ -56,8 +59,7 @@ fn reject_unsupported(opts: &Options) -> Result<()> {
 /// Checkpoints the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     reject_unsupported(opts)?;
-    let _ = notify;
-    Err(Error::OptionNotSupported("dump"))
+    dump::dump(opts, notify)
 }
 
 /// Writes memory images while the tree keeps running.
@@ -70,8 +72,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
 /// Rebuilds the tree stored in `opts.images_dir`.
 pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome> {
     reject_unsupported(opts)?;
-    let _ = notify;
-    Err(Error::OptionNotSupported("restore"))
+    restore::restore(opts, notify)
 }
 
 /// Which optional features this kernel and build provide.

@@ -2,7 +2,14 @@
 //! pagemap scans, userfaultfd, clone3. Everything above works with the safe wrappers here.
 
 pub mod clone;
+pub mod cpu;
+pub mod fd;
 pub mod inject;
+pub mod kcmp;
 pub mod mem;
+pub mod mm;
 pub mod pagemap;
+pub mod process;
 pub mod ptrace;
+pub mod signal;
+pub mod task;

@@ -294,3 +294,9 @@ fn decode_status(status: i32) -> Stop {
         }
     }
 }
+
+/// All-zero registers, to fill field by field.
+pub fn zeroed_regs() -> Regs {
+    // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}

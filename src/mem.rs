@@ -1,0 +1,498 @@
+//! Memory: the VMA list (mm-PID.img), which pages hold data (pagemap-PID.img) and the data
+//! (pages-N.img). Dump reads present private pages with process_vm_readv (pages without
+//! PROT_READ through /proc/PID/mem); restore rebuilds each VMA at a temporary address in the new
+//! task, fills it from the pages file, and the tracer moves it into place with mremap.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+use libc::pid_t;
+
+use crate::error::{Error, Result};
+use crate::files::FileTable;
+use crate::images::PE_PRESENT;
+use crate::pb;
+use crate::procfs::MapEntry;
+use crate::sys::mem::{readv_remote, ProcMem, PAGE_SIZE};
+use crate::sys::pagemap::{
+    Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+};
+
+// vma_entry.status bits, as CRIU defines them.
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+pub const VMA_FILE_SHARED: u32 = 1 << 7;
+pub const VMA_ANON_SHARED: u32 = 1 << 8;
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+pub const VMA_AREA_VVAR: u32 = 1 << 12;
+
+/// Bytes per process_vm_readv batch: large enough to amortise the call, small enough to stay
+/// in cache on its way to the image.
+const CHUNK: usize = 4 << 20;
+
+pub fn is_vdso_or_vvar(e: &pb::VmaEntry) -> bool {
+    e.status & (VMA_AREA_VDSO | VMA_AREA_VVAR) != 0
+}
+
+/// Whether the VMA's private pages are part of the image.
+pub fn holds_private_pages(e: &pb::VmaEntry) -> bool {
+    e.status & VMA_AREA_REGULAR != 0
+        && e.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) != 0
+        && !is_vdso_or_vvar(e)
+}
+
+fn prot_of(m: &MapEntry) -> u32 {
+    let mut p = 0;
+    if m.read {
+        p |= libc::PROT_READ;
+    }
+    if m.write {
+        p |= libc::PROT_WRITE;
+    }
+    if m.exec {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+fn flags_and_madv(m: &MapEntry) -> (u32, u64) {
+    let mut flags = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    let mut madv = 0u64;
+    for f in &m.vm_flags {
+        match f.as_str() {
+            "gd" => flags |= libc::MAP_GROWSDOWN as u32,
+            "lo" => flags |= libc::MAP_LOCKED as u32,
+            "nr" => flags |= libc::MAP_NORESERVE as u32,
+            "ht" => flags |= libc::MAP_HUGETLB as u32,
+            "sr" => madv |= 1 << libc::MADV_SEQUENTIAL,
+            "rr" => madv |= 1 << libc::MADV_RANDOM,
+            "dc" => madv |= 1 << libc::MADV_DONTFORK,
+            "dd" => madv |= 1 << libc::MADV_DONTDUMP,
+            "mg" => madv |= 1 << libc::MADV_MERGEABLE,
+            "hg" => madv |= 1 << libc::MADV_HUGEPAGE,
+            "nh" => madv |= 1 << libc::MADV_NOHUGEPAGE,
+            "wf" => madv |= 1 << libc::MADV_WIPEONFORK,
+            _ => {}
+        }
+    }
+    (flags, madv)
+}
+
+/// The VMA list of a frozen task, with file mappings registered in `files`.
+/// `skip` is our scratch area, which is not part of the task.
+pub fn collect_vmas(
+    pid: pid_t,
+    maps: &[MapEntry],
+    skip: (u64, u64),
+    start_stack: u64,
+    files: &mut FileTable,
+) -> Result<Vec<pb::VmaEntry>> {
+    let mut out: Vec<pb::VmaEntry> = Vec::new();
+    for m in maps {
+        if m.start >= skip.0 && m.end <= skip.1 {
+            continue;
+        }
+        let unsupported = |what: &str| Error::unsupported(pid, format!("mapping {:#x}-{:#x} {}: {what}", m.start, m.end, m.name));
+        let (mut flags, madv) = flags_and_madv(m);
+        let mut e = pb::VmaEntry {
+            start: m.start,
+            end: m.end,
+            pgoff: m.offset,
+            shmid: 0,
+            prot: prot_of(m),
+            flags,
+            status: VMA_AREA_REGULAR,
+            fd: -1,
+            madv: (madv != 0).then_some(madv),
+            fdflags: None,
+        };
+        if m.has_flag("ht") {
+            return Err(unsupported("hugetlb mappings are not supported yet"));
+        }
+        if m.has_flag("ss") {
+            return Err(unsupported("shadow stacks are not supported yet"));
+        }
+        match m.name.as_str() {
+            "[vsyscall]" => e.status = VMA_AREA_VSYSCALL,
+            "[vdso]" => e.status |= VMA_AREA_VDSO,
+            "[vvar]" | "[vvar_vclock]" => {
+                // CRIU keeps the vvar pages as one VMA.
+                if let Some(prev) = out.last_mut() {
+                    if prev.status & VMA_AREA_VVAR != 0 && prev.end == m.start {
+                        prev.end = m.end;
+                        continue;
+                    }
+                }
+                e.status |= VMA_AREA_VVAR;
+            }
+            "[uprobes]" => return Err(unsupported("uprobes are not supported")),
+            _ if m.is_file() && !m.name.starts_with('[') => {
+                if m.name.ends_with(" (deleted)") {
+                    return Err(unsupported("mapped deleted files are not supported yet"));
+                }
+                if m.name.starts_with("/SYSV") {
+                    return Err(unsupported("SysV shared memory is not supported yet"));
+                }
+                if m.name.starts_with("/memfd:") {
+                    return Err(unsupported("memfd mappings are not supported yet"));
+                }
+                let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let meta = std::fs::metadata(&map_file).map_err(|err| Error::io(format!("stat {map_file}"), err))?;
+                let is_devzero = meta.file_type().is_file().then_some(false).unwrap_or_else(|| {
+                    use std::os::unix::fs::FileTypeExt;
+                    meta.file_type().is_char_device() && libc::major(meta.rdev()) == 1 && libc::minor(meta.rdev()) == 5
+                });
+                if is_devzero {
+                    flags |= libc::MAP_ANONYMOUS as u32;
+                    e.flags = flags;
+                    if m.shared {
+                        return Err(unsupported("shared anonymous memory is not supported yet"));
+                    }
+                    e.status |= VMA_ANON_PRIVATE;
+                } else if meta.file_type().is_file() {
+                    if meta.ino() != m.inode {
+                        return Err(unsupported("file was replaced under the mapping"));
+                    }
+                    let open_flags = if m.shared && m.write { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+                    e.shmid = files.add_path(&m.name, open_flags)? as u64;
+                    e.fdflags = Some(open_flags);
+                    e.status |= if m.shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
+                } else {
+                    return Err(unsupported("mapping of a non-regular file"));
+                }
+            }
+            _ => {
+                // Anonymous, including "[heap]", "[stack]" and named "[anon:...]" memory.
+                if m.shared {
+                    return Err(unsupported("shared anonymous memory is not supported yet"));
+                }
+                e.flags |= libc::MAP_ANONYMOUS as u32;
+                e.status |= VMA_ANON_PRIVATE;
+                if m.name == "[heap]" {
+                    e.status |= VMA_AREA_HEAP;
+                }
+            }
+        }
+        if e.status & VMA_ANON_PRIVATE != 0 && e.start <= start_stack && start_stack < e.end {
+            e.status |= VMA_AREA_STACK;
+        }
+        if (m.has_flag("io") || m.has_flag("pf")) && e.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0 {
+            return Err(unsupported("device (VM_IO/VM_PFNMAP) mappings are not supported"));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Page counts for stats-dump.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageStats {
+    pub scanned: u64,
+    pub written: u64,
+    pub skipped_parent: u64,
+}
+
+/// Runs of pages to save: (vma index, start, end).
+fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result<(Vec<(usize, u64, u64)>, u64)> {
+    let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+    let mut scanned = 0;
+    let q = ScanQuery {
+        anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ret: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_GUARD,
+        ..Default::default()
+    };
+    let mut regions = Vec::new();
+    for (i, v) in vmas.iter().enumerate() {
+        if !holds_private_pages(v) {
+            continue;
+        }
+        scanned += (v.end - v.start) / PAGE_SIZE;
+        regions.clear();
+        pagemap.scan(v.start, v.end, q, &mut regions)?;
+        let anon = v.status & VMA_ANON_PRIVATE != 0;
+        for r in &regions {
+            if r.categories & PAGE_IS_GUARD != 0 {
+                return Err(Error::unsupported(pid, format!("guard pages at {:#x}-{:#x} are not supported yet", r.start, r.end)));
+            }
+            let keep = r.categories & PAGE_IS_SWAPPED != 0
+                || (r.categories & PAGE_IS_PRESENT != 0
+                    && r.categories & PAGE_IS_PFNZERO == 0
+                    && (anon || r.categories & PAGE_IS_FILE == 0));
+            if !keep {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(last) if last.0 == i && last.2 == r.start => last.2 = r.end,
+                _ => runs.push((i, r.start, r.end)),
+            }
+        }
+    }
+    Ok((runs, scanned))
+}
+
+/// Copies the private pages of a frozen task into `out` (pages-N.img) and returns the
+/// pagemap entries describing them, in file order.
+pub fn dump_pages(pid: pid_t, vmas: &[pb::VmaEntry], out: &mut File) -> Result<(Vec<pb::PagemapEntry>, PageStats)> {
+    let pagemap = Pagemap::open(pid)?;
+    let (runs, scanned) = pages_to_save(pid, &pagemap, vmas)?;
+    let mut entries = Vec::with_capacity(runs.len());
+    let mut stats = PageStats { scanned, ..Default::default() };
+    let mut buf = vec![0u8; CHUNK];
+    let mut proc_mem: Option<ProcMem> = None;
+    // Batch readable runs into CHUNK-sized process_vm_readv calls.
+    let mut batch: Vec<(u64, usize)> = Vec::new();
+    let mut batch_len = 0usize;
+    let flush = |batch: &mut Vec<(u64, usize)>, batch_len: &mut usize, buf: &mut [u8], out: &mut File| -> Result<()> {
+        if *batch_len == 0 {
+            return Ok(());
+        }
+        let n = readv_remote(pid, &mut buf[..*batch_len], batch)?;
+        if n != *batch_len {
+            return Err(Error::task(pid, format!("memory changed while frozen: read {n} of {batch_len} bytes")));
+        }
+        out.write_all(&buf[..*batch_len]).map_err(|e| Error::io("write pages image", e))?;
+        batch.clear();
+        *batch_len = 0;
+        Ok(())
+    };
+    for (i, start, end) in runs {
+        let v = &vmas[i];
+        let nr = (end - start) / PAGE_SIZE;
+        entries.push(pb::PagemapEntry {
+            vaddr: start,
+            compat_nr_pages: 0,
+            in_parent: None,
+            flags: Some(PE_PRESENT),
+            nr_pages: Some(nr),
+        });
+        stats.written += nr;
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        let mut addr = start;
+        while addr < end {
+            let len = ((end - addr) as usize).min(CHUNK);
+            if readable {
+                if batch_len + len > CHUNK {
+                    flush(&mut batch, &mut batch_len, &mut buf, out)?;
+                }
+                batch.push((addr, len));
+                batch_len += len;
+            } else {
+                flush(&mut batch, &mut batch_len, &mut buf, out)?;
+                let pm = match &proc_mem {
+                    Some(p) => p,
+                    None => proc_mem.insert(ProcMem::open(pid, false)?),
+                };
+                pm.read_exact_at(&mut buf[..len], addr)?;
+                out.write_all(&buf[..len]).map_err(|e| Error::io("write pages image", e))?;
+            }
+            addr += len as u64;
+        }
+    }
+    flush(&mut batch, &mut batch_len, &mut buf, out)?;
+    Ok((entries, stats))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore
+
+/// Data area of the control block: arguments of the syscalls the tracer runs in the restored
+/// task (PR_SET_MM_MAP and auxv, timers, groups, seccomp programs).
+pub const CTRL_DATA_SIZE: u64 = 256 << 10;
+const TWO_MB: u64 = 2 << 20;
+/// Lowest address we ever use (vm.mmap_min_addr is 64 KiB by default).
+const LOW_LIMIT: u64 = 1 << 20;
+/// Top of the 47-bit user address space, minus a guard.
+const HIGH_LIMIT: u64 = 0x7fff_ff00_0000;
+
+/// Where the restored task builds its memory before the tracer moves it into place: a region
+/// that is free both in the restorer (whose address space the new task starts with) and in the
+/// final layout of the task.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub base: u64,
+    pub len: u64,
+    /// `syscall; int3` page the tracer runs syscalls from, followed by CTRL_DATA_SIZE of data.
+    pub ctrl: u64,
+    /// A free stretch for moving the vdso when its old and new places overlap.
+    pub bounce: u64,
+    /// Temporary address of each VMA that is built and moved (index into the VMA list).
+    pub temps: Vec<(usize, u64)>,
+}
+
+impl Layout {
+    pub fn ctrl_data(&self) -> u64 {
+        self.ctrl + PAGE_SIZE
+    }
+}
+
+/// VMAs the restored task builds itself (everything but vdso, vvar and vsyscall).
+pub fn is_built(e: &pb::VmaEntry) -> bool {
+    e.status & VMA_AREA_REGULAR != 0 && !is_vdso_or_vvar(e)
+}
+
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Result<Layout> {
+    // Size: each VMA at an address congruent to its final one modulo 2 MiB (so transparent
+    // huge pages stay huge and mremap can move whole page tables), plus a guard page between.
+    let mut need = PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
+    for e in vmas.iter().filter(|e| is_built(e)) {
+        need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
+    }
+    need = need.div_ceil(TWO_MB) * TWO_MB;
+    let mut busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
+    busy.extend(vmas.iter().map(|e| (e.start, e.end)));
+    busy.push((0, LOW_LIMIT));
+    busy.push((HIGH_LIMIT, u64::MAX));
+    let busy = merge(busy);
+    // The highest free gap that fits, leaving a 1 GiB cushion from neighbours (heaps grow).
+    let cushion = 1 << 30;
+    let mut base = None;
+    for w in busy.windows(2).rev() {
+        let (gap_start, gap_end) = (w[0].1, w[1].0);
+        if gap_end > gap_start && gap_end - gap_start >= need + 2 * cushion {
+            base = Some(((gap_end - cushion - need) / TWO_MB) * TWO_MB);
+            break;
+        }
+    }
+    let base = base.ok_or_else(|| Error::InvalidOptions(format!("no free address range of {need:#x} bytes to build the task in")))?;
+    let mut at = base;
+    let ctrl = at;
+    at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
+    let bounce = at;
+    at += vdso_len + PAGE_SIZE;
+    let mut temps = Vec::new();
+    for (i, e) in vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
+        // Next address >= at with the same offset in a 2 MiB frame as e.start.
+        let want = e.start % TWO_MB;
+        let mut t = (at / TWO_MB) * TWO_MB + want;
+        if t < at {
+            t += TWO_MB;
+        }
+        temps.push((i, t));
+        at = t + (e.end - e.start) + PAGE_SIZE;
+    }
+    debug_assert!(at <= base + need);
+    Ok(Layout { base, len: need, ctrl, bounce, temps })
+}
+
+fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {
+    for advice in [
+        libc::MADV_SEQUENTIAL,
+        libc::MADV_RANDOM,
+        libc::MADV_DONTFORK,
+        libc::MADV_DONTDUMP,
+        libc::MADV_MERGEABLE,
+        libc::MADV_HUGEPAGE,
+        libc::MADV_NOHUGEPAGE,
+        libc::MADV_WIPEONFORK,
+    ] {
+        if madv & (1 << advice) != 0 {
+            crate::sys::mm::madvise(addr, len, advice)?;
+        }
+    }
+    Ok(())
+}
+
+/// In the new task: maps every VMA at its temporary address and fills the saved pages.
+/// `open_file` opens the file behind a file mapping (by files.img id) with the given flags.
+pub fn premap(
+    vmas: &[pb::VmaEntry],
+    layout: &Layout,
+    pagemap: &[pb::PagemapEntry],
+    pages: &File,
+    open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
+) -> Result<u64> {
+    use crate::sys::mm;
+    use std::os::fd::AsFd;
+
+    // Which VMAs receive pages: they need PROT_WRITE while we fill them.
+    let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
+    let mut filled = vec![false; vmas.len()];
+    for pe in pagemap {
+        if pe.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        let end = pe.vaddr + pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64) * PAGE_SIZE;
+        for (i, v) in vmas.iter().enumerate() {
+            if v.start < end && pe.vaddr < v.end {
+                filled[i] = true;
+            }
+        }
+    }
+    for &(i, temp) in &layout.temps {
+        let v = &vmas[i];
+        let len = v.end - v.start;
+        let prot = v.prot as i32;
+        let fill_prot = if filled[i] { prot | libc::PROT_READ | libc::PROT_WRITE } else { prot };
+        let extra = v.flags as i32 & (libc::MAP_GROWSDOWN | libc::MAP_NORESERVE);
+        if v.status & VMA_ANON_PRIVATE != 0 {
+            mm::mmap_fixed(temp, len, fill_prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra, None, 0)?;
+        } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            let shared = v.status & VMA_FILE_SHARED != 0;
+            let oflags = if shared && prot & libc::PROT_WRITE != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+            let fd = open_file(v.shmid as u32, oflags)?;
+            let mflags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } | extra;
+            mm::mmap_fixed(temp, len, if shared { prot } else { fill_prot }, mflags, Some(fd.as_fd()), v.pgoff)?;
+        } else {
+            return Err(Error::InvalidOptions(format!(
+                "VMA {:#x}-{:#x} has status {:#x}, which this build cannot restore",
+                v.start, v.end, v.status
+            )));
+        }
+    }
+    // Fill from the pages file, in pagemap order.
+    let mut off = 0u64;
+    let mut restored = 0u64;
+    for pe in pagemap {
+        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
+        let flags = pe.flags.unwrap_or(PE_PRESENT);
+        if flags & PE_PRESENT == 0 {
+            if flags & crate::images::PE_PARENT != 0 {
+                return Err(Error::InvalidOptions("pages in a parent image are not supported yet".into()));
+            }
+            continue;
+        }
+        let mut addr = pe.vaddr;
+        let end = pe.vaddr + nr * PAGE_SIZE;
+        while addr < end {
+            let i = vmas
+                .iter()
+                .position(|v| v.start <= addr && addr < v.end)
+                .ok_or_else(|| Error::InvalidOptions(format!("page {addr:#x} of the pagemap is outside every VMA")))?;
+            let temp = temp_of(i).ok_or_else(|| Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages")))?;
+            let v = &vmas[i];
+            let n = end.min(v.end) - addr;
+            mm::pread_to(pages.as_fd(), temp + (addr - v.start), n, off)?;
+            off += n;
+            addr += n;
+            restored += n / PAGE_SIZE;
+        }
+    }
+    for &(i, temp) in &layout.temps {
+        let v = &vmas[i];
+        let len = v.end - v.start;
+        if filled[i] && v.status & VMA_FILE_SHARED == 0 {
+            mm::mprotect(temp, len, v.prot as i32)?;
+        }
+        if let Some(m) = v.madv {
+            madvise_bits(temp, len, m)?;
+        }
+    }
+    Ok(restored)
+}
