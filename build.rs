@@ -22,6 +22,18 @@ fn compile_protos() {
     let fds = protox::compile(&files, [dir]).expect("parsing proto/*.proto");
     let mut cfg = prost_build::Config::new();
     cfg.compile_fds(fds).expect("generating Rust from proto/");
+
+    // The same schemas without comments, for reflection (`pb::FILE_DESCRIPTOR_SET`).
+    let bytes = protox::Compiler::new([dir])
+        .and_then(|mut c| {
+            c.include_source_info(false)
+                .include_imports(true)
+                .open_files(&files)?;
+            Ok(c.encode_file_descriptor_set())
+        })
+        .expect("parsing proto/*.proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("criu-descriptors.bin");
+    std::fs::write(out, bytes).expect("writing the descriptor set");
 }
 
 fn generate_header() {

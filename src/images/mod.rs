@@ -76,6 +76,7 @@ kinds! {
     SkQueues => (0x5626_4026, false, "sk-queues.img"),
     UnixSk => (0x5437_3943, false, "unixsk.img"),
     InetSk => (0x5644_3851, false, "inetsk.img"),
+    // Named by a hex id: see `Hex`.
     TcpStream => (0x5146_5506, false, "tcp-stream-{}.img"),
     EventfdFile => (0x4452_3722, false, "eventfd.img"),
     EventpollFile => (0x4502_3858, false, "eventpoll.img"),
@@ -86,6 +87,7 @@ kinds! {
     InotifyWd => (0x5456_2009, false, "inotify-wd.img"),
     FanotifyFile => (0x5509_6122, false, "fanotify.img"),
     FanotifyMark => (0x5650_6035, false, "fanotify-mark.img"),
+    // Named by a hex id: see `Hex`.
     GhostFile => (0x5258_3605, false, "ghost-file-{}.img"),
     RemapFpath => (0x5913_3954, false, "remap-fpath.img"),
     FileLocks => (0x5432_3616, false, "filelocks.img"),
@@ -98,6 +100,26 @@ kinds! {
     Userns => (0x5547_4906, false, "userns-{}.img"),
     Cgroup => (0x5938_3330, false, "cgroup.img"),
     NsFiles => (0x6139_4011, false, "ns-files.img"),
+    Pipes => (0x5651_3555, false, "pipes.img"),
+    Fifo => (0x5836_4939, false, "fifo.img"),
+    Tunfile => (0x5714_3751, false, "tunfile.img"),
+    BpfmapFile => (0x5750_6142, false, "bpfmap-file.img"),
+    BpfmapData => (0x6432_4033, false, "bpfmap-data.img"),
+    Cpuinfo => (0x6140_4013, false, "cpuinfo.img"),
+    IrmapCache => (0x5700_4059, true, "irmap-cache"),
+    // Layouts older CRIUs wrote; newer ones fold them into files.img, core and mm. Restore
+    // still reads them.
+    RegFiles => (0x5036_3636, false, "reg-files.img"),
+    ExtFiles => (0x5925_5641, false, "ext-files.img"),
+    PacketSk => (0x6045_4618, false, "packetsk.img"),
+    NetlinkSk => (0x5800_5614, false, "netlinksk.img"),
+    Vmas => (0x5412_3737, false, "vmas-{}.img"),
+    Sigacts => (0x5534_4201, false, "sigacts-{}.img"),
+    Itimers => (0x5746_4056, false, "itimers-{}.img"),
+    PosixTimers => (0x5260_3957, false, "posix-timers-{}.img"),
+    Rlimit => (0x5711_3925, false, "rlimit-{}.img"),
+    SignalShared => (0x5925_5647, false, "signal-s-{}.img"),
+    SignalPrivate => (0x5925_5647, false, "signal-p-{}.img"),
 }
 
 impl Kind {
@@ -106,9 +128,22 @@ impl Kind {
         self.pattern().replace("{}", &id.to_string())
     }
 
-    /// Which kind a magic pair names, for tools that look at unknown files.
+    /// Which kind a magic pair names, for tools that look at unknown files. Kinds sharing a
+    /// magic (the pagemaps, the two signal queues) give the first of them.
     pub fn from_magic(magic: u32) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.magic() == magic)
+    }
+}
+
+/// An id CRIU prints in hex in file names: `ghost-file-{:x}`, `tcp-stream-{:x}` (the socket's
+/// inode). Use `dir.create(Kind::GhostFile, Hex(id))`; a plain number would give a name CRIU
+/// does not look for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hex<T>(pub T);
+
+impl<T: std::fmt::LowerHex> std::fmt::Display for Hex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
     }
 }
 
@@ -373,5 +408,178 @@ impl ImageReader {
             }
         })?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+
+    /// Writes `bytes` as the `kind` image of id 1 and tries to read all its entries.
+    fn read_back(kind: Kind, bytes: &[u8]) -> (PathBuf, Result<Vec<pb::PstreeEntry>>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let path = dir.file(&kind.file_name(1));
+        std::fs::write(&path, bytes).unwrap();
+        (path, dir.read_all(kind, 1))
+    }
+
+    fn header(first: u32, second: u32) -> Vec<u8> {
+        [first.to_ne_bytes(), second.to_ne_bytes()].concat()
+    }
+
+    /// The error must be Error::Image, name the file, and say `what`.
+    fn assert_image_err(path: &Path, res: Result<Vec<pb::PstreeEntry>>, what: &str) {
+        match res {
+            Err(Error::Image { file, msg }) => {
+                assert_eq!(file, path);
+                assert!(msg.contains(what), "message {msg:?} lacks {what:?}");
+                let shown = Error::image(file, msg).to_string();
+                assert!(shown.contains(&path.display().to_string()), "{shown}");
+            }
+            other => panic!("expected Error::Image about {what:?}, got {other:?}"),
+        }
+    }
+
+    fn pstree_magic() -> u32 {
+        Kind::Pstree.magic()
+    }
+
+    #[test]
+    fn round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let e = pb::PstreeEntry {
+            pid: 7,
+            ppid: 1,
+            pgid: 7,
+            sid: 7,
+            threads: vec![7, 8],
+        };
+        dir.write_all(Kind::Pstree, 0, [&e, &e]).unwrap();
+        let back: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, 0).unwrap();
+        assert_eq!(back, vec![e.clone(), e]);
+        let raw = std::fs::read(dir.file("pstree.img")).unwrap();
+        assert_eq!(raw[..8], header(IMG_COMMON_MAGIC, pstree_magic())[..]);
+    }
+
+    #[test]
+    fn headers_by_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let inv = pb::InventoryEntry {
+            img_version: IMG_VERSION,
+            ..Default::default()
+        };
+        dir.write_one(Kind::Inventory, 0, &inv).unwrap();
+        dir.write_one(Kind::Stats, "dump", &pb::StatsEntry::default())
+            .unwrap();
+        let raw = std::fs::read(dir.file("inventory.img")).unwrap();
+        assert_eq!(raw[..4], Kind::Inventory.magic().to_ne_bytes());
+        let raw = std::fs::read(dir.file("stats-dump")).unwrap();
+        assert_eq!(raw[..8], header(IMG_SERVICE_MAGIC, Kind::Stats.magic())[..]);
+        let back: pb::InventoryEntry = dir.read_one(Kind::Inventory, 0).unwrap();
+        assert_eq!(back, inv);
+        assert!(dir.open_optional(Kind::Mm, 5).unwrap().is_none());
+    }
+
+    #[test]
+    fn hex_named_kinds() {
+        assert_eq!(Kind::GhostFile.file_name(Hex(0x2au32)), "ghost-file-2a.img");
+        assert_eq!(
+            Kind::TcpStream.file_name(Hex(4026532000u64)),
+            "tcp-stream-f00000a0.img"
+        );
+    }
+
+    #[test]
+    fn empty_file() {
+        let (path, res) = read_back(Kind::Pstree, &[]);
+        assert_image_err(&path, res, "empty file");
+    }
+
+    #[test]
+    fn wrong_first_magic() {
+        let (path, res) = read_back(Kind::Pstree, &header(0x1234_5678, pstree_magic()));
+        assert_image_err(&path, res, "bad magic 0x12345678");
+        // A service magic on a common image is wrong too.
+        let (path, res) = read_back(Kind::Pstree, &header(IMG_SERVICE_MAGIC, pstree_magic()));
+        assert_image_err(&path, res, "bad magic");
+    }
+
+    #[test]
+    fn wrong_type_magic() {
+        let (path, res) = read_back(Kind::Pstree, &header(IMG_COMMON_MAGIC, Kind::Core.magic()));
+        assert_image_err(&path, res, "expected 0x50273030 (Pstree)");
+    }
+
+    #[test]
+    fn truncated_header() {
+        let (path, res) = read_back(Kind::Pstree, &IMG_COMMON_MAGIC.to_ne_bytes());
+        assert_image_err(&path, res, "truncated header");
+    }
+
+    #[test]
+    fn truncated_length() {
+        let mut b = header(IMG_COMMON_MAGIC, pstree_magic());
+        b.extend_from_slice(&[5, 0]);
+        let (path, res) = read_back(Kind::Pstree, &b);
+        assert_image_err(&path, res, "truncated entry length");
+    }
+
+    #[test]
+    fn truncated_entry() {
+        let mut b = header(IMG_COMMON_MAGIC, pstree_magic());
+        b.extend_from_slice(&10u32.to_ne_bytes());
+        b.extend_from_slice(&[8, 1, 16]);
+        let (path, res) = read_back(Kind::Pstree, &b);
+        assert_image_err(&path, res, "truncated: wanted 10 more bytes");
+    }
+
+    #[test]
+    fn entry_over_limit() {
+        let mut b = header(IMG_COMMON_MAGIC, pstree_magic());
+        b.extend_from_slice(&(MAX_ENTRY_SIZE as u32 + 1).to_ne_bytes());
+        let (path, res) = read_back(Kind::Pstree, &b);
+        assert_image_err(&path, res, "over the");
+    }
+
+    #[test]
+    fn undecodable_entry() {
+        let mut b = header(IMG_COMMON_MAGIC, pstree_magic());
+        // Field 1 with wire type 7, which does not exist.
+        b.extend_from_slice(&2u32.to_ne_bytes());
+        b.extend_from_slice(&[0x0f, 0x00]);
+        let (path, res) = read_back(Kind::Pstree, &b);
+        assert_image_err(&path, res, "undecodable entry");
+    }
+
+    #[test]
+    fn read_one_of_empty_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        dir.create(Kind::Mm, 3).unwrap().finish().unwrap();
+        match dir.read_one::<pb::MmEntry>(Kind::Mm, 3) {
+            Err(Error::Image { file, msg }) => {
+                assert_eq!(file, dir.file("mm-3.img"));
+                assert!(msg.contains("no entry"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn kinds_are_consistent() {
+        let mut names = std::collections::HashSet::new();
+        for k in Kind::ALL {
+            assert!(names.insert(k.file_name("X")), "{k:?}: duplicate file name");
+            assert_ne!(k.magic(), IMG_COMMON_MAGIC);
+            assert_ne!(k.magic(), IMG_SERVICE_MAGIC);
+            let m = Kind::from_magic(k.magic()).unwrap();
+            assert_eq!(m.magic(), k.magic());
+        }
+        assert!(Kind::Stats.is_service() && Kind::IrmapCache.is_service());
+        assert_eq!(Kind::ALL.iter().filter(|k| k.is_service()).count(), 2);
     }
 }
