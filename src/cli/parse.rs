@@ -184,8 +184,9 @@ pub fn parse_with(args: &[String], env: &ParseEnv) -> Result<Command, CliError> 
     finish(acc, &words, env).map(|inv| Command::Run(Box::new(inv)))
 }
 
-/// Rewrites the verbosity spellings clap cannot express: `-vN` (clap wants the value of a short
-/// option with an optional value after '=') and the single-dash `-verbosity[=N]` some tools send.
+/// Rewrites the spellings clap cannot express: attached values of short options whose value is
+/// optional (`-vN`, `-xINO,INO`: clap wants '=' there) and the single-dash `-verbosity[=N]` some
+/// tools send.
 fn normalize_argv(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut options_ended = false;
@@ -197,10 +198,15 @@ fn normalize_argv(args: &[String]) -> Vec<String> {
         }
         let rewritten = if let Some(rest) = arg.strip_prefix("-verbosity") {
             (rest.is_empty() || rest.starts_with('=')).then(|| format!("--verbosity{rest}"))
+        } else if let Some(n) = arg
+            .strip_prefix("-v")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(format!("--verbosity={n}"))
         } else {
-            arg.strip_prefix("-v")
-                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                .map(|n| format!("--verbosity={n}"))
+            arg.strip_prefix("-x")
+                .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+                .map(|n| format!("--ext-unix-sk={n}"))
         };
         out.push(rewritten.unwrap_or_else(|| arg.clone()));
     }

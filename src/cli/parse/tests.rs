@@ -645,6 +645,26 @@ fn action_scripts_run_last_added_first() {
 
 #[test]
 fn normalize_only_touches_verbosity_before_double_dash() {
-    let out = normalize_argv(&args(&["-v4", "-verbosity", "-vv", "--", "-v4"]));
-    assert_eq!(out, ["--verbosity=4", "--verbosity", "-vv", "--", "-v4"]);
+    let out = normalize_argv(&args(&[
+        "-v4",
+        "-verbosity",
+        "-vv",
+        "-x12,34",
+        "-x",
+        "--",
+        "-v4",
+    ]));
+    assert_eq!(
+        out,
+        [
+            "--verbosity=4",
+            "--verbosity",
+            "-vv",
+            "--ext-unix-sk=12,34",
+            "-x",
+            "--",
+            "-v4"
+        ]
+    );
+    assert!(inv(&["dump", "-t", "1", "-x12"]).opts.ext_unix_sk);
 }
