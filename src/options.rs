@@ -27,6 +27,25 @@ pub struct PageServerAddr {
     pub port: u16,
 }
 
+/// `--manage-cgroups[=MODE]`: how much of the tree's cgroups a dump records and a restore
+/// rebuilds. CRIU's default (no option) is `Soft`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupMode {
+    Ignore,
+    None,
+    Props,
+    Soft,
+    Full,
+    Strict,
+}
+
+/// `--file-validation`: how restore checks that a file mapped by the dumped tree is still the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileValidation {
+    FileSize,
+    BuildId,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
     pub enabled: bool,
@@ -110,6 +129,27 @@ pub struct Options {
     pub weak_sysctls: bool,
     pub unprivileged: bool,
     pub cpu_cap: Option<u32>,
+
+    /// `--manage-cgroups[=MODE]` as given; `manage_cgroups` says only whether it was given.
+    /// `Ignore` and `None` ask for nothing and are honoured (we never touch cgroups).
+    pub manage_cgroups_mode: Option<CgroupMode>,
+    pub cgroup_props: Option<String>,
+    pub cgroup_props_file: Option<PathBuf>,
+    pub cgroup_dump_controllers: Vec<String>,
+    pub cgroup_yard: Option<PathBuf>,
+    /// `-L/--libdir`: CRIU plugins. We load no plugins, so a plugin dir is refused rather than
+    /// silently ignored.
+    pub libdir: Option<PathBuf>,
+    /// `--ps-socket FD`: an already connected page-server socket.
+    pub ps_socket: Option<i32>,
+    /// `--stream`: images go through criu-image-streamer.
+    pub stream: bool,
+    pub file_validation: Option<FileValidation>,
+    /// `--allow-uprobes`: the caller accepts dumping a tree with a `[uprobes]` mapping.
+    pub allow_uprobes: bool,
+    /// `--action-script FILE`, in the order CRIU runs them. The front end runs them from its
+    /// `Notify` (the engine only calls `notify`).
+    pub action_scripts: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -172,6 +212,17 @@ impl Default for Options {
             weak_sysctls: false,
             unprivileged: false,
             cpu_cap: None,
+            manage_cgroups_mode: None,
+            cgroup_props: None,
+            cgroup_props_file: None,
+            cgroup_dump_controllers: Vec::new(),
+            cgroup_yard: None,
+            libdir: None,
+            ps_socket: None,
+            stream: false,
+            file_validation: None,
+            allow_uprobes: false,
+            action_scripts: Vec::new(),
         }
     }
 }
@@ -219,6 +270,24 @@ impl Options {
             (self.page_server.is_some(), "page-server"),
             (self.lazy_pages, "lazy-pages"),
             (self.tls.enabled, "tls"),
+            (
+                !matches!(
+                    self.manage_cgroups_mode,
+                    None | Some(CgroupMode::Ignore) | Some(CgroupMode::None)
+                ),
+                "manage-cgroups",
+            ),
+            (self.cgroup_props.is_some(), "cgroup-props"),
+            (self.cgroup_props_file.is_some(), "cgroup-props-file"),
+            (
+                !self.cgroup_dump_controllers.is_empty(),
+                "cgroup-dump-controller",
+            ),
+            (self.cgroup_yard.is_some(), "cgroup-yard"),
+            (self.libdir.is_some(), "libdir"),
+            (self.ps_socket.is_some(), "ps-socket"),
+            (self.stream, "stream"),
+            (self.file_validation.is_some(), "file-validation"),
         ];
         checks.iter().find(|(set, _)| *set).map(|(_, name)| *name)
     }

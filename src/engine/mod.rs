@@ -75,7 +75,20 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     restore::restore(opts, notify)
 }
 
-/// Which optional features this kernel and build provide.
+/// Which optional features this kernel and build provide. A feature counts only when the kernel
+/// has the mechanism (`kerndat`) AND this build implements the code that uses it: callers skip
+/// work on "no", so a "yes" we cannot honour would make them fail later instead.
 pub fn features() -> Features {
-    crate::kerndat::features()
+    // What this build implements. Flip a field in the commit that lands the code using it.
+    const IMPLEMENTED: Features = Features {
+        mem_track: false,
+        lazy_pages: false,
+        pidfd_store: false,
+    };
+    let kernel = crate::kerndat::get();
+    Features {
+        mem_track: IMPLEMENTED.mem_track && kernel.has_mem_track(),
+        lazy_pages: IMPLEMENTED.lazy_pages && kernel.has_lazy_pages(),
+        pidfd_store: IMPLEMENTED.pidfd_store && kernel.has_pidfd_store(),
+    }
 }

@@ -9,6 +9,7 @@ pub mod kcmp;
 pub mod mem;
 pub mod mm;
 pub mod pagemap;
+pub mod probe;
 pub mod process;
 pub mod ptrace;
 pub mod signal;
