@@ -265,7 +265,8 @@ pub fn dump_pages(pid: pid_t, vmas: &[pb::VmaEntry], out: &mut File) -> Result<(
         let nr = (end - start) / PAGE_SIZE;
         entries.push(pb::PagemapEntry {
             vaddr: start,
-            compat_nr_pages: 0,
+            // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
+            compat_nr_pages: u32::try_from(nr).unwrap_or(0),
             in_parent: None,
             flags: Some(PE_PRESENT),
             nr_pages: Some(nr),

@@ -154,7 +154,7 @@ pub fn fpregs_to_image(x: &[u8]) -> Result<pb::UserX86FpregsEntry> {
         mxcsr_mask: u32_at(x, 28),
         st_space: u32s(&x[32..160]),
         xmm_space: u32s(&x[160..416]),
-        padding: vec![0; 24],
+        padding: Vec::new(),
         xsave: Some(xsave),
         xsave_area: Some(x.to_vec()),
     })
@@ -226,4 +226,41 @@ pub fn fpregs_from_image(e: &pb::UserX86FpregsEntry, size: usize) -> Result<Vec<
 /// kernel for AMX permission and touch AMX once before the area can be loaded).
 pub fn uses_amx(xstate: &[u8]) -> bool {
     xstate.len() >= XSAVE_HDR_OFFSET + 8 && u64_at(xstate, XSAVE_HDR_OFFSET) & (1 << XFEATURE_XTILEDATA) != 0
+}
+
+/// GDT TLS slots 12-14 (set_thread_area); CRIU always stores all three.
+pub fn tls_to_image(t: &crate::sys::ptrace::Tracee) -> Result<Vec<pb::UserDescT>> {
+    let mut out = Vec::new();
+    for entry in 12..15u32 {
+        let d = t.get_thread_area(entry)?;
+        out.push(pb::UserDescT {
+            entry_number: entry,
+            base_addr: d.base_addr,
+            limit: d.limit,
+            seg_32bit: d.flags & 1 != 0,
+            contents_h: d.flags & 4 != 0,
+            contents_l: d.flags & 2 != 0,
+            read_exec_only: d.flags & 8 != 0,
+            limit_in_pages: d.flags & 16 != 0,
+            seg_not_present: d.flags & 32 != 0,
+            usable: d.flags & 64 != 0,
+        });
+    }
+    Ok(out)
+}
+
+pub fn tls_from_image(d: &pb::UserDescT) -> crate::sys::ptrace::UserDesc {
+    let bit = |b: bool, n: u32| if b { 1 << n } else { 0 };
+    crate::sys::ptrace::UserDesc {
+        entry_number: d.entry_number,
+        base_addr: d.base_addr,
+        limit: d.limit,
+        flags: bit(d.seg_32bit, 0)
+            | bit(d.contents_l, 1)
+            | bit(d.contents_h, 2)
+            | bit(d.read_exec_only, 3)
+            | bit(d.limit_in_pages, 4)
+            | bit(d.seg_not_present, 5)
+            | bit(d.usable, 6),
+    }
 }

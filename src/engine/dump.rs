@@ -161,6 +161,11 @@ fn dump_task(
     })();
     let deferred = remote.finish();
     task.threads[0].deferred.extend(deferred.as_deref().unwrap_or(&[]));
+    // Put the task back as it was right away, not only at release: should we die during the
+    // long memory copy, the kernel detaches it and it must resume intact.
+    let leader = task.leader();
+    leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
+    leader.tracee.set_sigmask(leader.sigmask)?;
     let (sigactions, timers, creds, rlimits, dumpable, thp_disabled, subreaper, pdeath, tid_addr, sas) = gathered?;
     deferred?;
 
@@ -232,7 +237,7 @@ fn dump_task(
             clear_tid_addr: tid_addr,
             gpregs: regs::gpregs_to_image(&gp),
             fpregs: regs::fpregs_to_image(&xstate)?,
-            tls: Vec::new(),
+            tls: regs::tls_to_image(t)?,
         }),
         tc: Some(pb::TaskCoreEntry {
             task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },

@@ -550,6 +550,9 @@ fn finalize(
     let xsize = tracee.get_xstate()?.len();
     let xstate = regs::fpregs_from_image(&ti.fpregs, xsize)?;
     tracee.set_xstate(&xstate)?;
+    for d in ti.tls.iter().filter(|d| !d.seg_not_present) {
+        tracee.set_thread_area(regs::tls_from_image(d))?;
+    }
     let mut r = regs::gpregs_from_image(&ti.gpregs)?;
     r.orig_rax = u64::MAX;
     tracee.set_regs(&r)?;

@@ -13,6 +13,8 @@ pub type Regs = user_regs_struct;
 
 const NT_PRSTATUS: c_long = 1;
 const NT_X86_XSTATE: c_long = 0x202;
+const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
+const PTRACE_SET_THREAD_AREA: libc::c_uint = 26;
 const PTRACE_GETREGSET: libc::c_uint = 0x4204;
 const PTRACE_SETREGSET: libc::c_uint = 0x4205;
 const PTRACE_SEIZE: libc::c_uint = 0x4206;
@@ -299,4 +301,28 @@ fn decode_status(status: i32) -> Stop {
 pub fn zeroed_regs() -> Regs {
     // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+/// A GDT TLS descriptor (struct user_desc) as PTRACE_GET_THREAD_AREA returns it; `flags`
+/// packs the bitfields (seg_32bit, contents (2 bits), read_exec_only, limit_in_pages,
+/// seg_not_present, useable, lm) in kernel order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserDesc {
+    pub entry_number: u32,
+    pub base_addr: u32,
+    pub limit: u32,
+    pub flags: u32,
+}
+
+impl Tracee {
+    pub fn get_thread_area(&self, entry: u32) -> Result<UserDesc> {
+        let mut d = [0u32; 4];
+        self.req(PTRACE_GET_THREAD_AREA, entry as usize as *mut c_void, d.as_mut_ptr().cast(), "GET_THREAD_AREA")?;
+        Ok(UserDesc { entry_number: d[0], base_addr: d[1], limit: d[2], flags: d[3] })
+    }
+
+    pub fn set_thread_area(&self, d: UserDesc) -> Result<()> {
+        let mut w = [d.entry_number, d.base_addr, d.limit, d.flags];
+        self.req(PTRACE_SET_THREAD_AREA, d.entry_number as usize as *mut c_void, w.as_mut_ptr().cast(), "SET_THREAD_AREA").map(drop)
+    }
 }
