@@ -12,7 +12,11 @@ fn cap_words(v: u64) -> Vec<u32> {
 }
 
 pub fn dump(remote: &Remote, st: &Status) -> Result<pb::CredsEntry> {
-    let secbits = remote.syscall("prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?;
+    let secbits = remote.syscall(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )?;
     Ok(pb::CredsEntry {
         uid: st.uids[0],
         euid: st.uids[1],
@@ -37,7 +41,11 @@ pub fn dump(remote: &Remote, st: &Status) -> Result<pb::CredsEntry> {
 pub fn dump_rlimits(remote: &Remote) -> Result<pb::TaskRlimitsEntry> {
     let mut rlimits = Vec::new();
     for res in 0..RLIM_NLIMITS {
-        remote.syscall("prlimit64(get)", libc::SYS_prlimit64, [0, res as u64, 0, remote.addr(0), 0, 0])?;
+        remote.syscall(
+            "prlimit64(get)",
+            libc::SYS_prlimit64,
+            [0, res as u64, 0, remote.addr(0), 0, 0],
+        )?;
         let b = remote.read(0, 16)?;
         rlimits.push(pb::RlimitEntry {
             cur: u64::from_ne_bytes(b[0..8].try_into().unwrap()),

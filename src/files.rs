@@ -25,7 +25,10 @@ pub struct FileTable {
 
 impl FileTable {
     pub fn new() -> Self {
-        FileTable { next_id: 1, ..Default::default() }
+        FileTable {
+            next_id: 1,
+            ..Default::default()
+        }
     }
 
     fn alloc_id(&mut self) -> u32 {
@@ -56,7 +59,13 @@ impl FileTable {
     }
 }
 
-fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, meta: &std::fs::Metadata) -> pb::RegFileEntry {
+fn reg_entry(
+    id: u32,
+    path: &str,
+    flags: u32,
+    pos: u64,
+    meta: &std::fs::Metadata,
+) -> pb::RegFileEntry {
     pb::RegFileEntry {
         id,
         flags,
@@ -77,7 +86,11 @@ fn is_tty(meta: &std::fs::Metadata) -> bool {
 }
 
 /// One task's fd table, dumped: fdinfo entries (fd number, FD_CLOEXEC, file id).
-pub fn dump_fds(pid: pid_t, files: &mut FileTable, shell_job: bool) -> Result<Vec<pb::FdinfoEntry>> {
+pub fn dump_fds(
+    pid: pid_t,
+    files: &mut FileTable,
+    shell_job: bool,
+) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
     // (fd, id) of descriptions seen so far in this task, to find dup()s with kcmp.
     let mut seen: Vec<(i32, u32)> = Vec::new();
@@ -88,7 +101,11 @@ pub fn dump_fds(pid: pid_t, files: &mut FileTable, shell_job: bool) -> Result<Ve
             Err(_) => continue, // closed meanwhile (cannot happen while frozen, except our own)
         };
         let info = procfs::fdinfo(pid, fd)?;
-        let fd_flags = if info.flags & libc::O_CLOEXEC as u32 != 0 { libc::FD_CLOEXEC as u32 } else { 0 };
+        let fd_flags = if info.flags & libc::O_CLOEXEC as u32 != 0 {
+            libc::FD_CLOEXEC as u32
+        } else {
+            0
+        };
         let file_flags = info.flags & !(libc::O_CLOEXEC as u32);
 
         let mut shared_id = None;
@@ -99,8 +116,17 @@ pub fn dump_fds(pid: pid_t, files: &mut FileTable, shell_job: bool) -> Result<Ve
             }
         }
         if let Some(id) = shared_id {
-            let ty = files.get(id).map(|e| e.r#type).unwrap_or(pb::FdTypes::Reg as i32);
-            out.push(pb::FdinfoEntry { id, flags: fd_flags, r#type: ty, fd: fd as u32, ..Default::default() });
+            let ty = files
+                .get(id)
+                .map(|e| e.r#type)
+                .unwrap_or(pb::FdTypes::Reg as i32);
+            out.push(pb::FdinfoEntry {
+                id,
+                flags: fd_flags,
+                r#type: ty,
+                fd: fd as u32,
+                ..Default::default()
+            });
             continue;
         }
 
@@ -117,7 +143,9 @@ pub fn dump_fds(pid: pid_t, files: &mut FileTable, shell_job: bool) -> Result<Ve
         let id = files.alloc_id();
         let ty = if is_tty(&meta) {
             if !shell_job {
-                return unsupported(format!("terminal {target}: use --shell-job to restore it on the restorer's terminal"));
+                return unsupported(format!(
+                    "terminal {target}: use --shell-job to restore it on the restorer's terminal"
+                ));
             }
             files.entries.push(pb::FileEntry {
                 r#type: pb::FdTypes::Tty as i32,
@@ -148,7 +176,13 @@ pub fn dump_fds(pid: pid_t, files: &mut FileTable, shell_job: bool) -> Result<Ve
             return unsupported(format!("{target} of an unsupported file type"));
         };
         seen.push((fd, id));
-        out.push(pb::FdinfoEntry { id, flags: fd_flags, r#type: ty as i32, fd: fd as u32, ..Default::default() });
+        out.push(pb::FdinfoEntry {
+            id,
+            flags: fd_flags,
+            r#type: ty as i32,
+            fd: fd as u32,
+            ..Default::default()
+        });
     }
     Ok(out)
 }
@@ -174,7 +208,9 @@ pub struct FileImages {
 impl FileImages {
     pub fn load(dir: &ImageDir) -> Result<FileImages> {
         let entries: Vec<pb::FileEntry> = dir.read_all(Kind::Files, "")?;
-        Ok(FileImages { by_id: entries.into_iter().map(|e| (e.id, e)).collect() })
+        Ok(FileImages {
+            by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
+        })
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -184,10 +220,9 @@ impl FileImages {
     }
 
     pub fn reg(&self, id: u32) -> Result<&pb::RegFileEntry> {
-        self.get(id)?
-            .reg
-            .as_ref()
-            .ok_or_else(|| Error::InvalidOptions(format!("file {id} in files.img is not a regular file")))
+        self.get(id)?.reg.as_ref().ok_or_else(|| {
+            Error::InvalidOptions(format!("file {id} in files.img is not a regular file"))
+        })
     }
 
     /// Opens the regular file `id` by its path (for mappings, the executable, cwd).
@@ -198,21 +233,32 @@ impl FileImages {
 }
 
 fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
-    let fd = nix::fcntl::open(path, nix::fcntl::OFlag::from_bits_retain(flags | libc::O_CLOEXEC), nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::sys(format!("open {path}"), e))?;
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::from_bits_retain(flags | libc::O_CLOEXEC),
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open {path}"), e))?;
     Ok(fd)
 }
 
 /// Opens one saved file description.
-fn open_description(e: &pb::FileEntry, tty: Option<std::os::fd::BorrowedFd<'_>>) -> Result<OwnedFd> {
+fn open_description(
+    e: &pb::FileEntry,
+    tty: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<OwnedFd> {
     match (pb::FdTypes::try_from(e.r#type), e.reg.as_ref()) {
         (Ok(pb::FdTypes::Reg), Some(reg)) => {
-            let flags = reg.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+            let flags = reg.flags as i32
+                & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
             let fd = open_path(&reg.name, flags | libc::O_NOCTTY)?;
             let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
                 .map_err(|err| Error::io(format!("stat {}", reg.name), err))?;
             if let Some(size) = reg.size {
-                if meta.is_file() && flags & libc::O_ACCMODE == libc::O_RDONLY && meta.size() != size {
+                if meta.is_file()
+                    && flags & libc::O_ACCMODE == libc::O_RDONLY
+                    && meta.size() != size
+                {
                     return Err(Error::InvalidOptions(format!(
                         "file {} has size {} but {size} at checkpoint time: it changed",
                         reg.name,
@@ -228,15 +274,19 @@ fn open_description(e: &pb::FileEntry, tty: Option<std::os::fd::BorrowedFd<'_>>)
         }
         (Ok(pb::FdTypes::Tty), _) => {
             let t = tty.ok_or_else(|| {
-                Error::InvalidOptions("the task had a terminal: restore with --shell-job from a terminal".into())
+                Error::InvalidOptions(
+                    "the task had a terminal: restore with --shell-job from a terminal".into(),
+                )
             })?;
             let fd = nix::unistd::dup(t).map_err(|err| Error::sys("dup terminal", err))?;
             Ok(fd)
         }
-        _ => Err(Error::InvalidOptions(format!("file {} has type {} which this build cannot restore", e.id, e.r#type))),
+        _ => Err(Error::InvalidOptions(format!(
+            "file {} has type {} which this build cannot restore",
+            e.id, e.r#type
+        ))),
     }
 }
-
 
 /// A terminal among our stdin/stdout/stderr, for --shell-job.
 pub fn inherited_terminal() -> Option<RawFd> {
@@ -245,12 +295,26 @@ pub fn inherited_terminal() -> Option<RawFd> {
 
 /// In the new task: replaces the whole fd table with the saved one. `keep` are fds of ours
 /// still needed after this (moved above the saved table; updated in place).
-pub fn restore_fds(fdinfo: &[pb::FdinfoEntry], files: &FileImages, keep: &mut [RawFd], shell_job: bool) -> Result<()> {
+pub fn restore_fds(
+    fdinfo: &[pb::FdinfoEntry],
+    files: &FileImages,
+    keep: &mut [RawFd],
+    shell_job: bool,
+) -> Result<()> {
     let max_fd = fdinfo.iter().map(|f| f.fd as RawFd).max().unwrap_or(-1);
-    let tty = if shell_job { inherited_terminal() } else { None };
+    let tty = if shell_job {
+        inherited_terminal()
+    } else {
+        None
+    };
     let mut tty_copy = None;
     if let Some(t) = tty {
-        tty_copy = Some(sysfd::move_above(nix::unistd::dup(sysfd::borrow_std(t)).map_err(|e| Error::sys("dup terminal", e))?.into_raw_fd(), max_fd + 1)?);
+        tty_copy = Some(sysfd::move_above(
+            nix::unistd::dup(sysfd::borrow_std(t))
+                .map_err(|e| Error::sys("dup terminal", e))?
+                .into_raw_fd(),
+            max_fd + 1,
+        )?);
     }
     for fd in keep.iter_mut() {
         *fd = sysfd::move_above(*fd, max_fd + 1)?;
@@ -289,4 +353,3 @@ pub fn restore_fds(fdinfo: &[pb::FdinfoEntry], files: &FileImages, keep: &mut [R
     }
     Ok(())
 }
-

@@ -50,15 +50,28 @@ fn seize_thread(tid: pid_t) -> Result<Option<Tracee>> {
     let t = match Tracee::seize(tid, opts) {
         Ok(t) => t,
         // Only a thread that vanished meanwhile is acceptable.
-        Err(Error::Sys { errno: Errno::ESRCH, .. }) => return Ok(None),
-        Err(Error::Sys { errno: Errno::EPERM, .. }) => {
+        Err(Error::Sys {
+            errno: Errno::ESRCH,
+            ..
+        }) => return Ok(None),
+        Err(Error::Sys {
+            errno: Errno::EPERM,
+            ..
+        }) => {
             let state = procfs::stat(tid, None).map(|s| s.state).unwrap_or('?');
             if state == 'Z' || state == 'X' {
                 return Ok(None);
             }
             let tracer = procfs::status(tid, None).map(|s| s.tracer_pid).unwrap_or(0);
-            let why = if tracer != 0 { format!(" (already traced by pid {tracer})") } else { String::new() };
-            return Err(Error::task(tid, format!("cannot attach with ptrace: permission denied{why}")));
+            let why = if tracer != 0 {
+                format!(" (already traced by pid {tracer})")
+            } else {
+                String::new()
+            };
+            return Err(Error::task(
+                tid,
+                format!("cannot attach with ptrace: permission denied{why}"),
+            ));
         }
         Err(e) => return Err(e),
     };
@@ -80,7 +93,10 @@ fn wait_frozen(t: &Tracee) -> Result<Option<i32>> {
             Stop::Signal(sig) => t.cont(sig)?,
             Stop::Syscall | Stop::OtherEvent(_) => t.cont(0)?,
             s @ (Stop::Exited(_) | Stop::Killed(_)) => {
-                return Err(Error::task(t.tid, format!("exited while being frozen: {s:?}")))
+                return Err(Error::task(
+                    t.tid,
+                    format!("exited while being frozen: {s:?}"),
+                ))
             }
         }
     }
@@ -90,13 +106,21 @@ impl Frozen {
     /// Freezes `pid` and all its threads. Threads created while we attach are picked up by
     /// listing until the set is stable (a stopped thread cannot clone).
     pub fn freeze_process(pid: pid_t, timeout: Duration) -> Result<Frozen> {
-        let mut frozen = Frozen { tasks: Vec::new(), frozen_at: Instant::now(), released: false };
+        let mut frozen = Frozen {
+            tasks: Vec::new(),
+            frozen_at: Instant::now(),
+            released: false,
+        };
         let deadline = Instant::now() + timeout;
         let state = procfs::stat(pid, None)?.state;
         if state == 'Z' {
             return Err(Error::task(pid, "is a zombie"));
         }
-        let mut task = FrozenTask { pid, threads: Vec::new(), stop_signo: None };
+        let mut task = FrozenTask {
+            pid,
+            threads: Vec::new(),
+            stop_signo: None,
+        };
         let mut attached: Vec<Tracee> = Vec::new();
         loop {
             let tids = procfs::threads(pid)?;
@@ -119,7 +143,10 @@ impl Frozen {
                     let _ = wait_frozen(&t);
                     let _ = t.detach(0);
                 }
-                return Err(Error::task(pid, "threads kept appearing: could not freeze in time"));
+                return Err(Error::task(
+                    pid,
+                    "threads kept appearing: could not freeze in time",
+                ));
             }
         }
         if !attached.iter().any(|t| t.tid == pid) {
@@ -144,7 +171,12 @@ impl Frozen {
                     if t.tid == pid {
                         task.stop_signo = stop;
                     }
-                    task.threads.push(FrozenThread { tracee: t, regs, sigmask, deferred: Vec::new() });
+                    task.threads.push(FrozenThread {
+                        tracee: t,
+                        regs,
+                        sigmask,
+                        deferred: Vec::new(),
+                    });
                 }
                 Err(e) => {
                     let _ = t.detach(0);
@@ -184,7 +216,10 @@ impl Frozen {
         self.released = true;
         for task in std::mem::take(&mut self.tasks) {
             // SAFETY-free: plain kill; the tracees are stopped, SIGKILL still ends them.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(task.pid),
+                nix::sys::signal::SIGKILL,
+            );
             for th in task.threads {
                 // The exit is reported to us as tracer; the real parent still reaps.
                 loop {
@@ -208,7 +243,10 @@ fn release_thread(th: FrozenThread) -> Result<()> {
     th.tracee.detach(0)?;
     for sig in th.deferred {
         // SAFETY-free: tgkill through libc; re-sends what the task would have received.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tid), nix::sys::signal::Signal::try_from(sig).ok());
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(tid),
+            nix::sys::signal::Signal::try_from(sig).ok(),
+        );
     }
     Ok(())
 }

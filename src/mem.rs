@@ -16,7 +16,8 @@ use crate::pb;
 use crate::procfs::MapEntry;
 use crate::sys::mem::{readv_remote, ProcMem, PAGE_SIZE};
 use crate::sys::pagemap::{
-    Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+    Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
+    PAGE_IS_SWAPPED,
 };
 
 // vma_entry.status bits, as CRIU defines them.
@@ -61,7 +62,11 @@ fn prot_of(m: &MapEntry) -> u32 {
 }
 
 fn flags_and_madv(m: &MapEntry) -> (u32, u64) {
-    let mut flags = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    let mut flags = if m.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u32;
     let mut madv = 0u64;
     for f in &m.vm_flags {
         match f.as_str() {
@@ -97,7 +102,12 @@ pub fn collect_vmas(
         if m.start >= skip.0 && m.end <= skip.1 {
             continue;
         }
-        let unsupported = |what: &str| Error::unsupported(pid, format!("mapping {:#x}-{:#x} {}: {what}", m.start, m.end, m.name));
+        let unsupported = |what: &str| {
+            Error::unsupported(
+                pid,
+                format!("mapping {:#x}-{:#x} {}: {what}", m.start, m.end, m.name),
+            )
+        };
         let (mut flags, madv) = flags_and_madv(m);
         let mut e = pb::VmaEntry {
             start: m.start,
@@ -142,11 +152,18 @@ pub fn collect_vmas(
                     return Err(unsupported("memfd mappings are not supported yet"));
                 }
                 let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                let meta = std::fs::metadata(&map_file).map_err(|err| Error::io(format!("stat {map_file}"), err))?;
-                let is_devzero = meta.file_type().is_file().then_some(false).unwrap_or_else(|| {
-                    use std::os::unix::fs::FileTypeExt;
-                    meta.file_type().is_char_device() && libc::major(meta.rdev()) == 1 && libc::minor(meta.rdev()) == 5
-                });
+                let meta = std::fs::metadata(&map_file)
+                    .map_err(|err| Error::io(format!("stat {map_file}"), err))?;
+                let is_devzero = meta
+                    .file_type()
+                    .is_file()
+                    .then_some(false)
+                    .unwrap_or_else(|| {
+                        use std::os::unix::fs::FileTypeExt;
+                        meta.file_type().is_char_device()
+                            && libc::major(meta.rdev()) == 1
+                            && libc::minor(meta.rdev()) == 5
+                    });
                 if is_devzero {
                     flags |= libc::MAP_ANONYMOUS as u32;
                     e.flags = flags;
@@ -158,10 +175,18 @@ pub fn collect_vmas(
                     if meta.ino() != m.inode {
                         return Err(unsupported("file was replaced under the mapping"));
                     }
-                    let open_flags = if m.shared && m.write { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+                    let open_flags = if m.shared && m.write {
+                        libc::O_RDWR
+                    } else {
+                        libc::O_RDONLY
+                    } as u32;
                     e.shmid = files.add_path(&m.name, open_flags)? as u64;
                     e.fdflags = Some(open_flags);
-                    e.status |= if m.shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
+                    e.status |= if m.shared {
+                        VMA_FILE_SHARED
+                    } else {
+                        VMA_FILE_PRIVATE
+                    };
                 } else {
                     return Err(unsupported("mapping of a non-regular file"));
                 }
@@ -181,8 +206,12 @@ pub fn collect_vmas(
         if e.status & VMA_ANON_PRIVATE != 0 && e.start <= start_stack && start_stack < e.end {
             e.status |= VMA_AREA_STACK;
         }
-        if (m.has_flag("io") || m.has_flag("pf")) && e.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0 {
-            return Err(unsupported("device (VM_IO/VM_PFNMAP) mappings are not supported"));
+        if (m.has_flag("io") || m.has_flag("pf"))
+            && e.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+        {
+            return Err(unsupported(
+                "device (VM_IO/VM_PFNMAP) mappings are not supported",
+            ));
         }
         out.push(e);
     }
@@ -198,7 +227,11 @@ pub struct PageStats {
 }
 
 /// Runs of pages to save: (vma index, start, end).
-fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result<(Vec<(usize, u64, u64)>, u64)> {
+fn pages_to_save(
+    pid: pid_t,
+    pagemap: &Pagemap,
+    vmas: &[pb::VmaEntry],
+) -> Result<(Vec<(usize, u64, u64)>, u64)> {
     let mut runs: Vec<(usize, u64, u64)> = Vec::new();
     let mut scanned = 0;
     let q = ScanQuery {
@@ -217,7 +250,13 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
         let anon = v.status & VMA_ANON_PRIVATE != 0;
         for r in &regions {
             if r.categories & PAGE_IS_GUARD != 0 {
-                return Err(Error::unsupported(pid, format!("guard pages at {:#x}-{:#x} are not supported yet", r.start, r.end)));
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "guard pages at {:#x}-{:#x} are not supported yet",
+                        r.start, r.end
+                    ),
+                ));
             }
             let keep = r.categories & PAGE_IS_SWAPPED != 0
                 || (r.categories & PAGE_IS_PRESENT != 0
@@ -237,25 +276,40 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
 
 /// Copies the private pages of a frozen task into `out` (pages-N.img) and returns the
 /// pagemap entries describing them, in file order.
-pub fn dump_pages(pid: pid_t, vmas: &[pb::VmaEntry], out: &mut File) -> Result<(Vec<pb::PagemapEntry>, PageStats)> {
+pub fn dump_pages(
+    pid: pid_t,
+    vmas: &[pb::VmaEntry],
+    out: &mut File,
+) -> Result<(Vec<pb::PagemapEntry>, PageStats)> {
     let pagemap = Pagemap::open(pid)?;
     let (runs, scanned) = pages_to_save(pid, &pagemap, vmas)?;
     let mut entries = Vec::with_capacity(runs.len());
-    let mut stats = PageStats { scanned, ..Default::default() };
+    let mut stats = PageStats {
+        scanned,
+        ..Default::default()
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut proc_mem: Option<ProcMem> = None;
     // Batch readable runs into CHUNK-sized process_vm_readv calls.
     let mut batch: Vec<(u64, usize)> = Vec::new();
     let mut batch_len = 0usize;
-    let flush = |batch: &mut Vec<(u64, usize)>, batch_len: &mut usize, buf: &mut [u8], out: &mut File| -> Result<()> {
+    let flush = |batch: &mut Vec<(u64, usize)>,
+                 batch_len: &mut usize,
+                 buf: &mut [u8],
+                 out: &mut File|
+     -> Result<()> {
         if *batch_len == 0 {
             return Ok(());
         }
         let n = readv_remote(pid, &mut buf[..*batch_len], batch)?;
         if n != *batch_len {
-            return Err(Error::task(pid, format!("memory changed while frozen: read {n} of {batch_len} bytes")));
+            return Err(Error::task(
+                pid,
+                format!("memory changed while frozen: read {n} of {batch_len} bytes"),
+            ));
         }
-        out.write_all(&buf[..*batch_len]).map_err(|e| Error::io("write pages image", e))?;
+        out.write_all(&buf[..*batch_len])
+            .map_err(|e| Error::io("write pages image", e))?;
         batch.clear();
         *batch_len = 0;
         Ok(())
@@ -289,7 +343,8 @@ pub fn dump_pages(pid: pid_t, vmas: &[pb::VmaEntry], out: &mut File) -> Result<(
                     None => proc_mem.insert(ProcMem::open(pid, false)?),
                 };
                 pm.read_exact_at(&mut buf[..len], addr)?;
-                out.write_all(&buf[..len]).map_err(|e| Error::io("write pages image", e))?;
+                out.write_all(&buf[..len])
+                    .map_err(|e| Error::io("write pages image", e))?;
             }
             addr += len as u64;
         }
@@ -371,7 +426,11 @@ pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Re
             break;
         }
     }
-    let base = base.ok_or_else(|| Error::InvalidOptions(format!("no free address range of {need:#x} bytes to build the task in")))?;
+    let base = base.ok_or_else(|| {
+        Error::InvalidOptions(format!(
+            "no free address range of {need:#x} bytes to build the task in"
+        ))
+    })?;
     let mut at = base;
     let ctrl = at;
     at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
@@ -389,7 +448,13 @@ pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Re
         at = t + (e.end - e.start) + PAGE_SIZE;
     }
     debug_assert!(at <= base + need);
-    Ok(Layout { base, len: need, ctrl, bounce, temps })
+    Ok(Layout {
+        base,
+        len: need,
+        ctrl,
+        bounce,
+        temps,
+    })
 }
 
 fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {
@@ -440,16 +505,42 @@ pub fn premap(
         let v = &vmas[i];
         let len = v.end - v.start;
         let prot = v.prot as i32;
-        let fill_prot = if filled[i] { prot | libc::PROT_READ | libc::PROT_WRITE } else { prot };
+        let fill_prot = if filled[i] {
+            prot | libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            prot
+        };
         let extra = v.flags as i32 & (libc::MAP_GROWSDOWN | libc::MAP_NORESERVE);
         if v.status & VMA_ANON_PRIVATE != 0 {
-            mm::mmap_fixed(temp, len, fill_prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra, None, 0)?;
+            mm::mmap_fixed(
+                temp,
+                len,
+                fill_prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+                None,
+                0,
+            )?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             let shared = v.status & VMA_FILE_SHARED != 0;
-            let oflags = if shared && prot & libc::PROT_WRITE != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+            let oflags = if shared && prot & libc::PROT_WRITE != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
             let fd = open_file(v.shmid as u32, oflags)?;
-            let mflags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } | extra;
-            mm::mmap_fixed(temp, len, if shared { prot } else { fill_prot }, mflags, Some(fd.as_fd()), v.pgoff)?;
+            let mflags = if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } | extra;
+            mm::mmap_fixed(
+                temp,
+                len,
+                if shared { prot } else { fill_prot },
+                mflags,
+                Some(fd.as_fd()),
+                v.pgoff,
+            )?;
         } else {
             return Err(Error::InvalidOptions(format!(
                 "VMA {:#x}-{:#x} has status {:#x}, which this build cannot restore",
@@ -465,7 +556,9 @@ pub fn premap(
         let flags = pe.flags.unwrap_or(PE_PRESENT);
         if flags & PE_PRESENT == 0 {
             if flags & crate::images::PE_PARENT != 0 {
-                return Err(Error::InvalidOptions("pages in a parent image are not supported yet".into()));
+                return Err(Error::InvalidOptions(
+                    "pages in a parent image are not supported yet".into(),
+                ));
             }
             continue;
         }
@@ -475,8 +568,14 @@ pub fn premap(
             let i = vmas
                 .iter()
                 .position(|v| v.start <= addr && addr < v.end)
-                .ok_or_else(|| Error::InvalidOptions(format!("page {addr:#x} of the pagemap is outside every VMA")))?;
-            let temp = temp_of(i).ok_or_else(|| Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages")))?;
+                .ok_or_else(|| {
+                    Error::InvalidOptions(format!(
+                        "page {addr:#x} of the pagemap is outside every VMA"
+                    ))
+                })?;
+            let temp = temp_of(i).ok_or_else(|| {
+                Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages"))
+            })?;
             let v = &vmas[i];
             let n = end.min(v.end) - addr;
             mm::pread_to(pages.as_fd(), temp + (addr - v.start), n, off)?;

@@ -12,7 +12,10 @@ fn read_string(path: &str) -> Result<String> {
 }
 
 fn parse_err(path: &str, what: &str) -> Error {
-    Error::io(format!("parse {path}: {what}"), std::io::Error::from(std::io::ErrorKind::InvalidData))
+    Error::io(
+        format!("parse {path}: {what}"),
+        std::io::Error::from(std::io::ErrorKind::InvalidData),
+    )
 }
 
 /// One line of /proc/PID/smaps with its VmFlags.
@@ -64,7 +67,9 @@ pub fn maps(pid: pid_t) -> Result<Vec<MapEntry>> {
             }
             continue;
         }
-        let Some(first) = line.split_whitespace().next() else { continue };
+        let Some(first) = line.split_whitespace().next() else {
+            continue;
+        };
         // Header lines start with "start-end"; attribute lines with "Name:".
         if first.ends_with(':') || !first.contains('-') {
             continue;
@@ -206,7 +211,9 @@ pub fn status(pid: pid_t, tid: Option<pid_t>) -> Result<Status> {
     let text = read_string(&path)?;
     let mut st = Status::default();
     for line in text.lines() {
-        let Some((key, val)) = line.split_once(':') else { continue };
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
         let val = val.trim();
         let hex = || u64::from_str_radix(val, 16).unwrap_or(0);
         let ids = || -> [u32; 4] {
@@ -223,7 +230,12 @@ pub fn status(pid: pid_t, tid: Option<pid_t>) -> Result<Status> {
             "TracerPid" => st.tracer_pid = val.parse().unwrap_or(0),
             "Uid" => st.uids = ids(),
             "Gid" => st.gids = ids(),
-            "Groups" => st.groups = val.split_whitespace().filter_map(|g| g.parse().ok()).collect(),
+            "Groups" => {
+                st.groups = val
+                    .split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            }
             "Umask" => st.umask = u32::from_str_radix(val, 8).unwrap_or(0o22),
             "CapInh" => st.cap_inh = hex(),
             "CapPrm" => st.cap_prm = hex(),
@@ -237,7 +249,12 @@ pub fn status(pid: pid_t, tid: Option<pid_t>) -> Result<Status> {
             "SigBlk" => st.sig_blk = hex(),
             "SigIgn" => st.sig_ign = hex(),
             "SigCgt" => st.sig_cgt = hex(),
-            "NSpid" => st.ns_pids = val.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+            "NSpid" => {
+                st.ns_pids = val
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            }
             _ => {}
         }
     }
@@ -282,7 +299,10 @@ pub fn readlink(path: &str) -> Result<PathBuf> {
 pub fn auxv(pid: pid_t) -> Result<Vec<u64>> {
     let path = format!("/proc/{pid}/auxv");
     let bytes = fs::read(&path).map_err(|e| Error::io(format!("read {path}"), e))?;
-    Ok(bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 pub fn personality(pid: pid_t) -> Result<u32> {
@@ -317,9 +337,14 @@ pub fn fds(pid: pid_t) -> Result<Vec<i32>> {
 pub fn fdinfo(pid: pid_t, fd: i32) -> Result<FdInfo> {
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let text = read_string(&path)?;
-    let mut info = FdInfo { fd, ..Default::default() };
+    let mut info = FdInfo {
+        fd,
+        ..Default::default()
+    };
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         match k {
             "pos" => info.pos = v.parse().unwrap_or(0),
@@ -349,10 +374,15 @@ pub fn posix_timers(pid: pid_t) -> Result<Vec<PosixTimer>> {
     let text = read_string(&path)?;
     let mut out: Vec<PosixTimer> = Vec::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         match k {
-            "ID" => out.push(PosixTimer { id: v.parse().map_err(|_| parse_err(&path, line))?, ..Default::default() }),
+            "ID" => out.push(PosixTimer {
+                id: v.parse().map_err(|_| parse_err(&path, line))?,
+                ..Default::default()
+            }),
             "signal" => {
                 let t = out.last_mut().ok_or_else(|| parse_err(&path, line))?;
                 let (sig, val) = v.split_once('/').ok_or_else(|| parse_err(&path, line))?;
@@ -363,7 +393,11 @@ pub fn posix_timers(pid: pid_t) -> Result<Vec<PosixTimer>> {
                 let t = out.last_mut().ok_or_else(|| parse_err(&path, line))?;
                 let (how, who) = v.split_once('/').unwrap_or((v, ""));
                 t.notify = how.to_owned();
-                t.notify_tid = who.rsplit('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                t.notify_tid = who
+                    .rsplit('.')
+                    .next()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
             }
             "ClockID" => {
                 let t = out.last_mut().ok_or_else(|| parse_err(&path, line))?;
@@ -376,13 +410,19 @@ pub fn posix_timers(pid: pid_t) -> Result<Vec<PosixTimer>> {
 }
 
 pub fn read_trimmed(pid: pid_t, file: &str) -> Result<String> {
-    Ok(read_string(&format!("/proc/{pid}/{file}"))?.trim().to_owned())
+    Ok(read_string(&format!("/proc/{pid}/{file}"))?
+        .trim()
+        .to_owned())
 }
 
 /// Seconds the system has been up, in CRIU's unit for inventory.dump_uptime (microseconds).
 pub fn uptime_us() -> Result<u64> {
     let t = read_string("/proc/uptime")?;
-    let secs: f64 = t.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let secs: f64 = t
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     Ok((secs * 1e6) as u64)
 }
 
@@ -392,12 +432,21 @@ mod tests {
 
     #[test]
     fn map_line() {
-        let m = parse_map_line("559d65f12000-559d65f14000 r-xp 00002000 fe:00 247030                     /usr/bin/cat").unwrap();
-        assert_eq!((m.start, m.end, m.offset, m.inode), (0x559d65f12000, 0x559d65f14000, 0x2000, 247030));
+        let m = parse_map_line(
+            "559d65f12000-559d65f14000 r-xp 00002000 fe:00 247030                     /usr/bin/cat",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.start, m.end, m.offset, m.inode),
+            (0x559d65f12000, 0x559d65f14000, 0x2000, 247030)
+        );
         assert!(m.read && !m.write && m.exec && !m.shared);
         assert_eq!((m.dev_major, m.dev_minor), (0xfe, 0));
         assert_eq!(m.name, "/usr/bin/cat");
-        let a = parse_map_line("7f0000000000-7f0000001000 rw-s 00000000 00:01 1234 /dev/zero (deleted)").unwrap();
+        let a = parse_map_line(
+            "7f0000000000-7f0000001000 rw-s 00000000 00:01 1234 /dev/zero (deleted)",
+        )
+        .unwrap();
         assert!(a.shared);
         assert_eq!(a.name, "/dev/zero (deleted)");
     }
@@ -417,7 +466,10 @@ mod tests {
     fn stat_with_parens_in_comm() {
         let s = parse_stat("42 (a) b)) S 1 42 42 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0 0 10 20 30 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 1 2 3 4 5 6 7 8 0").unwrap();
         assert_eq!(s.comm, "a) b)");
-        assert_eq!((s.ppid, s.start_code, s.end_code, s.start_stack), (1, 10, 20, 30));
+        assert_eq!(
+            (s.ppid, s.start_code, s.end_code, s.start_stack),
+            (1, 10, 20, 30)
+        );
         assert_eq!((s.start_data, s.env_end, s.exit_code), (1, 7, 8));
     }
 }

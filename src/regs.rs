@@ -34,10 +34,14 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(b[off..off + 8].try_into().unwrap())
 }
 fn u32s(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(4)
+        .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
+        .collect()
 }
 fn u64s(b: &[u8]) -> Vec<u64> {
-    b.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect()
 }
 fn put_u32s(dst: &mut [u8], v: &[u32]) {
     for (c, x) in dst.chunks_exact_mut(4).zip(v) {
@@ -85,7 +89,9 @@ pub fn gpregs_to_image(r: &Regs) -> pb::UserX86RegsEntry {
 
 pub fn gpregs_from_image(e: &pb::UserX86RegsEntry) -> Result<Regs> {
     if e.mode.unwrap_or(pb::UserX86RegsMode::Native as i32) != pb::UserX86RegsMode::Native as i32 {
-        return Err(Error::InvalidOptions("32-bit (compat) tasks are not supported".into()));
+        return Err(Error::InvalidOptions(
+            "32-bit (compat) tasks are not supported".into(),
+        ));
     }
     let mut r: Regs = crate::sys::ptrace::zeroed_regs();
     r.r15 = e.r15;
@@ -126,12 +132,27 @@ fn component(xstate: &[u8], feature: u32) -> Option<&[u8]> {
 
 pub fn fpregs_to_image(x: &[u8]) -> Result<pb::UserX86FpregsEntry> {
     if x.len() < FXSAVE_SIZE + XSAVE_HDR_SIZE {
-        return Err(Error::InvalidOptions(format!("XSAVE area of {} bytes is too small", x.len())));
+        return Err(Error::InvalidOptions(format!(
+            "XSAVE area of {} bytes is too small",
+            x.len()
+        )));
     }
     let supported = xfeatures_supported();
     let has = |f: u32| supported & (1 << f) != 0;
-    let comp_u32 = |f: u32| if has(f) { component(x, f).map(u32s).unwrap_or_default() } else { Vec::new() };
-    let comp_u64 = |f: u32| if has(f) { component(x, f).map(u64s).unwrap_or_default() } else { Vec::new() };
+    let comp_u32 = |f: u32| {
+        if has(f) {
+            component(x, f).map(u32s).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    let comp_u64 = |f: u32| {
+        if has(f) {
+            component(x, f).map(u64s).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
     let xsave = pb::UserX86XsaveEntry {
         xstate_bv: u64_at(x, XSAVE_HDR_OFFSET),
         ymmh_space: comp_u32(XFEATURE_YMM),
@@ -225,7 +246,8 @@ pub fn fpregs_from_image(e: &pb::UserX86FpregsEntry, size: usize) -> Result<Vec<
 /// Whether a saved XSAVE area has AMX tile data in use (the restored thread must then ask the
 /// kernel for AMX permission and touch AMX once before the area can be loaded).
 pub fn uses_amx(xstate: &[u8]) -> bool {
-    xstate.len() >= XSAVE_HDR_OFFSET + 8 && u64_at(xstate, XSAVE_HDR_OFFSET) & (1 << XFEATURE_XTILEDATA) != 0
+    xstate.len() >= XSAVE_HDR_OFFSET + 8
+        && u64_at(xstate, XSAVE_HDR_OFFSET) & (1 << XFEATURE_XTILEDATA) != 0
 }
 
 /// GDT TLS slots 12-14 (set_thread_area); CRIU always stores all three.

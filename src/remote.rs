@@ -85,7 +85,11 @@ impl<'a> Remote<'a> {
 
     /// Unmaps the scratch area.
     pub fn finish(self) -> Result<Vec<i32>> {
-        self.inj.call("munmap(scratch)", libc::SYS_munmap, [self.scratch, SCRATCH_SIZE, 0, 0, 0, 0])?;
+        self.inj.call(
+            "munmap(scratch)",
+            libc::SYS_munmap,
+            [self.scratch, SCRATCH_SIZE, 0, 0, 0, 0],
+        )?;
         Ok(self.inj.deferred_signals())
     }
 }

@@ -44,7 +44,12 @@ pub fn dump_pending(t: &Tracee, shared: bool) -> Result<Option<pb::SignalQueueEn
         return Ok(None);
     }
     Ok(Some(pb::SignalQueueEntry {
-        signals: infos.into_iter().map(|si| pb::SiginfoEntry { siginfo: si.to_vec() }).collect(),
+        signals: infos
+            .into_iter()
+            .map(|si| pb::SiginfoEntry {
+                siginfo: si.to_vec(),
+            })
+            .collect(),
     }))
 }
 
@@ -58,7 +63,12 @@ pub fn restore_actions(actions: &[pb::SaEntry]) -> Result<()> {
 
 /// Restored-task side: queue the saved pending signals to ourselves (all signals are blocked
 /// until the final mask is loaded, so nothing is delivered early).
-pub fn restore_pending(pid: i32, tid: i32, queue: Option<&pb::SignalQueueEntry>, shared: bool) -> Result<()> {
+pub fn restore_pending(
+    pid: i32,
+    tid: i32,
+    queue: Option<&pb::SignalQueueEntry>,
+    shared: bool,
+) -> Result<()> {
     let Some(q) = queue else { return Ok(()) };
     for si in &q.signals {
         let mut info = [0u8; 128];
@@ -68,7 +78,12 @@ pub fn restore_pending(pid: i32, tid: i32, queue: Option<&pb::SignalQueueEntry>,
         if signo == libc::SIGKILL || signo == libc::SIGSTOP || signo <= 0 || signo > SIGMAX as i32 {
             continue;
         }
-        crate::sys::signal::queue_to_self(pid, if shared { None } else { Some(tid) }, signo, &info)?;
+        crate::sys::signal::queue_to_self(
+            pid,
+            if shared { None } else { Some(tid) },
+            signo,
+            &info,
+        )?;
     }
     Ok(())
 }

@@ -11,17 +11,34 @@ fn words(b: &[u8]) -> [u64; 4] {
 }
 
 fn itimer(remote: &Remote, which: i32) -> Result<pb::ItimerEntry> {
-    remote.syscall("getitimer", libc::SYS_getitimer, [which as u64, remote.addr(0), 0, 0, 0, 0])?;
+    remote.syscall(
+        "getitimer",
+        libc::SYS_getitimer,
+        [which as u64, remote.addr(0), 0, 0, 0, 0],
+    )?;
     let [isec, iusec, vsec, vusec] = words(&remote.read(0, 32)?);
-    Ok(pb::ItimerEntry { isec, iusec, vsec, vusec })
+    Ok(pb::ItimerEntry {
+        isec,
+        iusec,
+        vsec,
+        vusec,
+    })
 }
 
 pub fn dump(remote: &Remote) -> Result<pb::TaskTimersEntry> {
     let mut posix = Vec::new();
     for t in procfs::posix_timers(remote.pid())? {
-        remote.syscall("timer_gettime", libc::SYS_timer_gettime, [t.id as u64, remote.addr(0), 0, 0, 0, 0])?;
+        remote.syscall(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            [t.id as u64, remote.addr(0), 0, 0, 0, 0],
+        )?;
         let [isec, insec, vsec, vnsec] = words(&remote.read(0, 32)?);
-        let overrun = remote.syscall("timer_getoverrun", libc::SYS_timer_getoverrun, [t.id as u64, 0, 0, 0, 0, 0])?;
+        let overrun = remote.syscall(
+            "timer_getoverrun",
+            libc::SYS_timer_getoverrun,
+            [t.id as u64, 0, 0, 0, 0, 0],
+        )?;
         let notify = match t.notify.as_str() {
             "none" => libc::SIGEV_NONE,
             "thread" => libc::SIGEV_THREAD_ID,

@@ -56,7 +56,11 @@ fn prctl_get(remote: &Remote, what: &str, option: i32) -> Result<u64> {
 /// prctl(option, &out): the kernel writes the answer into our scratch page.
 fn prctl_get_ptr(remote: &Remote, what: &str, option: i32, size: usize) -> Result<u64> {
     remote.write(0, &[0u8; 8])?;
-    remote.syscall(what, libc::SYS_prctl, [option as u64, remote.addr(0), 0, 0, 0, 0])?;
+    remote.syscall(
+        what,
+        libc::SYS_prctl,
+        [option as u64, remote.addr(0), 0, 0, 0, 0],
+    )?;
     let b = remote.read(0, size)?;
     let mut w = [0u8; 8];
     w[..size].copy_from_slice(&b);
@@ -88,10 +92,17 @@ fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Resu
     Ok(Some(filters.len() as u32 - 1))
 }
 
-fn tty_info(pid: pid_t, fdinfo: &[pb::FdinfoEntry], files: &FileTable, stat: &procfs::Stat) -> Result<Vec<pb::TtyInfoEntry>> {
+fn tty_info(
+    pid: pid_t,
+    fdinfo: &[pb::FdinfoEntry],
+    files: &FileTable,
+    stat: &procfs::Stat,
+) -> Result<Vec<pb::TtyInfoEntry>> {
     let mut out: Vec<pb::TtyInfoEntry> = Vec::new();
     for fe in fdinfo {
-        let Some(tty) = files.get(fe.id).and_then(|e| e.tty.as_ref()) else { continue };
+        let Some(tty) = files.get(fe.id).and_then(|e| e.tty.as_ref()) else {
+            continue;
+        };
         if out.iter().any(|t| t.id == tty.tty_info_id) {
             continue;
         }
@@ -103,7 +114,11 @@ fn tty_info(pid: pid_t, fdinfo: &[pb::FdinfoEntry], files: &FileTable, stat: &pr
             .and_then(|n| n.parse().ok());
         out.push(pb::TtyInfoEntry {
             id: tty.tty_info_id,
-            r#type: if index.is_some() { pb::TtyType::Pty } else { pb::TtyType::Console } as i32,
+            r#type: if index.is_some() {
+                pb::TtyType::Pty
+            } else {
+                pb::TtyType::Console
+            } as i32,
             locked: false,
             exclusive: false,
             packet_mode: false,
@@ -131,7 +146,10 @@ fn dump_task(
     let status = procfs::status(pid, None)?;
     // Read before our scratch page exists, so that it can never merge into the task's VMAs.
     let maps = procfs::maps(pid)?;
-    let vdso = maps.iter().find(|m| m.name == "[vdso]").map(|m| (m.start, m.end));
+    let vdso = maps
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| (m.start, m.end));
     let leader_regs = task.leader().regs;
     let syscall_ip = find_syscall_insn(pid, &leader_regs, vdso)?;
 
@@ -146,27 +164,74 @@ fn dump_task(
         let creds = creds::dump(&remote, &status)?;
         let rlimits = creds::dump_rlimits(&remote)?;
         let dumpable = prctl_get(&remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?;
-        let thp_disabled = prctl_get(&remote, "prctl(PR_GET_THP_DISABLE)", libc::PR_GET_THP_DISABLE)?;
-        let subreaper = prctl_get_ptr(&remote, "prctl(PR_GET_CHILD_SUBREAPER)", libc::PR_GET_CHILD_SUBREAPER, 4)?;
-        let pdeath = prctl_get_ptr(&remote, "prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG, 4)?;
-        let tid_addr = prctl_get_ptr(&remote, "prctl(PR_GET_TID_ADDRESS)", libc::PR_GET_TID_ADDRESS, 8)?;
-        remote.syscall("sigaltstack(query)", libc::SYS_sigaltstack, [0, remote.addr(0), 0, 0, 0, 0])?;
+        let thp_disabled = prctl_get(
+            &remote,
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::PR_GET_THP_DISABLE,
+        )?;
+        let subreaper = prctl_get_ptr(
+            &remote,
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::PR_GET_CHILD_SUBREAPER,
+            4,
+        )?;
+        let pdeath = prctl_get_ptr(
+            &remote,
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::PR_GET_PDEATHSIG,
+            4,
+        )?;
+        let tid_addr = prctl_get_ptr(
+            &remote,
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::PR_GET_TID_ADDRESS,
+            8,
+        )?;
+        remote.syscall(
+            "sigaltstack(query)",
+            libc::SYS_sigaltstack,
+            [0, remote.addr(0), 0, 0, 0, 0],
+        )?;
         let ss = remote.read(0, 24)?;
         let sas = pb::ThreadSasEntry {
             ss_sp: u64::from_ne_bytes(ss[0..8].try_into().unwrap()),
             ss_flags: u32::from_ne_bytes(ss[8..12].try_into().unwrap()),
             ss_size: u64::from_ne_bytes(ss[16..24].try_into().unwrap()),
         };
-        Ok((sigactions, timers, creds, rlimits, dumpable, thp_disabled, subreaper, pdeath, tid_addr, sas))
+        Ok((
+            sigactions,
+            timers,
+            creds,
+            rlimits,
+            dumpable,
+            thp_disabled,
+            subreaper,
+            pdeath,
+            tid_addr,
+            sas,
+        ))
     })();
     let deferred = remote.finish();
-    task.threads[0].deferred.extend(deferred.as_deref().unwrap_or(&[]));
+    task.threads[0]
+        .deferred
+        .extend(deferred.as_deref().unwrap_or(&[]));
     // Put the task back as it was right away, not only at release: should we die during the
     // long memory copy, the kernel detaches it and it must resume intact.
     let leader = task.leader();
     leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
     leader.tracee.set_sigmask(leader.sigmask)?;
-    let (sigactions, timers, creds, rlimits, dumpable, thp_disabled, subreaper, pdeath, tid_addr, sas) = gathered?;
+    let (
+        sigactions,
+        timers,
+        creds,
+        rlimits,
+        dumpable,
+        thp_disabled,
+        subreaper,
+        pdeath,
+        tid_addr,
+        sas,
+    ) = gathered?;
     deferred?;
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
@@ -174,14 +239,20 @@ fn dump_task(
 
     // Memory, now that our scratch page is gone again.
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files)?;
-    let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?.to_string_lossy().into_owned();
+    let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
+        .to_string_lossy()
+        .into_owned();
     if exe.ends_with(" (deleted)") {
-        return Err(Error::unsupported(pid, format!("executable {exe} was deleted")));
+        return Err(Error::unsupported(
+            pid,
+            format!("executable {exe} was deleted"),
+        ));
     }
     let exe_file_id = files.add_path(&exe, libc::O_RDONLY as u32)?;
     let t0 = Instant::now();
     let pages_path = dir.file(&pages_file_name(pages_id));
-    let mut pages_out = File::create(&pages_path).map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
+    let mut pages_out = File::create(&pages_path)
+        .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
     let (pagemap, stats) = mem::dump_pages(pid, &vmas, &mut pages_out)?;
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();
@@ -209,8 +280,12 @@ fn dump_task(
     };
 
     // Files, cwd, root.
-    let cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?.to_string_lossy().into_owned();
-    let root = procfs::readlink(&format!("/proc/{pid}/root"))?.to_string_lossy().into_owned();
+    let cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?
+        .to_string_lossy()
+        .into_owned();
+    let root = procfs::readlink(&format!("/proc/{pid}/root"))?
+        .to_string_lossy()
+        .into_owned();
     let fs = pb::FsEntry {
         cwd_id: files.add_path(&cwd, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)?,
         root_id: files.add_path(&root, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)?,
@@ -229,8 +304,12 @@ fn dump_task(
     gp.orig_rax = leader.regs.orig_rax;
     let xstate = t.get_xstate()?;
     let comm = stat.comm.clone();
-    let loginuid = procfs::read_trimmed(pid, "loginuid").ok().and_then(|s| s.parse::<u32>().ok());
-    let oom_score_adj = procfs::read_trimmed(pid, "oom_score_adj").ok().and_then(|s| s.parse::<i32>().ok());
+    let loginuid = procfs::read_trimmed(pid, "loginuid")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok());
+    let oom_score_adj = procfs::read_trimmed(pid, "oom_score_adj")
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok());
     let core = pb::CoreEntry {
         mtype: pb::core_entry::March::X8664 as i32,
         thread_info: Some(pb::ThreadInfoX86 {
@@ -240,7 +319,11 @@ fn dump_task(
             tls: regs::tls_to_image(t)?,
         }),
         tc: Some(pb::TaskCoreEntry {
-            task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
+            task_state: if task.stop_signo.is_some() {
+                TASK_STOPPED
+            } else {
+                TASK_ALIVE
+            },
             exit_code: 0,
             personality: procfs::personality(pid)?,
             flags: stat.flags,
@@ -290,7 +373,13 @@ fn dump_task(
             threads: task.threads.iter().map(|t| t.tracee.tid as u32).collect(),
         },
         cores: vec![(pid, core)],
-        ids: pb::TaskKobjIdsEntry { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, ..Default::default() },
+        ids: pb::TaskKobjIdsEntry {
+            vm_id: 1,
+            files_id: 1,
+            fs_id: 1,
+            sighand_id: 1,
+            ..Default::default()
+        },
         mm,
         pagemap,
         pages_id,
@@ -316,7 +405,9 @@ fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
     dir.write_one(Kind::Ids, t.pid, &t.ids)?;
     dir.write_one(Kind::Mm, t.pid, &t.mm)?;
     let mut pm = dir.create(Kind::Pagemap, t.pid)?;
-    pm.write(&pb::PagemapHead { pages_id: t.pages_id })?;
+    pm.write(&pb::PagemapHead {
+        pages_id: t.pages_id,
+    })?;
     for e in &t.pagemap {
         pm.write(e)?;
     }
@@ -331,11 +422,20 @@ fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
 fn check_tree(pid: pid_t, frozen: &Frozen, opts: &Options) -> Result<()> {
     let task = &frozen.tasks[0];
     if task.threads.len() > 1 {
-        return Err(Error::unsupported(pid, format!("{} threads (multi-threaded tasks are not supported yet)", task.threads.len())));
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "{} threads (multi-threaded tasks are not supported yet)",
+                task.threads.len()
+            ),
+        ));
     }
     let children = procfs::children(pid)?;
     if !children.is_empty() {
-        return Err(Error::unsupported(pid, format!("child processes {children:?} (process trees are not supported yet)")));
+        return Err(Error::unsupported(
+            pid,
+            format!("child processes {children:?} (process trees are not supported yet)"),
+        ));
     }
     let stat = procfs::stat(pid, None)?;
     if !opts.shell_job && (stat.sid != pid || stat.pgid != pid) {
@@ -351,10 +451,15 @@ fn check_tree(pid: pid_t, frozen: &Frozen, opts: &Options) -> Result<()> {
 }
 
 pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
-    let pid = opts.pid.ok_or_else(|| Error::InvalidOptions("no process to dump: give -t PID".into()))?;
+    let pid = opts
+        .pid
+        .ok_or_else(|| Error::InvalidOptions("no process to dump: give -t PID".into()))?;
     let dir = ImageDir::new(&opts.images_dir);
     if !dir.path().is_dir() {
-        return Err(Error::InvalidOptions(format!("images directory {} does not exist", dir.path().display())));
+        return Err(Error::InvalidOptions(format!(
+            "images directory {} does not exist",
+            dir.path().display()
+        )));
     }
     // An inventory from an earlier run would make a half-written dump look complete.
     let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
@@ -372,7 +477,15 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let mut seccomp = Vec::new();
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
-        images.push(dump_task(task, opts, &dir, &mut files, &mut seccomp, images.len() as u32 + 1, &mut timing)?);
+        images.push(dump_task(
+            task,
+            opts,
+            &dir,
+            &mut files,
+            &mut seccomp,
+            images.len() as u32 + 1,
+            &mut timing,
+        )?);
     }
     for t in &images {
         write_images(&dir, t)?;
@@ -380,7 +493,13 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     dir.write_all(Kind::Files, "", &files.entries)?;
     dir.write_all(Kind::Pstree, "", images.iter().map(|t| &t.pstree))?;
     if !seccomp.is_empty() {
-        dir.write_one(Kind::Seccomp, "", &pb::SeccompEntry { seccomp_filters: seccomp })?;
+        dir.write_one(
+            Kind::Seccomp,
+            "",
+            &pb::SeccompEntry {
+                seccomp_filters: seccomp,
+            },
+        )?;
     }
     let ttys: Vec<&pb::TtyInfoEntry> = images.iter().flat_map(|t| t.ttys.iter()).collect();
     if !ttys.is_empty() {
@@ -413,14 +532,20 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     }
     timing.frozen = frozen_at.elapsed();
     write_stats(&dir, &timing, opts.display_stats)?;
-    log::info!("dump of pid {pid} finished: {} pages written", timing.stats.written);
+    log::info!(
+        "dump of pid {pid} finished: {} pages written",
+        timing.stats.written
+    );
     Ok(DumpOutcome { restored: false })
 }
 
 fn write_timens(dir: &ImageDir) -> Result<()> {
     let now = |clock| -> pb::Timespec {
         let ts = nix::time::clock_gettime(clock).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-        pb::Timespec { tv_sec: ts.tv_sec() as u64, tv_nsec: ts.tv_nsec() as u64 }
+        pb::Timespec {
+            tv_sec: ts.tv_sec() as u64,
+            tv_nsec: ts.tv_nsec() as u64,
+        }
     };
     dir.write_one(
         Kind::Timens,
@@ -451,10 +576,26 @@ fn write_stats(dir: &ImageDir, t: &Timing, display: bool) -> Result<()> {
         println!("Frozen time: {} us", d.frozen_time);
         println!("Memory dump time: {} us", d.memdump_time);
         println!("Memory write time: {} us", d.memwrite_time);
-        println!("Memory pages scanned: {} (0x{:x})", d.pages_scanned, d.pages_scanned);
-        println!("Memory pages skipped from parent: {} (0x{:x})", d.pages_skipped_parent, d.pages_skipped_parent);
-        println!("Memory pages written: {} (0x{:x})", d.pages_written, d.pages_written);
+        println!(
+            "Memory pages scanned: {} (0x{:x})",
+            d.pages_scanned, d.pages_scanned
+        );
+        println!(
+            "Memory pages skipped from parent: {} (0x{:x})",
+            d.pages_skipped_parent, d.pages_skipped_parent
+        );
+        println!(
+            "Memory pages written: {} (0x{:x})",
+            d.pages_written, d.pages_written
+        );
         println!("Lazy memory pages: {} (0x{:x})", d.pages_lazy, d.pages_lazy);
     }
-    dir.write_one(Kind::Stats, "dump", &pb::StatsEntry { dump: Some(d), restore: None })
+    dir.write_one(
+        Kind::Stats,
+        "dump",
+        &pb::StatsEntry {
+            dump: Some(d),
+            restore: None,
+        },
+    )
 }

@@ -28,7 +28,9 @@ use crate::sys::clone::{fork_with_pid, Forked};
 use crate::sys::fd as sysfd;
 use crate::sys::inject::Injector;
 use crate::sys::mem::{write_remote, PAGE_SIZE};
-use crate::sys::ptrace::{Stop, Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD};
+use crate::sys::ptrace::{
+    Stop, Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+};
 use crate::sys::task as systask;
 
 /// One process's images.
@@ -48,10 +50,16 @@ impl TaskImage {
         let pid = pstree.pid as pid_t;
         let core: pb::CoreEntry = dir.read_one(Kind::Core, pid)?;
         if core.mtype != pb::core_entry::March::X8664 as i32 {
-            return Err(Error::image(dir.file(&Kind::Core.file_name(pid)), "not an x86-64 task"));
+            return Err(Error::image(
+                dir.file(&Kind::Core.file_name(pid)),
+                "not an x86-64 task",
+            ));
         }
         if core.thread_info.is_none() || core.tc.is_none() {
-            return Err(Error::image(dir.file(&Kind::Core.file_name(pid)), "no thread info or task core"));
+            return Err(Error::image(
+                dir.file(&Kind::Core.file_name(pid)),
+                "no thread info or task core",
+            ));
         }
         let ids: pb::TaskKobjIdsEntry = dir.read_one(Kind::Ids, pid)?;
         let mm: pb::MmEntry = dir.read_one(Kind::Mm, pid)?;
@@ -62,7 +70,16 @@ impl TaskImage {
         let pagemap = pm.collect_all()?;
         let fs: pb::FsEntry = dir.read_one(Kind::Fs, pid)?;
         let fdinfo = dir.read_all_optional(Kind::Fdinfo, ids.files_id)?;
-        Ok(TaskImage { pid, pstree, core, mm, pagemap, pages_id: head.pages_id, fs, fdinfo })
+        Ok(TaskImage {
+            pid,
+            pstree,
+            core,
+            mm,
+            pagemap,
+            pages_id: head.pages_id,
+            fs,
+            fdinfo,
+        })
     }
 
     fn tc(&self) -> &pb::TaskCoreEntry {
@@ -90,16 +107,19 @@ fn write_msg(fd: RawFd, status: u32, body: &[u8]) {
 
 fn read_msg(fd: &mut File) -> Result<(u32, Vec<u8>)> {
     let mut hdr = [0u8; 8];
-    fd.read_exact(&mut hdr).map_err(|e| Error::io("read the restored task's report", e))?;
+    fd.read_exact(&mut hdr)
+        .map_err(|e| Error::io("read the restored task's report", e))?;
     let status = u32::from_ne_bytes(hdr[0..4].try_into().unwrap());
     let len = u32::from_ne_bytes(hdr[4..8].try_into().unwrap()) as usize;
     let mut body = vec![0u8; len.min(1 << 20)];
-    fd.read_exact(&mut body).map_err(|e| Error::io("read the restored task's report", e))?;
+    fd.read_exact(&mut body)
+        .map_err(|e| Error::io("read the restored task's report", e))?;
     Ok((status, body))
 }
 
 fn pipe() -> Result<(File, File)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
     Ok((File::from(r), File::from(w)))
 }
 
@@ -108,18 +128,34 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     let dir = ImageDir::new(&opts.images_dir);
     let inv: pb::InventoryEntry = dir.read_one(Kind::Inventory, "")?;
     if inv.img_version != IMG_VERSION {
-        return Err(Error::image(dir.file("inventory.img"), format!("image version {} (expected {IMG_VERSION})", inv.img_version)));
+        return Err(Error::image(
+            dir.file("inventory.img"),
+            format!("image version {} (expected {IMG_VERSION})", inv.img_version),
+        ));
     }
     let pstree: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, "")?;
-    let root = pstree.first().cloned().ok_or_else(|| Error::image(dir.file("pstree.img"), "no task"))?;
+    let root = pstree
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::image(dir.file("pstree.img"), "no task"))?;
     if pstree.len() > 1 || root.threads.len() > 1 {
-        return Err(Error::InvalidOptions("restoring process trees and threads is not supported yet".into()));
+        return Err(Error::InvalidOptions(
+            "restoring process trees and threads is not supported yet".into(),
+        ));
     }
     let task = TaskImage::load(&dir, root)?;
     let files = FileImages::load(&dir)?;
-    let seccomp: Option<pb::SeccompEntry> = if dir.exists(Kind::Seccomp, "") { Some(dir.read_one(Kind::Seccomp, "")?) } else { None };
-    let pages = File::open(dir.file(&pages_file_name(task.pages_id)))
-        .map_err(|e| Error::image(dir.file(&pages_file_name(task.pages_id)), format!("cannot open: {e}")))?;
+    let seccomp: Option<pb::SeccompEntry> = if dir.exists(Kind::Seccomp, "") {
+        Some(dir.read_one(Kind::Seccomp, "")?)
+    } else {
+        None
+    };
+    let pages = File::open(dir.file(&pages_file_name(task.pages_id))).map_err(|e| {
+        Error::image(
+            dir.file(&pages_file_name(task.pages_id)),
+            format!("cannot open: {e}"),
+        )
+    })?;
     check_pages_size(&task, &pages, &dir)?;
 
     for &tid in &task.pstree.threads {
@@ -128,7 +164,9 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         }
     }
     if single_threaded().is_err() {
-        return Err(Error::InvalidOptions("restore must run in a single-threaded process".into()));
+        return Err(Error::InvalidOptions(
+            "restore must run in a single-threaded process".into(),
+        ));
     }
 
     // Layout of the temporary build area, reserved here so that the new task inherits the
@@ -146,7 +184,11 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     notify.notify("pre-restore", 0, None)?;
     let (go_r, mut go_w) = pipe()?;
     let (mut ready_r, ready_w) = pipe()?;
-    let flags = if opts.restore_sibling { libc::CLONE_PARENT as u64 } else { 0 };
+    let flags = if opts.restore_sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
     let t_fork = Instant::now();
     let child = match fork_with_pid(Some(task.pid), flags)? {
         Forked::Child => {
@@ -161,14 +203,18 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     drop(pages);
     let is_our_child = !opts.restore_sibling;
     let kill_child = |e: Error| -> Error {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::SIGKILL);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::SIGKILL);
         if is_our_child {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
         }
         e
     };
     // Attach before the task does anything: if we die, PTRACE_O_EXITKILL takes it with us.
-    let tracee = match Tracee::seize(child, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP) {
+    let tracee = match Tracee::seize(
+        child,
+        PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
+    ) {
         Ok(t) => t,
         Err(e) => return Err(kill_child(e)),
     };
@@ -182,9 +228,17 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         },
         Ok((_, body)) => {
             let msg = String::from_utf8_lossy(&body).into_owned();
-            return Err(kill_child(Error::task(task.pid, format!("restore failed: {msg}"))));
+            return Err(kill_child(Error::task(
+                task.pid,
+                format!("restore failed: {msg}"),
+            )));
         }
-        Err(e) => return Err(kill_child(Error::task(task.pid, format!("restored task died before it was ready ({e})")))),
+        Err(e) => {
+            return Err(kill_child(Error::task(
+                task.pid,
+                format!("restored task died before it was ready ({e})"),
+            )))
+        }
     };
     // The task closes its end right after reporting: wait for that, so no fd of ours is left.
     let mut rest = Vec::new();
@@ -194,13 +248,25 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     if let Err(e) = result {
         return Err(kill_child(e));
     }
-    if let Some(sig) = task.tc().stop_signo.filter(|_| task.tc().task_state == crate::engine::dump::TASK_STOPPED) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::try_from(sig as i32).ok());
+    if let Some(sig) = task
+        .tc()
+        .stop_signo
+        .filter(|_| task.tc().task_state == crate::engine::dump::TASK_STOPPED)
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::try_from(sig as i32).ok(),
+        );
     }
     notify.notify("post-resume", child, None)?;
     if let Some(p) = &opts.pidfile {
-        let path = if p.is_absolute() { p.clone() } else { opts.work_dir().join(p) };
-        std::fs::write(&path, format!("{child}")).map_err(|e| Error::io(format!("write pidfile {}", path.display()), e))?;
+        let path = if p.is_absolute() {
+            p.clone()
+        } else {
+            opts.work_dir().join(p)
+        };
+        std::fs::write(&path, format!("{child}"))
+            .map_err(|e| Error::io(format!("write pidfile {}", path.display()), e))?;
     }
     write_stats(&dir, forking_time, t_start.elapsed(), ready.pages_restored)?;
     log::info!("restored pid {child}");
@@ -234,7 +300,10 @@ fn check_pages_size(task: &TaskImage, pages: &File, dir: &ImageDir) -> Result<()
         .filter(|p| p.flags.unwrap_or(crate::images::PE_PRESENT) & crate::images::PE_PRESENT != 0)
         .map(|p| p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE)
         .sum();
-    let have = pages.metadata().map_err(|e| Error::io("stat pages image", e))?.len();
+    let have = pages
+        .metadata()
+        .map_err(|e| Error::io("stat pages image", e))?
+        .len();
     if have < want {
         return Err(Error::image(
             dir.file(&pages_file_name(task.pages_id)),
@@ -244,7 +313,12 @@ fn check_pages_size(task: &TaskImage, pages: &File, dir: &ImageDir) -> Result<()
     Ok(())
 }
 
-fn write_stats(dir: &ImageDir, forking: std::time::Duration, total: std::time::Duration, pages: u64) -> Result<()> {
+fn write_stats(
+    dir: &ImageDir,
+    forking: std::time::Duration,
+    total: std::time::Duration,
+    pages: u64,
+) -> Result<()> {
     let us = |d: std::time::Duration| d.as_micros().min(u32::MAX as u128) as u32;
     dir.write_one(
         Kind::Stats,
@@ -283,7 +357,9 @@ fn child_main(
     if go_r.read_exact(&mut go).is_err() {
         crate::sys::process::exit_now(1);
     }
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build_self(task, files, layout, pages, shell_job, go_r, &mut ready)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        build_self(task, files, layout, pages, shell_job, go_r, &mut ready)
+    }));
     let msg = match r {
         Ok(Ok(())) => {
             sysfd::close(ready);
@@ -309,13 +385,23 @@ fn build_self(
     if ps.sid as pid_t == task.pid {
         nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     } else if !shell_job {
-        return Err(Error::InvalidOptions(format!("session {} is outside the restored tree", ps.sid)));
+        return Err(Error::InvalidOptions(format!(
+            "session {} is outside the restored tree",
+            ps.sid
+        )));
     }
     if ps.pgid as pid_t == task.pid && ps.sid as pid_t != task.pid {
-        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0)).map_err(|e| Error::sys("setpgid", e))?;
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+            .map_err(|e| Error::sys("setpgid", e))?;
     }
 
-    let pages_restored = mem::premap(&task.mm.vmas, layout, &task.pagemap, &pages, &|id, flags| files.open_path(id, flags))?;
+    let pages_restored = mem::premap(
+        &task.mm.vmas,
+        layout,
+        &task.pagemap,
+        &pages,
+        &|id, flags| files.open_path(id, flags),
+    )?;
     drop(pages);
     let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
     build_ctrl(layout)?;
@@ -333,7 +419,9 @@ fn build_self(
         nix::unistd::chroot(root.as_str()).map_err(|e| Error::sys(format!("chroot {root}"), e))?;
     }
     nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(task.fs.umask.unwrap_or(0o22)));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        task.fs.umask.unwrap_or(0o22),
+    ));
 
     let tc = task.tc();
     if let Some(rl) = &tc.rlimits {
@@ -355,7 +443,10 @@ fn build_self(
     if task.mm.thp_disabled == Some(true) {
         crate::sys::process::prctl(libc::PR_SET_THP_DISABLE, 1)?;
     }
-    let comm = task.thread_core().and_then(|t| t.comm.clone()).unwrap_or_else(|| tc.comm.clone());
+    let comm = task
+        .thread_core()
+        .and_then(|t| t.comm.clone())
+        .unwrap_or_else(|| tc.comm.clone());
     crate::sys::process::set_name(&comm)?;
     let xsave = &task.core.thread_info.as_ref().expect("checked").fpregs;
     if xsave.xsave_area.as_deref().is_some_and(regs::uses_amx) {
@@ -375,7 +466,10 @@ fn build_ctrl(layout: &Layout) -> Result<()> {
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     mm::mmap_fixed(layout.ctrl, PAGE_SIZE, rw, anon, None, 0)?;
-    mm::write_to(layout.ctrl, &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
+    mm::write_to(
+        layout.ctrl,
+        &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc],
+    );
     mm::mprotect(layout.ctrl, PAGE_SIZE, libc::PROT_READ | libc::PROT_EXEC)?;
     mm::mmap_fixed(layout.ctrl_data(), mem::CTRL_DATA_SIZE, rw, anon, None, 0)?;
     Ok(())
@@ -427,17 +521,37 @@ fn finalize(
         match tracee.wait()? {
             Stop::Event(_) => break,
             Stop::Signal(_) | Stop::Syscall | Stop::OtherEvent(_) => tracee.cont(0)?,
-            s => return Err(Error::task(pid, format!("restored task ended early: {s:?}"))),
+            s => {
+                return Err(Error::task(
+                    pid,
+                    format!("restored task ended early: {s:?}"),
+                ))
+            }
         }
     }
     let stopped_regs = tracee.get_regs()?;
     let own_rseq = tracee.rseq_config()?;
     let child_maps = procfs::maps(pid)?;
-    let ctl = Ctl { inj: Injector::new(tracee, stopped_regs, layout.ctrl), pid, data: layout.ctrl_data() };
+    let ctl = Ctl {
+        inj: Injector::new(tracee, stopped_regs, layout.ctrl),
+        pid,
+        data: layout.ctrl_data(),
+    };
 
     // 1. The restorer's rseq area is about to go away with the rest of its memory.
     if own_rseq.ptr != 0 {
-        ctl.sys("rseq(unregister)", libc::SYS_rseq, [own_rseq.ptr, own_rseq.size as u64, 1, own_rseq.signature as u64, 0, 0])?;
+        ctl.sys(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            [
+                own_rseq.ptr,
+                own_rseq.size as u64,
+                1,
+                own_rseq.signature as u64,
+                0,
+                0,
+            ],
+        )?;
     }
     // 2. Unmap everything of the restorer but the build area and the vdso.
     let vdso: Vec<&procfs::MapEntry> = child_maps
@@ -451,12 +565,20 @@ fn finalize(
     const TOP: u64 = 0x7fff_ffff_f000;
     for &(s, e) in &keep {
         if s > from {
-            ctl.sys("munmap(restorer memory)", libc::SYS_munmap, [from, s - from, 0, 0, 0, 0])?;
+            ctl.sys(
+                "munmap(restorer memory)",
+                libc::SYS_munmap,
+                [from, s - from, 0, 0, 0, 0],
+            )?;
         }
         from = from.max(e);
     }
     if from < TOP {
-        ctl.sys("munmap(restorer memory)", libc::SYS_munmap, [from, TOP - from, 0, 0, 0, 0])?;
+        ctl.sys(
+            "munmap(restorer memory)",
+            libc::SYS_munmap,
+            [from, TOP - from, 0, 0, 0, 0],
+        )?;
     }
     // 3. vdso and vvar to their saved place, keeping their relative layout.
     move_vdso(&ctl, &vdso, &task.mm.vmas, layout)?;
@@ -467,7 +589,14 @@ fn finalize(
         ctl.sys(
             "mremap(VMA into place)",
             libc::SYS_mremap,
-            [temp, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, v.start, 0],
+            [
+                temp,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                v.start,
+                0,
+            ],
         )?;
     }
     // 5. mm fields and the executable.
@@ -493,12 +622,31 @@ fn finalize(
     map.extend_from_slice(&((mm.mm_saved_auxv.len() * 8) as u32).to_ne_bytes());
     map.extend_from_slice(&(ready.exe_fd as u32).to_ne_bytes());
     let map_addr = ctl.put(D_MM_MAP, &map)?;
-    ctl.sys("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, map.len() as u64, 0, 0])?;
-    ctl.sys("close(exe fd)", libc::SYS_close, [ready.exe_fd as u64, 0, 0, 0, 0, 0])?;
+    ctl.sys(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            map_addr,
+            map.len() as u64,
+            0,
+            0,
+        ],
+    )?;
+    ctl.sys(
+        "close(exe fd)",
+        libc::SYS_close,
+        [ready.exe_fd as u64, 0, 0, 0, 0, 0],
+    )?;
 
     // 6. Per-thread kernel state that points into the task's memory.
     let ti = task.core.thread_info.as_ref().expect("checked on load");
-    ctl.sys("set_tid_address", libc::SYS_set_tid_address, [ti.clear_tid_addr, 0, 0, 0, 0, 0])?;
+    ctl.sys(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
     if let Some(th) = task.thread_core() {
         if let Some(sas) = &th.sas {
             if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
@@ -513,15 +661,34 @@ fn finalize(
         }
         if let Some(r) = &th.rseq_entry {
             if r.rseq_abi_pointer != 0 {
-                ctl.sys("rseq(register)", libc::SYS_rseq, [r.rseq_abi_pointer, r.rseq_abi_size as u64, 0, r.signature as u64, 0, 0])?;
+                ctl.sys(
+                    "rseq(register)",
+                    libc::SYS_rseq,
+                    [
+                        r.rseq_abi_pointer,
+                        r.rseq_abi_size as u64,
+                        0,
+                        r.signature as u64,
+                        0,
+                        0,
+                    ],
+                )?;
             }
         }
         if th.futex_rla != 0 {
-            ctl.sys("set_robust_list", libc::SYS_set_robust_list, [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0])?;
+            ctl.sys(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
+            )?;
         }
     }
     let tc = task.tc();
-    ctl.sys("personality", libc::SYS_personality, [tc.personality as u64, 0, 0, 0, 0, 0])?;
+    ctl.sys(
+        "personality",
+        libc::SYS_personality,
+        [tc.personality as u64, 0, 0, 0, 0, 0],
+    )?;
     if let Some(t) = &tc.timers {
         restore_timers(&ctl, t)?;
     }
@@ -531,11 +698,19 @@ fn finalize(
         restore_creds(&ctl, creds)?;
     }
     if let Some(d) = mm.dumpable {
-        ctl.sys("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0])?;
+        ctl.sys(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
+        )?;
     }
     if let Some(creds) = task.thread_core().and_then(|t| t.creds.as_ref()) {
         if creds.no_new_privs == Some(1) {
-            ctl.sys("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
+            ctl.sys(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                libc::SYS_prctl,
+                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+            )?;
         }
     }
     if let (Some(th), Some(sc)) = (task.thread_core(), seccomp) {
@@ -544,7 +719,11 @@ fn finalize(
         }
     }
     // 8. Our control block goes last: after this only ptrace requests remain.
-    ctl.sys("munmap(build area)", libc::SYS_munmap, [layout.base, layout.len, 0, 0, 0, 0])?;
+    ctl.sys(
+        "munmap(build area)",
+        libc::SYS_munmap,
+        [layout.base, layout.len, 0, 0, 0, 0],
+    )?;
 
     // 9. Registers, blocked signals, and go.
     let xsize = tracee.get_xstate()?.len();
@@ -556,7 +735,10 @@ fn finalize(
     let mut r = regs::gpregs_from_image(&ti.gpregs)?;
     r.orig_rax = u64::MAX;
     tracee.set_regs(&r)?;
-    let blocked = task.thread_core().and_then(|t| t.blk_sigset).unwrap_or(tc.blk_sigset);
+    let blocked = task
+        .thread_core()
+        .and_then(|t| t.blk_sigset)
+        .unwrap_or(tc.blk_sigset);
     tracee.set_sigmask(blocked)?;
     notify.notify("pre-resume", pid, None)?;
     tracee.set_options(PTRACE_O_TRACESYSGOOD)?; // drop EXITKILL: the task is complete
@@ -564,12 +746,21 @@ fn finalize(
     Ok(())
 }
 
-fn move_vdso(ctl: &Ctl, own: &[&procfs::MapEntry], vmas: &[pb::VmaEntry], layout: &Layout) -> Result<()> {
+fn move_vdso(
+    ctl: &Ctl,
+    own: &[&procfs::MapEntry],
+    vmas: &[pb::VmaEntry],
+    layout: &Layout,
+) -> Result<()> {
     let target_vvar = vmas.iter().find(|v| v.status & mem::VMA_AREA_VVAR != 0);
     let target_vdso = vmas.iter().find(|v| v.status & mem::VMA_AREA_VDSO != 0);
     let Some(tvdso) = target_vdso else {
         for m in own {
-            ctl.sys("munmap(vdso)", libc::SYS_munmap, [m.start, m.len(), 0, 0, 0, 0])?;
+            ctl.sys(
+                "munmap(vdso)",
+                libc::SYS_munmap,
+                [m.start, m.len(), 0, 0, 0, 0],
+            )?;
         }
         return Ok(());
     };
@@ -578,7 +769,11 @@ fn move_vdso(ctl: &Ctl, own: &[&procfs::MapEntry], vmas: &[pb::VmaEntry], layout
         .find(|m| m.name == "[vdso]")
         .ok_or_else(|| Error::task(ctl.pid, "this kernel gave the restorer no vdso"))?;
     let own_base = own.iter().map(|m| m.start).min().unwrap_or(own_vdso.start);
-    let own_vvar_len: u64 = own.iter().filter(|m| m.name != "[vdso]").map(|m| m.len()).sum();
+    let own_vvar_len: u64 = own
+        .iter()
+        .filter(|m| m.name != "[vdso]")
+        .map(|m| m.len())
+        .sum();
     let new_base = target_vvar.map(|v| v.start).unwrap_or(tvdso.start);
     let fits = own_vdso.len() == tvdso.end - tvdso.start
         && target_vvar.map(|v| v.end - v.start).unwrap_or(0) == own_vvar_len
@@ -600,7 +795,11 @@ fn move_vdso(ctl: &Ctl, own: &[&procfs::MapEntry], vmas: &[pb::VmaEntry], layout
             moves.push((m.start, m.len(), layout.bounce + (m.start - own_base)));
         }
         for m in own {
-            moves.push((layout.bounce + (m.start - own_base), m.len(), new_base + (m.start - own_base)));
+            moves.push((
+                layout.bounce + (m.start - own_base),
+                m.len(),
+                new_base + (m.start - own_base),
+            ));
         }
     } else {
         for m in own {
@@ -608,7 +807,18 @@ fn move_vdso(ctl: &Ctl, own: &[&procfs::MapEntry], vmas: &[pb::VmaEntry], layout
         }
     }
     for (from, len, to) in moves {
-        ctl.sys("mremap(vdso)", libc::SYS_mremap, [from, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, to, 0])?;
+        ctl.sys(
+            "mremap(vdso)",
+            libc::SYS_mremap,
+            [
+                from,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                to,
+                0,
+            ],
+        )?;
     }
     Ok(())
 }
@@ -616,17 +826,29 @@ fn move_vdso(ctl: &Ctl, own: &[&procfs::MapEntry], vmas: &[pb::VmaEntry], layout
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
 fn restore_timers(ctl: &Ctl, t: &pb::TaskTimersEntry) -> Result<()> {
-    for (which, it) in [(libc::ITIMER_REAL, &t.real), (libc::ITIMER_VIRTUAL, &t.virt), (libc::ITIMER_PROF, &t.prof)] {
+    for (which, it) in [
+        (libc::ITIMER_REAL, &t.real),
+        (libc::ITIMER_VIRTUAL, &t.virt),
+        (libc::ITIMER_PROF, &t.prof),
+    ] {
         if it.isec == 0 && it.iusec == 0 && it.vsec == 0 && it.vusec == 0 {
             continue;
         }
         let a = ctl.put(D_ARGS, &u64s_bytes(&[it.isec, it.iusec, it.vsec, it.vusec]))?;
-        ctl.sys("setitimer", libc::SYS_setitimer, [which as u64, a, 0, 0, 0, 0])?;
+        ctl.sys(
+            "setitimer",
+            libc::SYS_setitimer,
+            [which as u64, a, 0, 0, 0, 0],
+        )?;
     }
     if t.posix.is_empty() {
         return Ok(());
     }
-    ctl.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS, on)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+    ctl.sys(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, on)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    )?;
     for p in &t.posix {
         let mut sev = vec![0u8; 64];
         sev[0..8].copy_from_slice(&p.sival_ptr.to_ne_bytes());
@@ -635,18 +857,37 @@ fn restore_timers(ctl: &Ctl, t: &pb::TaskTimersEntry) -> Result<()> {
         sev[16..20].copy_from_slice(&p.notify_thread_id.unwrap_or(0).to_ne_bytes());
         let sev_addr = ctl.put(D_ARGS, &sev)?;
         let id_addr = ctl.put(D_ARGS + 64, &(p.it_id as i32).to_ne_bytes())?;
-        ctl.sys("timer_create", libc::SYS_timer_create, [p.clock_id as u64, sev_addr, id_addr, 0, 0, 0])?;
-        let its = ctl.put(D_ARGS + 128, &u64s_bytes(&[p.isec, p.insec, p.vsec, p.vnsec]))?;
-        ctl.sys("timer_settime", libc::SYS_timer_settime, [p.it_id as u64, 0, its, 0, 0, 0])?;
+        ctl.sys(
+            "timer_create",
+            libc::SYS_timer_create,
+            [p.clock_id as u64, sev_addr, id_addr, 0, 0, 0],
+        )?;
+        let its = ctl.put(
+            D_ARGS + 128,
+            &u64s_bytes(&[p.isec, p.insec, p.vsec, p.vnsec]),
+        )?;
+        ctl.sys(
+            "timer_settime",
+            libc::SYS_timer_settime,
+            [p.it_id as u64, 0, its, 0, 0, 0],
+        )?;
     }
-    ctl.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    ctl.sys(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, off)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
 
 fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
     let me = procfs::status(std::process::id() as pid_t, None)?;
-    let words = |v: &[u32]| -> u64 { v.first().copied().unwrap_or(0) as u64 | (v.get(1).copied().unwrap_or(0) as u64) << 32 };
-    let same_ids = me.uids == [c.uid, c.euid, c.suid, c.fsuid] && me.gids == [c.gid, c.egid, c.sgid, c.fsgid] && me.groups == c.groups;
+    let words = |v: &[u32]| -> u64 {
+        v.first().copied().unwrap_or(0) as u64 | (v.get(1).copied().unwrap_or(0) as u64) << 32
+    };
+    let same_ids = me.uids == [c.uid, c.euid, c.suid, c.fsuid]
+        && me.gids == [c.gid, c.egid, c.sgid, c.fsgid]
+        && me.groups == c.groups;
     let same_caps = me.cap_inh == words(&c.cap_inh)
         && me.cap_prm == words(&c.cap_prm)
         && me.cap_eff == words(&c.cap_eff)
@@ -655,23 +896,49 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
     if same_ids && same_caps && c.secbits == 0 {
         return Ok(());
     }
-    let prctl = |what: &str, a: u64, b: u64, c2: u64| ctl.sys(what, libc::SYS_prctl, [a, b, c2, 0, 0, 0]);
+    let prctl =
+        |what: &str, a: u64, b: u64, c2: u64| ctl.sys(what, libc::SYS_prctl, [a, b, c2, 0, 0, 0]);
     // Bounding set first, while we still hold CAP_SETPCAP.
     let bnd = words(&c.cap_bnd);
     for cap in 0..64u64 {
         if bnd & (1 << cap) == 0 && me.cap_bnd & (1 << cap) != 0 {
-            prctl("prctl(PR_CAPBSET_DROP)", libc::PR_CAPBSET_DROP as u64, cap, 0)?;
+            prctl(
+                "prctl(PR_CAPBSET_DROP)",
+                libc::PR_CAPBSET_DROP as u64,
+                cap,
+                0,
+            )?;
         }
     }
     // Keep capabilities across the uid change; securebits are set after.
     prctl("prctl(PR_SET_KEEPCAPS)", libc::PR_SET_KEEPCAPS as u64, 1, 0)?;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = ctl.put(D_BIG, &groups)?;
-    ctl.sys("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, ga, 0, 0, 0, 0])?;
-    ctl.sys("setresgid", libc::SYS_setresgid, [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0])?;
-    ctl.sys("setfsgid", libc::SYS_setfsgid, [c.fsgid as u64, 0, 0, 0, 0, 0])?;
-    ctl.sys("setresuid", libc::SYS_setresuid, [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0])?;
-    ctl.sys("setfsuid", libc::SYS_setfsuid, [c.fsuid as u64, 0, 0, 0, 0, 0])?;
+    ctl.sys(
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, ga, 0, 0, 0, 0],
+    )?;
+    ctl.sys(
+        "setresgid",
+        libc::SYS_setresgid,
+        [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0],
+    )?;
+    ctl.sys(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [c.fsgid as u64, 0, 0, 0, 0, 0],
+    )?;
+    ctl.sys(
+        "setresuid",
+        libc::SYS_setresuid,
+        [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0],
+    )?;
+    ctl.sys(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [c.fsuid as u64, 0, 0, 0, 0, 0],
+    )?;
     // capset v3: header {version, pid} then two {effective, permitted, inheritable}.
     let (eff, prm, inh) = (words(&c.cap_eff), words(&c.cap_prm), words(&c.cap_inh));
     let mut b = Vec::new();
@@ -687,10 +954,20 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
     let amb = words(&c.cap_amb);
     for cap in 0..64u64 {
         if amb & (1 << cap) != 0 {
-            prctl("prctl(PR_CAP_AMBIENT_RAISE)", libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap)?;
+            prctl(
+                "prctl(PR_CAP_AMBIENT_RAISE)",
+                libc::PR_CAP_AMBIENT as u64,
+                libc::PR_CAP_AMBIENT_RAISE as u64,
+                cap,
+            )?;
         }
     }
-    prctl("prctl(PR_SET_SECUREBITS)", libc::PR_SET_SECUREBITS as u64, c.secbits as u64, 0)?;
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS as u64,
+        c.secbits as u64,
+        0,
+    )?;
     Ok(())
 }
 
@@ -699,10 +976,9 @@ fn restore_seccomp(ctl: &Ctl, sc: &pb::SeccompEntry, oldest: u32) -> Result<()> 
     let mut idx = Some(oldest);
     let mut steps = 0;
     while let Some(i) = idx {
-        let f = sc
-            .seccomp_filters
-            .get(i as usize)
-            .ok_or_else(|| Error::InvalidOptions(format!("seccomp filter {i} missing from seccomp.img")))?;
+        let f = sc.seccomp_filters.get(i as usize).ok_or_else(|| {
+            Error::InvalidOptions(format!("seccomp filter {i} missing from seccomp.img"))
+        })?;
         steps += 1;
         if steps > sc.seccomp_filters.len() {
             return Err(Error::InvalidOptions("seccomp.img has a cycle".into()));
@@ -713,7 +989,11 @@ fn restore_seccomp(ctl: &Ctl, sc: &pb::SeccompEntry, oldest: u32) -> Result<()> 
         fprog.extend_from_slice(&[0u8; 6]);
         fprog.extend_from_slice(&prog_addr.to_ne_bytes());
         let a = ctl.put(D_BIG, &fprog)?;
-        ctl.sys("seccomp(SET_MODE_FILTER)", libc::SYS_seccomp, [1, f.flags.unwrap_or(0) as u64, a, 0, 0, 0])?;
+        ctl.sys(
+            "seccomp(SET_MODE_FILTER)",
+            libc::SYS_seccomp,
+            [1, f.flags.unwrap_or(0) as u64, a, 0, 0, 0],
+        )?;
         idx = f.prev;
     }
     Ok(())

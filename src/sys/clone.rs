@@ -35,13 +35,23 @@ pub fn fork_with_pid(pid: Option<pid_t>, flags: u64) -> Result<Forked> {
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: if pid.is_some() { tids.as_ptr() as u64 } else { 0 },
+        set_tid: if pid.is_some() {
+            tids.as_ptr() as u64
+        } else {
+            0
+        },
         set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child continues on a copy of our
     // stack. args and tids outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     match r {
         0 => Ok(Forked::Child),
         r if r > 0 => Ok(Forked::Parent(r as pid_t)),

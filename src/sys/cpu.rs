@@ -23,9 +23,17 @@ const ARCH_REQ_XCOMP_PERM: i32 = 0x1023;
 /// thread's FPU state and a saved XSAVE area with tiles in use can be loaded into it.
 pub fn enable_amx() -> crate::error::Result<()> {
     // SAFETY: arch_prctl with an integer argument.
-    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, super::super::regs::XFEATURE_XTILEDATA as libc::c_long) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            super::super::regs::XFEATURE_XTILEDATA as libc::c_long,
+        )
+    };
     if r < 0 {
-        return Err(crate::error::Error::last("arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)"));
+        return Err(crate::error::Error::last(
+            "arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)",
+        ));
     }
     // palette 1, tmm0 16 rows x 64 bytes: the smallest valid configuration.
     #[repr(C, align(64))]

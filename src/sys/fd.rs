@@ -12,7 +12,10 @@ pub fn close_range(first: u32, last: u32) -> Result<()> {
     // restored gives up every fd the restorer had).
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
     if r < 0 {
-        return Err(Error::sys(format!("close_range({first}, {last})"), Errno::last()));
+        return Err(Error::sys(
+            format!("close_range({first}, {last})"),
+            Errno::last(),
+        ));
     }
     Ok(())
 }
@@ -39,7 +42,13 @@ pub fn install(fd: RawFd, target: RawFd, cloexec: bool) -> Result<()> {
         }
     } else {
         // SAFETY: plain fcntl.
-        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 }) };
+        let r = unsafe {
+            libc::fcntl(
+                fd,
+                libc::F_SETFD,
+                if cloexec { libc::FD_CLOEXEC } else { 0 },
+            )
+        };
         if r < 0 {
             return Err(Error::last(format!("fcntl(F_SETFD, {fd})")));
         }

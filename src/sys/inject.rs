@@ -25,7 +25,10 @@ pub fn restart_adjusted(regs: &Regs) -> Regs {
     let mut r = *regs;
     if (r.orig_rax as i64) >= 0 {
         let err = -(r.rax as i64);
-        if matches!(err, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK) {
+        if matches!(
+            err,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        ) {
             r.rax = r.orig_rax;
             r.rip -= 2;
         }
@@ -48,7 +51,10 @@ pub fn find_syscall_insn(pid: pid_t, regs: &Regs, vdso: Option<(u64, u64)>) -> R
             return Ok(start + off as u64);
         }
     }
-    Err(Error::task(pid, "no syscall instruction found to run system calls in the task"))
+    Err(Error::task(
+        pid,
+        "no syscall instruction found to run system calls in the task",
+    ))
 }
 
 /// Syscalls run inside one stopped thread.
@@ -63,7 +69,12 @@ pub struct Injector<'a> {
 
 impl<'a> Injector<'a> {
     pub fn new(tracee: &'a Tracee, template: Regs, syscall_ip: u64) -> Self {
-        Injector { tracee, template, syscall_ip, deferred: RefCell::new(Vec::new()) }
+        Injector {
+            tracee,
+            template,
+            syscall_ip,
+            deferred: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn tid(&self) -> pid_t {
@@ -90,7 +101,10 @@ impl<'a> Injector<'a> {
                 }
                 Stop::Event(_) | Stop::OtherEvent(_) => self.tracee.syscall(0)?,
                 s @ (Stop::Exited(_) | Stop::Killed(_)) => {
-                    return Err(Error::task(self.tracee.tid, format!("died while running a syscall for us: {s:?}")))
+                    return Err(Error::task(
+                        self.tracee.tid,
+                        format!("died while running a syscall for us: {s:?}"),
+                    ))
                 }
             }
         }

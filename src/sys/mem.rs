@@ -16,7 +16,10 @@ pub const IOV_MAX: usize = 1024;
 pub fn read_remote(pid: pid_t, buf: &mut [u8], addr: u64) -> Result<()> {
     let n = readv_remote(pid, buf, &[(addr, buf.len())])?;
     if n != buf.len() {
-        return Err(Error::task(pid, format!("short read of {} bytes at {addr:#x}: {n}", buf.len())));
+        return Err(Error::task(
+            pid,
+            format!("short read of {} bytes at {addr:#x}: {n}", buf.len()),
+        ));
     }
     Ok(())
 }
@@ -29,15 +32,26 @@ pub fn readv_remote(pid: pid_t, buf: &mut [u8], pieces: &[(u64, usize)]) -> Resu
         let want: usize = chunk.iter().map(|p| p.1).sum();
         let remote: Vec<libc::iovec> = chunk
             .iter()
-            .map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l })
+            .map(|&(a, l)| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: l,
+            })
             .collect();
-        let local = libc::iovec { iov_base: buf[done..].as_mut_ptr().cast(), iov_len: want };
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: want,
+        };
         if buf.len() - done < want {
-            return Err(Error::task(pid, "readv_remote: buffer smaller than the pieces"));
+            return Err(Error::task(
+                pid,
+                "readv_remote: buffer smaller than the pieces",
+            ));
         }
         // SAFETY: local points into buf with at least `want` bytes left (checked above); remote
         // addresses are only dereferenced by the kernel in the other process.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+        let n = unsafe {
+            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0)
+        };
         if n < 0 {
             let e = Errno::last();
             if e == Errno::EFAULT && done > 0 {
@@ -55,12 +69,20 @@ pub fn readv_remote(pid: pid_t, buf: &mut [u8], pieces: &[(u64, usize)]) -> Resu
 
 /// Writes `buf` at `addr` of `pid` (the target pages must be writable).
 pub fn write_remote(pid: pid_t, buf: &[u8], addr: u64) -> Result<()> {
-    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: local covers buf exactly; the kernel only reads it.
     let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
     if n < 0 {
-        return Err(Error::last(format!("process_vm_writev(pid {pid}, {addr:#x})")));
+        return Err(Error::last(format!(
+            "process_vm_writev(pid {pid}, {addr:#x})"
+        )));
     }
     if n as usize != buf.len() {
         return Err(Error::task(pid, format!("short write at {addr:#x}")));

@@ -16,15 +16,31 @@ fn check(r: libc::c_long, what: impl FnOnce() -> String) -> Result<libc::c_long>
 }
 
 /// mmap at exactly `addr` (MAP_FIXED: replaces whatever was there — callers own the range).
-pub fn mmap_fixed(addr: u64, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd<'_>>, off: u64) -> Result<()> {
+pub fn mmap_fixed(
+    addr: u64,
+    len: u64,
+    prot: i32,
+    flags: i32,
+    fd: Option<BorrowedFd<'_>>,
+    off: u64,
+) -> Result<()> {
     let raw_fd = fd.map(|f| f.as_raw_fd()).unwrap_or(-1);
     // SAFETY: MAP_FIXED into a range the caller reserved for this purpose; no Rust object lives
     // there.
     let r = unsafe {
-        libc::mmap(addr as *mut libc::c_void, len as usize, prot, flags | libc::MAP_FIXED, raw_fd, off as libc::off_t)
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            prot,
+            flags | libc::MAP_FIXED,
+            raw_fd,
+            off as libc::off_t,
+        )
     };
     if r == libc::MAP_FAILED {
-        return Err(Error::last(format!("mmap({addr:#x}, {len:#x}, prot {prot:#x}, flags {flags:#x})")));
+        return Err(Error::last(format!(
+            "mmap({addr:#x}, {len:#x}, prot {prot:#x}, flags {flags:#x})"
+        )));
     }
     Ok(())
 }
@@ -37,7 +53,10 @@ pub fn reserve(addr: u64, len: u64) -> Result<()> {
             addr as *mut libc::c_void,
             len as usize,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -46,7 +65,10 @@ pub fn reserve(addr: u64, len: u64) -> Result<()> {
         return Err(Error::last(format!("reserve {addr:#x}+{len:#x}")));
     }
     if r as u64 != addr {
-        return Err(Error::sys(format!("reserve {addr:#x}: kernel chose {r:p}"), Errno::EEXIST));
+        return Err(Error::sys(
+            format!("reserve {addr:#x}: kernel chose {r:p}"),
+            Errno::EEXIST,
+        ));
     }
     Ok(())
 }
@@ -54,13 +76,19 @@ pub fn reserve(addr: u64, len: u64) -> Result<()> {
 pub fn mprotect(addr: u64, len: u64, prot: i32) -> Result<()> {
     // SAFETY: changes protection of a range the caller owns.
     let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len as usize, prot) };
-    check(r as libc::c_long, || format!("mprotect({addr:#x}, {len:#x}, {prot:#x})")).map(drop)
+    check(r as libc::c_long, || {
+        format!("mprotect({addr:#x}, {len:#x}, {prot:#x})")
+    })
+    .map(drop)
 }
 
 pub fn madvise(addr: u64, len: u64, advice: i32) -> Result<()> {
     // SAFETY: advice on a range the caller owns.
     let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) };
-    check(r as libc::c_long, || format!("madvise({addr:#x}, {len:#x}, {advice})")).map(drop)
+    check(r as libc::c_long, || {
+        format!("madvise({addr:#x}, {len:#x}, {advice})")
+    })
+    .map(drop)
 }
 
 pub fn munmap(addr: u64, len: u64) -> Result<()> {
@@ -91,7 +119,10 @@ pub fn pread_to(fd: BorrowedFd<'_>, addr: u64, len: u64, off: u64) -> Result<()>
             return Err(Error::sys(format!("read pages into {:#x}", addr + done), e));
         }
         if r == 0 {
-            return Err(Error::sys(format!("pages file ends before offset {}", off + done), Errno::ENODATA));
+            return Err(Error::sys(
+                format!("pages file ends before offset {}", off + done),
+                Errno::ENODATA,
+            ));
         }
         done += r as u64;
     }

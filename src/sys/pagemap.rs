@@ -75,7 +75,13 @@ impl Pagemap {
 
     /// Scans [start, end) and appends matching regions (adjacent pages with equal returned
     /// categories are merged by the kernel) to `out`.
-    pub fn scan(&self, start: u64, end: u64, q: ScanQuery, out: &mut Vec<PageRegion>) -> Result<()> {
+    pub fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        q: ScanQuery,
+        out: &mut Vec<PageRegion>,
+    ) -> Result<()> {
         const BATCH: usize = 512;
         let mut vec = vec![PageRegion::default(); BATCH];
         let mut from = start;
@@ -96,7 +102,10 @@ impl Pagemap {
             // SAFETY: arg is a valid pm_scan_arg; vec has vec_len entries for the kernel to fill.
             let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
             if n < 0 {
-                return Err(Error::sys(format!("PAGEMAP_SCAN of pid {} [{from:#x}, {end:#x})", self.pid), Errno::last()));
+                return Err(Error::sys(
+                    format!("PAGEMAP_SCAN of pid {} [{from:#x}, {end:#x})", self.pid),
+                    Errno::last(),
+                ));
             }
             out.extend_from_slice(&vec[..n as usize]);
             // Fewer regions than room means the walk reached `end`; a full vector means resume
@@ -124,7 +133,10 @@ impl Pagemap {
         // SAFETY: as in scan(); vec_len 0 means no output vector.
         let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
         if n < 0 {
-            return Err(Error::sys(format!("PAGEMAP_SCAN(write-protect) of pid {}", self.pid), Errno::last()));
+            return Err(Error::sys(
+                format!("PAGEMAP_SCAN(write-protect) of pid {}", self.pid),
+                Errno::last(),
+            ));
         }
         Ok(())
     }

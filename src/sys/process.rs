@@ -20,13 +20,30 @@ pub fn park_forever() -> ! {
 }
 
 pub fn set_rlimit(resource: u32, cur: u64, max: u64) -> Result<()> {
-    let new = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+    let new = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
     // SAFETY: prlimit64 reads one struct.
-    let r = unsafe { libc::prlimit64(0, resource as libc::__rlimit_resource_t, &new, std::ptr::null_mut()) };
+    let r = unsafe {
+        libc::prlimit64(
+            0,
+            resource as libc::__rlimit_resource_t,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
     if r < 0 {
         let e = Errno::last();
-        let hint = if e == Errno::EPERM { " (raising a hard limit needs CAP_SYS_RESOURCE)" } else { "" };
-        return Err(Error::sys(format!("setrlimit({resource}, {cur:#x}, {max:#x}){hint}"), e));
+        let hint = if e == Errno::EPERM {
+            " (raising a hard limit needs CAP_SYS_RESOURCE)"
+        } else {
+            ""
+        };
+        return Err(Error::sys(
+            format!("setrlimit({resource}, {cur:#x}, {max:#x}){hint}"),
+            e,
+        ));
     }
     Ok(())
 }

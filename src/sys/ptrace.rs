@@ -66,7 +66,12 @@ pub struct Tracee {
     _not_send: PhantomData<*const ()>,
 }
 
-fn ptrace_raw(req: libc::c_uint, tid: pid_t, addr: *mut c_void, data: *mut c_void) -> nix::Result<c_long> {
+fn ptrace_raw(
+    req: libc::c_uint,
+    tid: pid_t,
+    addr: *mut c_void,
+    data: *mut c_void,
+) -> nix::Result<c_long> {
     Errno::clear();
     // SAFETY: ptrace only reads/writes through addr/data as the request defines; every caller
     // passes buffers sized for its request.
@@ -81,23 +86,46 @@ fn ptrace_raw(req: libc::c_uint, tid: pid_t, addr: *mut c_void, data: *mut c_voi
 impl Tracee {
     /// PTRACE_SEIZE: attaches without stopping the thread.
     pub fn seize(tid: pid_t, options: u32) -> Result<Tracee> {
-        ptrace_raw(PTRACE_SEIZE, tid, std::ptr::null_mut(), options as usize as *mut c_void)
-            .map_err(|e| Error::sys(format!("ptrace(SEIZE, {tid})"), e))?;
-        Ok(Tracee { tid, _not_send: PhantomData })
+        ptrace_raw(
+            PTRACE_SEIZE,
+            tid,
+            std::ptr::null_mut(),
+            options as usize as *mut c_void,
+        )
+        .map_err(|e| Error::sys(format!("ptrace(SEIZE, {tid})"), e))?;
+        Ok(Tracee {
+            tid,
+            _not_send: PhantomData,
+        })
     }
 
     /// Wraps a thread already attached by this thread (e.g. handed over from a seize loop).
     pub fn attached(tid: pid_t) -> Tracee {
-        Tracee { tid, _not_send: PhantomData }
+        Tracee {
+            tid,
+            _not_send: PhantomData,
+        }
     }
 
-    fn req(&self, req: libc::c_uint, addr: *mut c_void, data: *mut c_void, what: &str) -> Result<c_long> {
-        ptrace_raw(req, self.tid, addr, data).map_err(|e| Error::sys(format!("ptrace({what}, {})", self.tid), e))
+    fn req(
+        &self,
+        req: libc::c_uint,
+        addr: *mut c_void,
+        data: *mut c_void,
+        what: &str,
+    ) -> Result<c_long> {
+        ptrace_raw(req, self.tid, addr, data)
+            .map_err(|e| Error::sys(format!("ptrace({what}, {})", self.tid), e))
     }
 
     pub fn interrupt(&self) -> Result<()> {
-        self.req(PTRACE_INTERRUPT, std::ptr::null_mut(), std::ptr::null_mut(), "INTERRUPT")
-            .map(drop)
+        self.req(
+            PTRACE_INTERRUPT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            "INTERRUPT",
+        )
+        .map(drop)
     }
 
     pub fn set_options(&self, options: u32) -> Result<()> {
@@ -119,37 +147,64 @@ impl Tracee {
     /// (they are re-queued by the kernel when we resume with them later). Returns the stop.
     pub fn wait_stopped(&self) -> Result<Stop> {
         match self.wait()? {
-            s @ (Stop::Exited(_) | Stop::Killed(_)) => {
-                Err(Error::task(self.tid, format!("exited while being traced: {s:?}")))
-            }
+            s @ (Stop::Exited(_) | Stop::Killed(_)) => Err(Error::task(
+                self.tid,
+                format!("exited while being traced: {s:?}"),
+            )),
             s => Ok(s),
         }
     }
 
     /// Resumes; `sig` is delivered (0: none).
     pub fn cont(&self, sig: i32) -> Result<()> {
-        self.req(libc::PTRACE_CONT, std::ptr::null_mut(), sig as usize as *mut c_void, "CONT")
-            .map(drop)
+        self.req(
+            libc::PTRACE_CONT,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+            "CONT",
+        )
+        .map(drop)
     }
 
     /// Resumes until the next syscall entry or exit.
     pub fn syscall(&self, sig: i32) -> Result<()> {
-        self.req(libc::PTRACE_SYSCALL, std::ptr::null_mut(), sig as usize as *mut c_void, "SYSCALL")
-            .map(drop)
+        self.req(
+            libc::PTRACE_SYSCALL,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+            "SYSCALL",
+        )
+        .map(drop)
     }
 
     /// Detaches; the thread runs on (or stays in group-stop) with `sig` delivered.
     pub fn detach(self, sig: i32) -> Result<()> {
-        self.req(libc::PTRACE_DETACH, std::ptr::null_mut(), sig as usize as *mut c_void, "DETACH")
-            .map(drop)
+        self.req(
+            libc::PTRACE_DETACH,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+            "DETACH",
+        )
+        .map(drop)
     }
 
     pub fn get_regs(&self) -> Result<Regs> {
         let mut regs = MaybeUninit::<Regs>::zeroed();
-        let mut iov = libc::iovec { iov_base: regs.as_mut_ptr().cast(), iov_len: size_of::<Regs>() };
-        self.req(PTRACE_GETREGSET, NT_PRSTATUS as *mut c_void, (&mut iov as *mut libc::iovec).cast(), "GETREGSET NT_PRSTATUS")?;
+        let mut iov = libc::iovec {
+            iov_base: regs.as_mut_ptr().cast(),
+            iov_len: size_of::<Regs>(),
+        };
+        self.req(
+            PTRACE_GETREGSET,
+            NT_PRSTATUS as *mut c_void,
+            (&mut iov as *mut libc::iovec).cast(),
+            "GETREGSET NT_PRSTATUS",
+        )?;
         if iov.iov_len != size_of::<Regs>() {
-            return Err(Error::task(self.tid, format!("NT_PRSTATUS of {} bytes: not a 64-bit task", iov.iov_len)));
+            return Err(Error::task(
+                self.tid,
+                format!("NT_PRSTATUS of {} bytes: not a 64-bit task", iov.iov_len),
+            ));
         }
         // SAFETY: the kernel filled all size_of::<Regs>() bytes (checked above); zeroed anyway.
         Ok(unsafe { regs.assume_init() })
@@ -157,37 +212,71 @@ impl Tracee {
 
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {
         let mut copy = *regs;
-        let mut iov = libc::iovec { iov_base: (&mut copy as *mut Regs).cast(), iov_len: size_of::<Regs>() };
-        self.req(PTRACE_SETREGSET, NT_PRSTATUS as *mut c_void, (&mut iov as *mut libc::iovec).cast(), "SETREGSET NT_PRSTATUS")
-            .map(drop)
+        let mut iov = libc::iovec {
+            iov_base: (&mut copy as *mut Regs).cast(),
+            iov_len: size_of::<Regs>(),
+        };
+        self.req(
+            PTRACE_SETREGSET,
+            NT_PRSTATUS as *mut c_void,
+            (&mut iov as *mut libc::iovec).cast(),
+            "SETREGSET NT_PRSTATUS",
+        )
+        .map(drop)
     }
 
     /// The whole XSAVE area in the kernel's standard (non-compacted) format.
     pub fn get_xstate(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; XSTATE_MAX];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        self.req(PTRACE_GETREGSET, NT_X86_XSTATE as *mut c_void, (&mut iov as *mut libc::iovec).cast(), "GETREGSET NT_X86_XSTATE")?;
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        self.req(
+            PTRACE_GETREGSET,
+            NT_X86_XSTATE as *mut c_void,
+            (&mut iov as *mut libc::iovec).cast(),
+            "GETREGSET NT_X86_XSTATE",
+        )?;
         buf.truncate(iov.iov_len);
         Ok(buf)
     }
 
     pub fn set_xstate(&self, xstate: &[u8]) -> Result<()> {
         let mut copy = xstate.to_vec();
-        let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
-        self.req(PTRACE_SETREGSET, NT_X86_XSTATE as *mut c_void, (&mut iov as *mut libc::iovec).cast(), "SETREGSET NT_X86_XSTATE")
-            .map(drop)
+        let mut iov = libc::iovec {
+            iov_base: copy.as_mut_ptr().cast(),
+            iov_len: copy.len(),
+        };
+        self.req(
+            PTRACE_SETREGSET,
+            NT_X86_XSTATE as *mut c_void,
+            (&mut iov as *mut libc::iovec).cast(),
+            "SETREGSET NT_X86_XSTATE",
+        )
+        .map(drop)
     }
 
     pub fn get_sigmask(&self) -> Result<u64> {
         let mut mask: u64 = 0;
-        self.req(PTRACE_GETSIGMASK, size_of::<u64>() as *mut c_void, (&mut mask as *mut u64).cast(), "GETSIGMASK")?;
+        self.req(
+            PTRACE_GETSIGMASK,
+            size_of::<u64>() as *mut c_void,
+            (&mut mask as *mut u64).cast(),
+            "GETSIGMASK",
+        )?;
         Ok(mask)
     }
 
     pub fn set_sigmask(&self, mask: u64) -> Result<()> {
         let mut m = mask;
-        self.req(PTRACE_SETSIGMASK, size_of::<u64>() as *mut c_void, (&mut m as *mut u64).cast(), "SETSIGMASK")
-            .map(drop)
+        self.req(
+            PTRACE_SETSIGMASK,
+            size_of::<u64>() as *mut c_void,
+            (&mut m as *mut u64).cast(),
+            "SETSIGMASK",
+        )
+        .map(drop)
     }
 
     /// Pending signals with their siginfo (128 bytes each): the thread's own queue, or the
@@ -207,7 +296,12 @@ impl Tracee {
                 flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
                 nr: batch.len() as i32,
             };
-            let n = self.req(PTRACE_PEEKSIGINFO, (&mut args as *mut Args).cast(), batch.as_mut_ptr().cast(), "PEEKSIGINFO")?;
+            let n = self.req(
+                PTRACE_PEEKSIGINFO,
+                (&mut args as *mut Args).cast(),
+                batch.as_mut_ptr().cast(),
+                "PEEKSIGINFO",
+            )?;
             let n = n as usize;
             out.extend_from_slice(&batch[..n]);
             if n < batch.len() {
@@ -233,28 +327,53 @@ impl Tracee {
             (&mut c as *mut Conf).cast(),
             "GET_RSEQ_CONFIGURATION",
         )?;
-        Ok(RseqConfig { ptr: c.ptr, size: c.size, signature: c.sig, flags: c.flags })
+        Ok(RseqConfig {
+            ptr: c.ptr,
+            size: c.size,
+            signature: c.sig,
+            flags: c.flags,
+        })
     }
 
     /// The `idx`-th seccomp filter of the thread (0 = most recent) as BPF instructions of 8
     /// bytes, or None past the last one.
     pub fn seccomp_filter(&self, idx: u64) -> Result<Option<Vec<u8>>> {
-        let n = match ptrace_raw(PTRACE_SECCOMP_GET_FILTER, self.tid, idx as *mut c_void, std::ptr::null_mut()) {
+        let n = match ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            self.tid,
+            idx as *mut c_void,
+            std::ptr::null_mut(),
+        ) {
             Ok(n) => n as usize,
             Err(Errno::ENOENT) => return Ok(None),
             // EINVAL: the thread has no filter at all (mode is not SECCOMP_MODE_FILTER).
             Err(Errno::EINVAL) if idx == 0 => return Ok(None),
-            Err(e) => return Err(Error::sys(format!("ptrace(SECCOMP_GET_FILTER, {})", self.tid), e)),
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("ptrace(SECCOMP_GET_FILTER, {})", self.tid),
+                    e,
+                ))
+            }
         };
         let mut insns = vec![0u8; n * 8];
-        self.req(PTRACE_SECCOMP_GET_FILTER, idx as *mut c_void, insns.as_mut_ptr().cast(), "SECCOMP_GET_FILTER")?;
+        self.req(
+            PTRACE_SECCOMP_GET_FILTER,
+            idx as *mut c_void,
+            insns.as_mut_ptr().cast(),
+            "SECCOMP_GET_FILTER",
+        )?;
         Ok(Some(insns))
     }
 
     /// The flags (SECCOMP_FILTER_FLAG_*) the `idx`-th filter was installed with.
     pub fn seccomp_filter_flags(&self, idx: u64) -> Result<u64> {
         let mut md = [idx, 0u64];
-        self.req(PTRACE_SECCOMP_GET_METADATA, 16usize as *mut c_void, md.as_mut_ptr().cast(), "SECCOMP_GET_METADATA")?;
+        self.req(
+            PTRACE_SECCOMP_GET_METADATA,
+            16usize as *mut c_void,
+            md.as_mut_ptr().cast(),
+            "SECCOMP_GET_METADATA",
+        )?;
         Ok(md[1])
     }
 }
@@ -317,12 +436,28 @@ pub struct UserDesc {
 impl Tracee {
     pub fn get_thread_area(&self, entry: u32) -> Result<UserDesc> {
         let mut d = [0u32; 4];
-        self.req(PTRACE_GET_THREAD_AREA, entry as usize as *mut c_void, d.as_mut_ptr().cast(), "GET_THREAD_AREA")?;
-        Ok(UserDesc { entry_number: d[0], base_addr: d[1], limit: d[2], flags: d[3] })
+        self.req(
+            PTRACE_GET_THREAD_AREA,
+            entry as usize as *mut c_void,
+            d.as_mut_ptr().cast(),
+            "GET_THREAD_AREA",
+        )?;
+        Ok(UserDesc {
+            entry_number: d[0],
+            base_addr: d[1],
+            limit: d[2],
+            flags: d[3],
+        })
     }
 
     pub fn set_thread_area(&self, d: UserDesc) -> Result<()> {
         let mut w = [d.entry_number, d.base_addr, d.limit, d.flags];
-        self.req(PTRACE_SET_THREAD_AREA, d.entry_number as usize as *mut c_void, w.as_mut_ptr().cast(), "SET_THREAD_AREA").map(drop)
+        self.req(
+            PTRACE_SET_THREAD_AREA,
+            d.entry_number as usize as *mut c_void,
+            w.as_mut_ptr().cast(),
+            "SET_THREAD_AREA",
+        )
+        .map(drop)
     }
 }

@@ -13,9 +13,22 @@ struct KSigaction {
 }
 
 pub fn set_action(sig: u32, handler: u64, flags: u64, restorer: u64, mask: u64) -> Result<()> {
-    let act = KSigaction { handler, flags, restorer, mask };
+    let act = KSigaction {
+        handler,
+        flags,
+        restorer,
+        mask,
+    };
     // SAFETY: kernel-format sigaction read by the kernel; the handler address is only stored.
-    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig as libc::c_long, &act as *const KSigaction, 0usize, 8usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig as libc::c_long,
+            &act as *const KSigaction,
+            0usize,
+            8usize,
+        )
+    };
     if r < 0 {
         return Err(Error::sys(format!("rt_sigaction({sig})"), Errno::last()));
     }
@@ -27,7 +40,15 @@ pub fn block_all() -> Result<u64> {
     let all: u64 = !0;
     let mut old: u64 = 0;
     // SAFETY: kernel sigset_t of 8 bytes in and out.
-    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, &mut old as *mut u64, 8usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
     if r < 0 {
         return Err(Error::last("rt_sigprocmask"));
     }
@@ -44,7 +65,10 @@ pub fn queue_to_self(pid: i32, tid: Option<i32>, sig: i32, info: &[u8; 128]) -> 
         }
     };
     if r < 0 {
-        return Err(Error::sys(format!("queue signal {sig} to {pid}/{tid:?}"), Errno::last()));
+        return Err(Error::sys(
+            format!("queue signal {sig} to {pid}/{tid:?}"),
+            Errno::last(),
+        ));
     }
     Ok(())
 }

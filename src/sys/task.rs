@@ -10,7 +10,14 @@ pub fn robust_list(tid: pid_t) -> Result<(u64, u64)> {
     let mut head: u64 = 0;
     let mut len: usize = 0;
     // SAFETY: the kernel writes one pointer and one size_t.
-    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
     if r < 0 {
         return Err(Error::sys(format!("get_robust_list({tid})"), Errno::last()));
     }
@@ -34,7 +41,11 @@ pub fn sched(tid: pid_t) -> Result<(u32, u32, i32)> {
         if nice == -1 && Errno::last_raw() != 0 {
             return Err(Error::last(format!("getpriority({tid})")));
         }
-        Ok((policy as u32 & !(libc::SCHED_RESET_ON_FORK as u32), p.sched_priority as u32, nice))
+        Ok((
+            policy as u32 & !(libc::SCHED_RESET_ON_FORK as u32),
+            p.sched_priority as u32,
+            nice,
+        ))
     }
 }
 
@@ -42,5 +53,7 @@ pub fn sched(tid: pid_t) -> Result<(u32, u32, i32)> {
 pub fn pid_in_use(pid: pid_t) -> bool {
     // SAFETY: signal 0 only checks existence.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || Errno::last() != Errno::ESRCH || std::path::Path::new(&format!("/proc/{pid}")).exists()
+    r == 0
+        || Errno::last() != Errno::ESRCH
+        || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

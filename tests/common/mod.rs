@@ -1,0 +1,235 @@
+//! Shared helpers for tests that checkpoint real processes: build the C workloads, start them
+//! in their own directory and session, run our `criu` by path, and wait for restored tasks
+//! (the test process is a child subreaper, so tasks restored with -d become its children).
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+/// Compiles ctests/workloads/NAME.c once per test binary.
+pub fn workload(name: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ctests/workloads")
+        .join(format!("{name}.c"));
+    let bin = out_dir.join(name);
+    let fresh = bin
+        .metadata()
+        .and_then(|b| Ok(b.modified()? >= src.metadata()?.modified()?))
+        .unwrap_or(false);
+    if !fresh {
+        let st = Command::new("cc")
+            .args(["-O2", "-g", "-Wall", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        assert!(st.success(), "compiling {}", src.display());
+    }
+    bin
+}
+
+/// Makes this test process the reaper of orphans below it, so restored tasks come back to us.
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0);
+    });
+}
+
+/// A scratch directory for one test: the workload's cwd, images under `img/`.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "criu-rs-{tag}-{}-{}",
+            std::process::id(),
+            rand_u32()
+        ));
+        std::fs::create_dir_all(dir.join("img")).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn img(&self) -> PathBuf {
+        self.dir.join("img")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Starts `program args` in this directory with stdin from /dev/null, stdout/stderr into
+    /// `out`, and no fd beyond 0-2 (whatever the test harness inherited stays out).
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        let out = std::fs::File::create(self.path("out")).unwrap();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn workload")
+    }
+
+    /// Runs our criu in this directory.
+    pub fn criu(&self, args: &[&str]) -> Output {
+        Command::new(CRIU)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("CRIU_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run criu")
+    }
+
+    /// `criu dump -t PID -D img` plus `extra`; panics with criu's log on failure.
+    pub fn dump(&self, pid: i32, extra: &[&str]) {
+        let pid_s = pid.to_string();
+        let mut args = vec!["dump", "-t", &pid_s, "-D", "img", "-o", "dump.log", "-v4"];
+        args.extend_from_slice(extra);
+        let out = self.criu(&args);
+        assert!(
+            out.status.success(),
+            "dump failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log("dump.log")
+        );
+    }
+
+    /// `criu restore -d -D img --pidfile`; returns the restored pid.
+    pub fn restore(&self, extra: &[&str]) -> i32 {
+        let mut args = vec![
+            "restore",
+            "-d",
+            "-D",
+            "img",
+            "-o",
+            "restore.log",
+            "-v4",
+            "--pidfile",
+            "restored.pid",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.criu(&args);
+        assert!(
+            out.status.success(),
+            "restore failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log("restore.log")
+        );
+        std::fs::read_to_string(self.img().join("restored.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.img().join(name)).unwrap_or_default()
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// Waits for a file the workload writes when its state is set up.
+    pub fn wait_file(&self, rel: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(self.path(rel)) {
+                if !s.is_empty() {
+                    return s;
+                }
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{rel} did not appear within {timeout:?}; out: {}",
+                self.read("out")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(7)).wrapping_mul(2654435761)
+}
+
+/// Waits for `pid` (our child, or an orphan reparented to us) to exit; returns its exit code,
+/// or 128 + signal.
+pub fn wait_exit(pid: i32, timeout: Duration) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let mut status = 0;
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+        }
+        if t0.elapsed() > timeout {
+            let _ = kill(pid, libc::SIGKILL);
+            panic!("pid {pid} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> bool {
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// The pid's one-letter state and its tracer, from /proc.
+pub fn state_and_tracer(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+    };
+    let state = field("State:")?.chars().next()?;
+    let tracer = field("TracerPid:")?.parse().ok()?;
+    Some((state, tracer))
+}
+
+/// Asserts that the task is running freely: not stopped, not traced, not dead.
+pub fn assert_running_untraced(pid: i32) {
+    let (state, tracer) = state_and_tracer(pid).unwrap_or_else(|| panic!("pid {pid} is gone"));
+    assert!(
+        matches!(state, 'R' | 'S' | 'D'),
+        "pid {pid} is in state {state}"
+    );
+    assert_eq!(tracer, 0, "pid {pid} is still traced");
+}

@@ -1,0 +1,197 @@
+//! Checkpoint and restore of one running process through the `criu` command: the restored task
+//! checks its own state (ctests/workloads/basic.c) and reports by exit code.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn start_basic(s: &Scratch) -> (std::process::Child, i32) {
+    let bin = workload("basic");
+    let child = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    assert_eq!(pid as u32, child.id());
+    (child, pid)
+}
+
+/// Sends SIGUSR1 (the workload then checks itself) and returns its verdict.
+fn verify(s: &Scratch, pid: i32) {
+    assert!(kill(pid, libc::SIGUSR1));
+    let code = wait_exit(pid, T);
+    assert_eq!(
+        code,
+        0,
+        "restored task failed its checks: result {} (exit {code}); out: {}",
+        s.read("result"),
+        s.read("out")
+    );
+}
+
+#[test]
+fn dump_kill_restore_twice() {
+    become_subreaper();
+    let s = Scratch::new("basic");
+    let (mut child, pid) = start_basic(&s);
+    s.dump(pid, &[]);
+    // The dump killed it; reap it so its pid is free.
+    let st = child.wait().unwrap();
+    assert!(!st.success(), "the dumped task should have been killed");
+    for round in 0..2 {
+        let _ = std::fs::remove_file(s.path("result"));
+        let restored = s.restore(&[]);
+        assert_eq!(restored, pid, "round {round}: restored under another pid");
+        verify(&s, pid);
+    }
+}
+
+#[test]
+fn leave_running_keeps_the_original() {
+    become_subreaper();
+    let s = Scratch::new("leave");
+    let (mut child, pid) = start_basic(&s);
+    s.dump(pid, &["--leave-running"]);
+    assert_running_untraced(pid);
+    // The original is unharmed: it passes its own checks.
+    assert!(kill(pid, libc::SIGUSR1));
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "original failed its checks after the dump: {}",
+        s.read("result")
+    );
+    let restored = s.restore(&[]);
+    assert_eq!(restored, pid);
+    verify(&s, pid);
+}
+
+#[test]
+fn stats_match_the_pages_file() {
+    become_subreaper();
+    let s = Scratch::new("stats");
+    let (mut child, pid) = start_basic(&s);
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "--display-stats",
+        "--leave-running",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let written: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Memory pages written: "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in --display-stats output: {text}"));
+    let pages_len = std::fs::metadata(s.img().join("pages-1.img"))
+        .unwrap()
+        .len();
+    assert_eq!(written * 4096, pages_len);
+    // 64 MiB of random data must be in there.
+    assert!(written >= 16384, "only {written} pages written");
+    assert!(kill(pid, libc::SIGKILL));
+    let _ = child.wait();
+}
+
+#[test]
+fn python_program_continues_where_it_stopped() {
+    become_subreaper();
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("python3");
+    let s = Scratch::new("python");
+    let script = "import os, time\n\
+                  os.setsid()\n\
+                  n = 0\n\
+                  with open('count.txt', 'a', buffering=1) as f:\n\
+                  \x20   while True:\n\
+                  \x20       f.write(f'{n}\\n'); n += 1; time.sleep(0.005)\n";
+    let mut child = s.spawn(std::path::Path::new(python), &["-c", script]);
+    let pid = child.id() as i32;
+    while s.read("count.txt").lines().count() < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.dump(pid, &[]);
+    let _ = child.wait();
+    let before = s.read("count.txt").lines().count();
+    let restored = s.restore(&[]);
+    assert_eq!(restored, pid);
+    let t0 = std::time::Instant::now();
+    while s.read("count.txt").lines().count() < before + 30 {
+        assert!(
+            t0.elapsed() < T,
+            "restored python made no progress: {} lines",
+            s.read("count.txt").lines().count()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(kill(pid, libc::SIGKILL));
+    wait_exit(pid, T);
+    // Every number exactly once and in order: the restored loop went on from the saved state.
+    for (i, line) in s.read("count.txt").lines().enumerate() {
+        assert_eq!(line, i.to_string(), "line {i} of count.txt");
+    }
+}
+
+#[test]
+fn unsupported_socket_fails_and_leaves_task_running() {
+    become_subreaper();
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("python3");
+    let s = Scratch::new("sock");
+    let script = "import os, socket, time\n\
+                  os.setsid()\n\
+                  a, b = socket.socketpair()\n\
+                  open('fd', 'w').write(str(a.fileno()))\n\
+                  n = 0\n\
+                  while True:\n\
+                  \x20   n += 1; open('beat', 'w').write(str(n)); time.sleep(0.005)\n";
+    let mut child = s.spawn(std::path::Path::new(python), &["-c", script]);
+    let pid = child.id() as i32;
+    let fd = s.wait_file("fd", T);
+    s.wait_file("beat", T);
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "dump.log",
+    ]);
+    assert!(!out.status.success(), "dumping a socket must fail for now");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")),
+        "error names the pid: {err}"
+    );
+    assert!(
+        err.contains(&format!("fd {fd}")),
+        "error names the fd: {err}"
+    );
+    assert!(err.contains("socket"), "error names the type: {err}");
+    assert!(
+        !s.img().join("inventory.img").exists(),
+        "no complete-looking image"
+    );
+    assert_running_untraced(pid);
+    let beat: u64 = s.read("beat").trim().parse().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(100));
+    let later: u64 = s.read("beat").trim().parse().unwrap_or(0);
+    assert!(later > beat, "the task stopped making progress");
+    assert!(kill(pid, libc::SIGKILL));
+    let _ = child.wait();
+}
