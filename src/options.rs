@@ -110,6 +110,12 @@ pub struct Options {
     pub weak_sysctls: bool,
     pub unprivileged: bool,
     pub cpu_cap: Option<u32>,
+
+    /// Set by the RPC server: the inode of its end of the client connection. On a self-dump the
+    /// client's socket is part of the dumped tree; a unix socket whose peer is this inode is that
+    /// socket, and is dumped as CRIU's USK_SERVICE (closed, no peer) so that the restore rebuilds
+    /// it as a socket holding a queued `criu_resp{DUMP, success, dump{restored=true}}`.
+    pub rpc_server_socket_ino: Option<u64>,
 }
 
 impl Default for Options {
@@ -172,6 +178,7 @@ impl Default for Options {
             weak_sysctls: false,
             unprivileged: false,
             cpu_cap: None,
+            rpc_server_socket_ino: None,
         }
     }
 }
