@@ -55,7 +55,6 @@ impl Connection {
                     return if served { 0 } else { 1 };
                 }
                 Err(e) => {
-                    log::error!("{e}");
                     self.send_invalid(&e);
                     return 1;
                 }
@@ -162,7 +161,6 @@ impl Connection {
                     return false;
                 }
                 Err(e) => {
-                    log::error!("{e}");
                     self.send_invalid(&e);
                     return false;
                 }
@@ -289,7 +287,7 @@ impl Connection {
     /// Answers an unusable request the way CRIU does: type EMPTY, success false (libcriu turns
     /// that into -EINVAL).
     fn send_invalid(&self, e: &Error) {
-        log::error!("RPC error: {e}");
+        log::error!("{e}");
         let mut resp = response(CriuReqType::Empty, false);
         resp.cr_errno = Some(e.errno());
         resp.cr_errmsg = Some(e.to_string());
