@@ -16,6 +16,12 @@ impl CBool {
     }
 }
 
+impl From<bool> for CBool {
+    fn from(b: bool) -> Self {
+        CBool(b.into())
+    }
+}
+
 /// An `enum criu_cg_mode` argument, taken as the int C passes: an out-of-range value is data
 /// to reject, not undefined behaviour.
 #[repr(transparent)]
