@@ -75,6 +75,28 @@ fn dump_reports_the_engines_failure() {
     let _ = std::fs::remove_file(std::env::temp_dir().join("capi-dump-test.log"));
 }
 
+/// A dump without a pid dumps the caller: the server (detached from our tree) must see the
+/// caller's pid as the tree to dump. The engine then fails, but its log names the pid.
+#[test]
+fn self_dump_targets_the_caller() {
+    let dir = std::env::temp_dir().join(format!("criu-capi-self-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = std::fs::File::open(&dir).unwrap();
+    let o = Opts::new();
+    let log = CString::new("self.log").unwrap();
+    unsafe {
+        criu_local_set_images_dir_fd(o.0, images.as_raw_fd());
+        criu_local_set_leave_running(o.0, true.into());
+        criu_local_set_log_level(o.0, 4);
+        assert_eq!(criu_local_set_log_file(o.0, log.as_ptr()), 0);
+        assert_eq!(criu_local_dump(o.0), -libc::EBADE);
+    }
+    let text = std::fs::read_to_string(dir.join("self.log")).unwrap();
+    let me = format!("Dump requested by pid {}", std::process::id());
+    assert!(text.contains(&me), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn unsupported_option_fails_before_forking() {
     let o = Opts::new();

@@ -38,6 +38,11 @@ pub fn serve(sk: OwnedFd) -> i32 {
 }
 
 fn serve_as_child(sk: OwnedFd) -> i32 {
+    // A client that ignores SIGCHLD passes that on (through exec too); the engine must be able
+    // to wait for the tasks it creates.
+    if let Err(e) = fork::ignore_sigchld(false) {
+        log::warn!("cannot reset SIGCHLD: {e}");
+    }
     match server::Connection::new(sk, true) {
         Ok(mut conn) => conn.serve(),
         Err(e) => {
