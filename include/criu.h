@@ -97,49 +97,23 @@ extern "C" {
 
 /**
  * `ctrl` may be NULL (all controllers).
- *
- * # Safety
- * `ctrl` and `path` are NULL or valid C strings.
  */
 int criu_add_cg_root(const char *ctrl, const char *path);
 
-/**
- * # Safety
- * `fs` is NULL or a valid C string.
- */
 int criu_add_enable_fs(const char *fs);
 
-/**
- * # Safety
- * `key` and `val` are NULL or valid C strings.
- */
 int criu_add_ext_mount(const char *key, const char *val);
 
-/**
- * # Safety
- * `key` is NULL or a valid C string.
- */
 int criu_add_external(const char *key);
 
 /**
  * Hands our descriptor `fd` to the restored tree in place of the file named `key`. Needs a
  * server that is our child: the embedded default or a service binary (-EINVAL otherwise).
- *
- * # Safety
- * `key` is NULL or a valid C string.
  */
 int criu_add_inherit_fd(int fd, const char *key);
 
-/**
- * # Safety
- * `path` is NULL or a valid C string.
- */
 int criu_add_irmap_path(const char *path);
 
-/**
- * # Safety
- * `mnt` is NULL or a valid C string.
- */
 int criu_add_skip_mnt(const char *mnt);
 
 /**
@@ -148,10 +122,6 @@ int criu_add_skip_mnt(const char *mnt);
  */
 int criu_add_unix_sk(unsigned int inode);
 
-/**
- * # Safety
- * `r#in` and `out` are NULL or valid C strings.
- */
 int criu_add_veth_pair(const char *in, const char *out);
 
 /**
@@ -179,9 +149,6 @@ int criu_dump_iters(int (*more)(criu_predump_info pi));
  * Sets each member of `*features` that is true on entry to whether the feature is available
  * (the others to false). `size` is the caller's sizeof(struct criu_feature_check): a smaller
  * (older) struct is read and written only up to `size`; a larger one is -EINVAL, as is NULL.
- *
- * # Safety
- * `features` is NULL or points to `size` writable bytes.
  */
 int criu_feature_check(struct criu_feature_check *features, size_t size);
 
@@ -208,464 +175,181 @@ int criu_init_opts(void);
 
 /**
  * Restore into an existing namespace. `ns` and `ns_file` are required, `extra_opt` may be NULL.
- *
- * # Safety
- * Each argument is NULL or a valid C string.
  */
 int criu_join_ns_add(const char *ns, const char *ns_file, const char *extra_opt);
 
 /**
  * Local API only, as in libcriu.
- *
- * # Safety
- * `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
  */
 int criu_local_add_cg_dump_controller(struct criu_opts *opts, const char *name);
 
 /**
  * Replaces the cgroup properties (YAML text). Local API only, as in libcriu.
- *
- * # Safety
- * `opts` as for criu_local_free_opts; `stream` is NULL or a valid C string.
  */
 int criu_local_add_cg_props(struct criu_opts *opts, const char *stream);
 
 /**
  * Replaces the cgroup properties file. Local API only, as in libcriu.
- *
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
  */
 int criu_local_add_cg_props_file(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `ctrl` and `path` are NULL or valid C strings.
- */
 int criu_local_add_cg_root(struct criu_opts *opts, const char *ctrl, const char *path);
 
 /**
  * Replaces the cgroup yard. Local API only, as in libcriu.
- *
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
  */
 int criu_local_add_cg_yard(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `fs` is NULL or a valid C string.
- */
 int criu_local_add_enable_fs(struct criu_opts *opts, const char *fs);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `key` and `val` are NULL or valid C strings.
- */
 int criu_local_add_ext_mount(struct criu_opts *opts, const char *key, const char *val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `key` is NULL or a valid C string.
- */
 int criu_local_add_external(struct criu_opts *opts, const char *key);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `key` is NULL or a valid C string.
- */
 int criu_local_add_inherit_fd(struct criu_opts *opts, int fd, const char *key);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
- */
 int criu_local_add_irmap_path(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `mnt` is NULL or a valid C string.
- */
 int criu_local_add_skip_mnt(struct criu_opts *opts, const char *mnt);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 int criu_local_add_unix_sk(struct criu_opts *opts, unsigned int inode);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `r#in` and `out` are NULL or valid C strings.
- */
 int criu_local_add_veth_pair(struct criu_opts *opts, const char *in, const char *out);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_check(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_check_version(struct criu_opts *opts, int minimum);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_dump(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_dump_iters(struct criu_opts *opts, int (*more)(criu_predump_info pi));
 
-/**
- * # Safety
- * `opts` as for criu_local_check; `features` is NULL or points to `size` writable bytes.
- */
 int criu_local_feature_check(struct criu_opts *opts,
                              struct criu_feature_check *features,
                              size_t size);
 
 /**
  * Frees options from criu_local_init_opts. NULL is ignored.
- *
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed yet.
  */
 void criu_local_free_opts(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_get_version(struct criu_opts *opts);
 
 /**
  * Frees `*o` if set (as libcriu does: pass a NULL-initialized pointer the first time) and
  * stores fresh default options there. 0, or -1 when `o` is NULL.
- *
- * # Safety
- * `o` is NULL or points to NULL or to options from this function that were not freed.
  */
 int criu_local_init_opts(struct criu_opts **o);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; each string is NULL or a valid C string.
- */
 int criu_local_join_ns_add(struct criu_opts *opts,
                            const char *ns,
                            const char *ns_file,
                            const char *extra_opt);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_pre_dump(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_restore(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
- */
 int criu_local_restore_child(struct criu_opts *opts);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_auto_dedup(struct criu_opts *opts, bool auto_dedup);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_auto_ext_mnt(struct criu_opts *opts, bool val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
- */
 int criu_local_set_config_file(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_cpu_cap(struct criu_opts *opts, unsigned int cap);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_empty_ns(struct criu_opts *opts, int namespaces);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_evasive_devices(struct criu_opts *opts, bool evasive_devices);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `argv` holds `argc` valid C strings.
- */
 int criu_local_set_exec_cmd(struct criu_opts *opts, int argc, char **argv);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_ext_masters(struct criu_opts *opts, bool val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_ext_sharing(struct criu_opts *opts, bool val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_ext_unix_sk(struct criu_opts *opts, bool ext_unix_sk);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_file_locks(struct criu_opts *opts, bool file_locks);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_force_irmap(struct criu_opts *opts, bool force_irmap);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
- */
 int criu_local_set_freeze_cgroup(struct criu_opts *opts, const char *name);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_ghost_limit(struct criu_opts *opts, unsigned int limit);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_images_dir_fd(struct criu_opts *opts, int fd);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_leave_running(struct criu_opts *opts, bool leave_running);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_link_remap(struct criu_opts *opts, bool link_remap);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `log_file` is NULL or a valid C string.
- */
 int criu_local_set_log_file(struct criu_opts *opts, const char *log_file);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_log_level(struct criu_opts *opts, int log_level);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
- */
 int criu_local_set_lsm_mount_context(struct criu_opts *opts, const char *name);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
- */
 int criu_local_set_lsm_profile(struct criu_opts *opts, const char *name);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_manage_cgroups(struct criu_opts *opts, bool manage);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_manage_cgroups_mode(struct criu_opts *opts, enum criu_cg_mode mode);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_mntns_compat_mode(struct criu_opts *opts, bool val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 int criu_local_set_network_lock(struct criu_opts *opts, enum criu_network_lock_method method);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_notify_cb(struct criu_opts *opts,
                               int (*cb)(char *action, criu_notify_arg_t na));
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_orphan_pts_master(struct criu_opts *opts, bool orphan_pts_master);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `address` is NULL or a valid C string.
- */
 int criu_local_set_page_server_address_port(struct criu_opts *opts, const char *address, int port);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
- */
 int criu_local_set_parent_images(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_pid(struct criu_opts *opts, int pid);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_pidfd_store_sk(struct criu_opts *opts, int sk);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 int criu_local_set_pre_dump_mode(struct criu_opts *opts, enum criu_pre_dump_mode mode);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `root` is NULL or a valid C string.
- */
 int criu_local_set_root(struct criu_opts *opts, const char *root);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
- */
 int criu_local_set_service_address(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
- */
 int criu_local_set_service_binary(struct criu_opts *opts, const char *path);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_service_fd(struct criu_opts *opts, int fd);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_shell_job(struct criu_opts *opts, bool shell_job);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_skip_file_rwx_check(struct criu_opts *opts, bool skip_file_rwx_check);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_tcp_close(struct criu_opts *opts, bool tcp_close);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_tcp_established(struct criu_opts *opts, bool tcp_established);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_tcp_skip_in_flight(struct criu_opts *opts, bool tcp_skip_in_flight);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_timeout(struct criu_opts *opts, unsigned int timeout);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_track_mem(struct criu_opts *opts, bool track_mem);
 
 /**
  * Not declared in CRIU's criu.h, but libcriu exports it.
- *
- * # Safety
- * `opts` as for criu_local_free_opts.
  */
 void criu_local_set_unprivileged(struct criu_opts *opts, bool unprivileged);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_weak_sysctls(struct criu_opts *opts, bool val);
 
-/**
- * # Safety
- * `opts` as for criu_local_free_opts.
- */
 void criu_local_set_work_dir_fd(struct criu_opts *opts, int fd);
 
 /**
  * The pid a notification carries (0 when it has none).
- *
- * # Safety
- * `na` is NULL or the argument of a running notify callback.
  */
 int criu_notify_pid(criu_notify_arg_t na);
 
@@ -690,9 +374,6 @@ void criu_set_auto_ext_mnt(bool val);
 
 /**
  * An RPC configuration file that overrides the options (CRIU skips it if it does not exist).
- *
- * # Safety
- * `path` is NULL or a valid C string.
  */
 int criu_set_config_file(const char *path);
 
@@ -707,9 +388,6 @@ void criu_set_evasive_devices(bool evasive_devices);
 
 /**
  * Replaces the command run after a restore. -EINVAL for a negative argc or a NULL argument.
- *
- * # Safety
- * `argv` holds `argc` valid C strings.
  */
 int criu_set_exec_cmd(int argc, char **argv);
 
@@ -723,10 +401,6 @@ void criu_set_file_locks(bool file_locks);
 
 void criu_set_force_irmap(bool force_irmap);
 
-/**
- * # Safety
- * `name` is NULL or a valid C string.
- */
 int criu_set_freeze_cgroup(const char *name);
 
 void criu_set_ghost_limit(unsigned int limit);
@@ -739,9 +413,6 @@ void criu_set_link_remap(bool link_remap);
 
 /**
  * A file name, created in the work dir (no '/': the server refuses subdirectories).
- *
- * # Safety
- * `log_file` is NULL or a valid C string.
  */
 int criu_set_log_file(const char *log_file);
 
@@ -750,16 +421,8 @@ int criu_set_log_file(const char *log_file);
  */
 void criu_set_log_level(int log_level);
 
-/**
- * # Safety
- * `name` is NULL or a valid C string.
- */
 int criu_set_lsm_mount_context(const char *name);
 
-/**
- * # Safety
- * `name` is NULL or a valid C string.
- */
 int criu_set_lsm_profile(const char *name);
 
 void criu_set_manage_cgroups(bool manage);
@@ -786,16 +449,9 @@ void criu_set_orphan_pts_master(bool orphan_pts_master);
 
 /**
  * Send pages to the page server at `address`:`port` (NULL address: the server's default).
- *
- * # Safety
- * `address` is NULL or a valid C string.
  */
 int criu_set_page_server_address_port(const char *address, int port);
 
-/**
- * # Safety
- * `path` is NULL or a valid C string.
- */
 int criu_set_parent_images(const char *path);
 
 void criu_set_pid(int pid);
@@ -807,25 +463,15 @@ void criu_set_pidfd_store_sk(int sk);
  */
 int criu_set_pre_dump_mode(enum criu_pre_dump_mode mode);
 
-/**
- * # Safety
- * `root` is NULL or a valid C string.
- */
 int criu_set_root(const char *root);
 
 /**
  * Use the `criu service` listening at `path` (NULL: "./criu_service.socket").
- *
- * # Safety
- * `path` is NULL or a valid C string.
  */
 int criu_set_service_address(const char *path);
 
 /**
  * Run `path swrk FD` for each operation (NULL: "criu" from PATH) instead of the embedded server.
- *
- * # Safety
- * `path` is NULL or a valid C string.
  */
 int criu_set_service_binary(const char *path);
 

@@ -7,9 +7,16 @@
 //!   socket or a caller's fd).
 //! - `ffi`: argument types that make any C value safe to receive, panic guards, C strings.
 //!
+//! The entry points that take pointers are `unsafe extern "C"`: like libcriu they trust the
+//! caller to pass NULL or valid pointers (C strings, `criu_opts` from criu_local_init_opts,
+//! buffers of the stated size). That one contract is stated here rather than on each function,
+//! whose doc comments become the header's.
+//!
 //! `include/criu.h` is generated from these files by cbindgen (build.rs): the functions come from
 //! here, the enums, constants and types from `prologue.h`. No panic crosses into C: every entry
 //! point runs under `ffi::guard`.
+
+#![allow(clippy::missing_safety_doc)]
 
 pub mod client;
 pub mod ffi;

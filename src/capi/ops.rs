@@ -34,8 +34,6 @@ pub extern "C" fn criu_check() -> c_int {
     global(client::check)
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_check(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -49,8 +47,6 @@ pub extern "C" fn criu_dump() -> c_int {
     global(|o| client::dump(o, false))
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_dump(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -63,8 +59,6 @@ pub extern "C" fn criu_pre_dump() -> c_int {
     global(|o| client::dump(o, true))
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_pre_dump(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -77,8 +71,6 @@ pub extern "C" fn criu_restore() -> c_int {
     global(client::restore)
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_restore(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -91,8 +83,6 @@ pub extern "C" fn criu_restore_child() -> c_int {
     global(client::restore_child)
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_restore_child(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -107,8 +97,6 @@ pub extern "C" fn criu_dump_iters(
     global(|o| client::dump_iters(o, more))
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_dump_iters(
     opts: *mut LibOpts,
@@ -124,8 +112,6 @@ pub extern "C" fn criu_get_version() -> c_int {
     global(client::get_version)
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_get_version(opts: *mut LibOpts) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -138,8 +124,6 @@ pub extern "C" fn criu_check_version(minimum: c_int) -> c_int {
     global(|o| client::check_version(o, minimum))
 }
 
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_check_version(opts: *mut LibOpts, minimum: c_int) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -149,9 +133,6 @@ pub unsafe extern "C" fn criu_local_check_version(opts: *mut LibOpts, minimum: c
 /// Sets each member of `*features` that is true on entry to whether the feature is available
 /// (the others to false). `size` is the caller's sizeof(struct criu_feature_check): a smaller
 /// (older) struct is read and written only up to `size`; a larger one is -EINVAL, as is NULL.
-///
-/// # Safety
-/// `features` is NULL or points to `size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn criu_feature_check(features: *mut FeatureCheck, size: usize) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -160,8 +141,6 @@ pub unsafe extern "C" fn criu_feature_check(features: *mut FeatureCheck, size: u
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_check; `features` is NULL or points to `size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_feature_check(
     opts: *mut LibOpts,
@@ -196,9 +175,6 @@ unsafe fn feature_check(opts: &LibOpts, features: *mut FeatureCheck, size: usize
 }
 
 /// The pid a notification carries (0 when it has none).
-///
-/// # Safety
-/// `na` is NULL or the argument of a running notify callback.
 #[no_mangle]
 pub unsafe extern "C" fn criu_notify_pid(na: criu_notify_arg_t) -> c_int {
     // SAFETY: the library passed `na` to the callback that is calling us.

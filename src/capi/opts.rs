@@ -240,9 +240,6 @@ pub extern "C" fn criu_free_opts() {
 
 /// Frees `*o` if set (as libcriu does: pass a NULL-initialized pointer the first time) and
 /// stores fresh default options there. 0, or -1 when `o` is NULL.
-///
-/// # Safety
-/// `o` is NULL or points to NULL or to options from this function that were not freed.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_init_opts(o: *mut *mut LibOpts) -> c_int {
     guard(-1, || {
@@ -259,9 +256,6 @@ pub unsafe extern "C" fn criu_local_init_opts(o: *mut *mut LibOpts) -> c_int {
 }
 
 /// Frees options from criu_local_init_opts. NULL is ignored.
-///
-/// # Safety
-/// `opts` is NULL or a pointer from criu_local_init_opts that was not freed yet.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_free_opts(opts: *mut LibOpts) {
     if !opts.is_null() {
@@ -273,9 +267,6 @@ pub unsafe extern "C" fn criu_local_free_opts(opts: *mut LibOpts) {
 // ---- Service ------------------------------------------------------------------------------------
 
 /// Use the `criu service` listening at `path` (NULL: "./criu_service.socket").
-///
-/// # Safety
-/// `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_service_address(path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -283,8 +274,6 @@ pub unsafe extern "C" fn criu_set_service_address(path: *const c_char) -> c_int 
     with_global(EINVAL, |o| o.set_service_address(path))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_service_address(
     opts: *mut LibOpts,
@@ -300,8 +289,6 @@ pub extern "C" fn criu_set_service_fd(fd: c_int) {
     with_global((), |o| o.service = Service::Fd(fd))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_service_fd(opts: *mut LibOpts, fd: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -309,9 +296,6 @@ pub unsafe extern "C" fn criu_local_set_service_fd(opts: *mut LibOpts, fd: c_int
 }
 
 /// Run `path swrk FD` for each operation (NULL: "criu" from PATH) instead of the embedded server.
-///
-/// # Safety
-/// `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_service_binary(path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -319,8 +303,6 @@ pub unsafe extern "C" fn criu_set_service_binary(path: *const c_char) -> c_int {
     with_global(EINVAL, |o| o.set_service_binary(path))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_service_binary(
     opts: *mut LibOpts,
@@ -339,8 +321,6 @@ pub extern "C" fn criu_set_pid(pid: c_int) {
     with_global((), |o| o.rpc.pid = Some(pid))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_pid(opts: *mut LibOpts, pid: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -352,16 +332,12 @@ pub extern "C" fn criu_set_images_dir_fd(fd: c_int) {
     with_global((), |o| o.rpc.images_dir_fd = fd)
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_images_dir_fd(opts: *mut LibOpts, fd: c_int) {
     // SAFETY: forwarded from the C caller.
     unsafe { with_local(opts, (), |o| o.rpc.images_dir_fd = fd) }
 }
 
-/// # Safety
-/// `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_parent_images(path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -369,8 +345,6 @@ pub unsafe extern "C" fn criu_set_parent_images(path: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.parent_img, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_parent_images(
     opts: *mut LibOpts,
@@ -389,8 +363,6 @@ pub extern "C" fn criu_set_work_dir_fd(fd: c_int) {
     with_global((), |o| o.rpc.work_dir_fd = Some(fd))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_work_dir_fd(opts: *mut LibOpts, fd: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -402,8 +374,6 @@ pub extern "C" fn criu_set_leave_running(leave_running: CBool) {
     with_global((), |o| o.rpc.leave_running = Some(leave_running.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_leave_running(opts: *mut LibOpts, leave_running: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -419,8 +389,6 @@ pub extern "C" fn criu_set_ext_unix_sk(ext_unix_sk: CBool) {
     with_global((), |o| o.rpc.ext_unix_sk = Some(ext_unix_sk.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_ext_unix_sk(opts: *mut LibOpts, ext_unix_sk: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -434,8 +402,6 @@ pub extern "C" fn criu_add_unix_sk(inode: c_uint) -> c_int {
     with_global(EINVAL, |o| o.add_unix_sk(inode))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_unix_sk(opts: *mut LibOpts, inode: c_uint) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -447,8 +413,6 @@ pub extern "C" fn criu_set_tcp_established(tcp_established: CBool) {
     with_global((), |o| o.rpc.tcp_established = Some(tcp_established.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_tcp_established(
     opts: *mut LibOpts,
@@ -469,8 +433,6 @@ pub extern "C" fn criu_set_tcp_skip_in_flight(tcp_skip_in_flight: CBool) {
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_tcp_skip_in_flight(
     opts: *mut LibOpts,
@@ -489,8 +451,6 @@ pub extern "C" fn criu_set_tcp_close(tcp_close: CBool) {
     with_global((), |o| o.rpc.tcp_close = Some(tcp_close.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_tcp_close(opts: *mut LibOpts, tcp_close: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -502,8 +462,6 @@ pub extern "C" fn criu_set_weak_sysctls(val: CBool) {
     with_global((), |o| o.rpc.weak_sysctls = Some(val.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_weak_sysctls(opts: *mut LibOpts, val: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -515,8 +473,6 @@ pub extern "C" fn criu_set_evasive_devices(evasive_devices: CBool) {
     with_global((), |o| o.rpc.evasive_devices = Some(evasive_devices.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_evasive_devices(
     opts: *mut LibOpts,
@@ -535,8 +491,6 @@ pub extern "C" fn criu_set_shell_job(shell_job: CBool) {
     with_global((), |o| o.rpc.shell_job = Some(shell_job.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_shell_job(opts: *mut LibOpts, shell_job: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -550,8 +504,6 @@ pub extern "C" fn criu_set_skip_file_rwx_check(skip_file_rwx_check: CBool) {
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_skip_file_rwx_check(
     opts: *mut LibOpts,
@@ -571,9 +523,6 @@ pub extern "C" fn criu_set_unprivileged(unprivileged: CBool) {
 }
 
 /// Not declared in CRIU's criu.h, but libcriu exports it.
-///
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_unprivileged(opts: *mut LibOpts, unprivileged: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -587,8 +536,6 @@ pub extern "C" fn criu_set_orphan_pts_master(orphan_pts_master: CBool) {
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_orphan_pts_master(
     opts: *mut LibOpts,
@@ -607,8 +554,6 @@ pub extern "C" fn criu_set_file_locks(file_locks: CBool) {
     with_global((), |o| o.rpc.file_locks = Some(file_locks.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_file_locks(opts: *mut LibOpts, file_locks: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -620,8 +565,6 @@ pub extern "C" fn criu_set_track_mem(track_mem: CBool) {
     with_global((), |o| o.rpc.track_mem = Some(track_mem.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_track_mem(opts: *mut LibOpts, track_mem: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -633,8 +576,6 @@ pub extern "C" fn criu_set_auto_dedup(auto_dedup: CBool) {
     with_global((), |o| o.rpc.auto_dedup = Some(auto_dedup.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_auto_dedup(opts: *mut LibOpts, auto_dedup: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -646,8 +587,6 @@ pub extern "C" fn criu_set_force_irmap(force_irmap: CBool) {
     with_global((), |o| o.rpc.force_irmap = Some(force_irmap.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_force_irmap(opts: *mut LibOpts, force_irmap: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -659,8 +598,6 @@ pub extern "C" fn criu_set_link_remap(link_remap: CBool) {
     with_global((), |o| o.rpc.link_remap = Some(link_remap.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_link_remap(opts: *mut LibOpts, link_remap: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -673,8 +610,6 @@ pub extern "C" fn criu_set_log_level(log_level: c_int) {
     with_global((), |o| o.rpc.log_level = Some(log_level))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_log_level(opts: *mut LibOpts, log_level: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -682,9 +617,6 @@ pub unsafe extern "C" fn criu_local_set_log_level(opts: *mut LibOpts, log_level:
 }
 
 /// A file name, created in the work dir (no '/': the server refuses subdirectories).
-///
-/// # Safety
-/// `log_file` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_log_file(log_file: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -692,8 +624,6 @@ pub unsafe extern "C" fn criu_set_log_file(log_file: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.log_file, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `log_file` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_log_file(
     opts: *mut LibOpts,
@@ -712,16 +642,12 @@ pub extern "C" fn criu_set_cpu_cap(cap: c_uint) {
     with_global((), |o| o.rpc.cpu_cap = Some(cap))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_cpu_cap(opts: *mut LibOpts, cap: c_uint) {
     // SAFETY: forwarded from the C caller.
     unsafe { with_local(opts, (), |o| o.rpc.cpu_cap = Some(cap)) }
 }
 
-/// # Safety
-/// `root` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_root(root: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -729,8 +655,6 @@ pub unsafe extern "C" fn criu_set_root(root: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.root, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `root` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_root(opts: *mut LibOpts, root: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -746,8 +670,6 @@ pub extern "C" fn criu_set_manage_cgroups(manage: CBool) {
     with_global((), |o| o.rpc.manage_cgroups = Some(manage.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_manage_cgroups(opts: *mut LibOpts, manage: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -760,16 +682,12 @@ pub extern "C" fn criu_set_manage_cgroups_mode(mode: CgModeArg) {
     with_global((), |o| o.rpc.manage_cgroups_mode = Some(mode.0))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_manage_cgroups_mode(opts: *mut LibOpts, mode: CgModeArg) {
     // SAFETY: forwarded from the C caller.
     unsafe { with_local(opts, (), |o| o.rpc.manage_cgroups_mode = Some(mode.0)) }
 }
 
-/// # Safety
-/// `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_freeze_cgroup(name: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -777,8 +695,6 @@ pub unsafe extern "C" fn criu_set_freeze_cgroup(name: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.freeze_cgroup, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_freeze_cgroup(
     opts: *mut LibOpts,
@@ -792,8 +708,6 @@ pub unsafe extern "C" fn criu_local_set_freeze_cgroup(
     }
 }
 
-/// # Safety
-/// `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_lsm_profile(name: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -801,8 +715,6 @@ pub unsafe extern "C" fn criu_set_lsm_profile(name: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.lsm_profile, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_lsm_profile(
     opts: *mut LibOpts,
@@ -816,8 +728,6 @@ pub unsafe extern "C" fn criu_local_set_lsm_profile(
     }
 }
 
-/// # Safety
-/// `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_lsm_mount_context(name: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -827,8 +737,6 @@ pub unsafe extern "C" fn criu_set_lsm_mount_context(name: *const c_char) -> c_in
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_lsm_mount_context(
     opts: *mut LibOpts,
@@ -849,8 +757,6 @@ pub extern "C" fn criu_set_timeout(timeout: c_uint) {
     with_global((), |o| o.rpc.timeout = Some(timeout))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_timeout(opts: *mut LibOpts, timeout: c_uint) {
     // SAFETY: forwarded from the C caller.
@@ -862,8 +768,6 @@ pub extern "C" fn criu_set_auto_ext_mnt(val: CBool) {
     with_global((), |o| o.rpc.auto_ext_mnt = Some(val.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_auto_ext_mnt(opts: *mut LibOpts, val: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -875,8 +779,6 @@ pub extern "C" fn criu_set_ext_sharing(val: CBool) {
     with_global((), |o| o.rpc.ext_sharing = Some(val.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_ext_sharing(opts: *mut LibOpts, val: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -888,8 +790,6 @@ pub extern "C" fn criu_set_ext_masters(val: CBool) {
     with_global((), |o| o.rpc.ext_masters = Some(val.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_ext_masters(opts: *mut LibOpts, val: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -897,9 +797,6 @@ pub unsafe extern "C" fn criu_local_set_ext_masters(opts: *mut LibOpts, val: CBo
 }
 
 /// Replaces the command run after a restore. -EINVAL for a negative argc or a NULL argument.
-///
-/// # Safety
-/// `argv` holds `argc` valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_exec_cmd(argc: c_int, argv: *mut *mut c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -907,8 +804,6 @@ pub unsafe extern "C" fn criu_set_exec_cmd(argc: c_int, argv: *mut *mut c_char) 
     with_global(EINVAL, |o| set_exec_cmd(o, cmd))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `argv` holds `argc` valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_exec_cmd(
     opts: *mut LibOpts,
@@ -927,8 +822,6 @@ fn set_exec_cmd(o: &mut LibOpts, cmd: Option<Vec<String>>) -> c_int {
     ok_or_einval(cmd.map(|cmd| o.rpc.exec_cmd = cmd))
 }
 
-/// # Safety
-/// `key` and `val` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_ext_mount(key: *const c_char, val: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -936,8 +829,6 @@ pub unsafe extern "C" fn criu_add_ext_mount(key: *const c_char, val: *const c_ch
     with_global(EINVAL, |o| add_ext_mount(o, key, val))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `key` and `val` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_ext_mount(
     opts: *mut LibOpts,
@@ -959,8 +850,6 @@ fn add_ext_mount(o: &mut LibOpts, key: Option<String>, val: Option<String>) -> c
     )
 }
 
-/// # Safety
-/// `r#in` and `out` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_veth_pair(r#in: *const c_char, out: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -968,8 +857,6 @@ pub unsafe extern "C" fn criu_add_veth_pair(r#in: *const c_char, out: *const c_c
     with_global(EINVAL, |o| add_veth_pair(o, if_in, if_out))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `r#in` and `out` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_veth_pair(
     opts: *mut LibOpts,
@@ -993,9 +880,6 @@ fn add_veth_pair(o: &mut LibOpts, if_in: Option<String>, if_out: Option<String>)
 }
 
 /// `ctrl` may be NULL (all controllers).
-///
-/// # Safety
-/// `ctrl` and `path` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_cg_root(ctrl: *const c_char, path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1003,8 +887,6 @@ pub unsafe extern "C" fn criu_add_cg_root(ctrl: *const c_char, path: *const c_ch
     with_global(EINVAL, |o| add_cg_root(o, ctrl, path))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `ctrl` and `path` are NULL or valid C strings.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_cg_root(
     opts: *mut LibOpts,
@@ -1030,8 +912,6 @@ fn add_cg_root(
     ok_or_einval(path.map(|path| o.rpc.cg_root.push(CgroupRoot { ctrl, path })))
 }
 
-/// # Safety
-/// `fs` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_enable_fs(fs: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1039,8 +919,6 @@ pub unsafe extern "C" fn criu_add_enable_fs(fs: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::push_str(&mut o.rpc.enable_fs, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `fs` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_enable_fs(opts: *mut LibOpts, fs: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1051,8 +929,6 @@ pub unsafe extern "C" fn criu_local_add_enable_fs(opts: *mut LibOpts, fs: *const
     }
 }
 
-/// # Safety
-/// `mnt` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_skip_mnt(mnt: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1060,8 +936,6 @@ pub unsafe extern "C" fn criu_add_skip_mnt(mnt: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::push_str(&mut o.rpc.skip_mnt, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `mnt` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_skip_mnt(opts: *mut LibOpts, mnt: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1077,16 +951,12 @@ pub extern "C" fn criu_set_ghost_limit(limit: c_uint) {
     with_global((), |o| o.rpc.ghost_limit = Some(limit))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_ghost_limit(opts: *mut LibOpts, limit: c_uint) {
     // SAFETY: forwarded from the C caller.
     unsafe { with_local(opts, (), |o| o.rpc.ghost_limit = Some(limit)) }
 }
 
-/// # Safety
-/// `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_irmap_path(path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1096,8 +966,6 @@ pub unsafe extern "C" fn criu_add_irmap_path(path: *const c_char) -> c_int {
     })
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_irmap_path(
     opts: *mut LibOpts,
@@ -1112,9 +980,6 @@ pub unsafe extern "C" fn criu_local_add_irmap_path(
 }
 
 /// Replaces the cgroup properties (YAML text). Local API only, as in libcriu.
-///
-/// # Safety
-/// `opts` as for criu_local_free_opts; `stream` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_cg_props(
     opts: *mut LibOpts,
@@ -1129,9 +994,6 @@ pub unsafe extern "C" fn criu_local_add_cg_props(
 }
 
 /// Replaces the cgroup properties file. Local API only, as in libcriu.
-///
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_cg_props_file(
     opts: *mut LibOpts,
@@ -1146,9 +1008,6 @@ pub unsafe extern "C" fn criu_local_add_cg_props_file(
 }
 
 /// Local API only, as in libcriu.
-///
-/// # Safety
-/// `opts` as for criu_local_free_opts; `name` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_cg_dump_controller(
     opts: *mut LibOpts,
@@ -1163,9 +1022,6 @@ pub unsafe extern "C" fn criu_local_add_cg_dump_controller(
 }
 
 /// Replaces the cgroup yard. Local API only, as in libcriu.
-///
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_cg_yard(opts: *mut LibOpts, path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1178,9 +1034,6 @@ pub unsafe extern "C" fn criu_local_add_cg_yard(opts: *mut LibOpts, path: *const
 
 /// Hands our descriptor `fd` to the restored tree in place of the file named `key`. Needs a
 /// server that is our child: the embedded default or a service binary (-EINVAL otherwise).
-///
-/// # Safety
-/// `key` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_inherit_fd(fd: c_int, key: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1188,8 +1041,6 @@ pub unsafe extern "C" fn criu_add_inherit_fd(fd: c_int, key: *const c_char) -> c
     with_global(EINVAL, |o| o.add_inherit_fd(fd, key))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `key` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_inherit_fd(
     opts: *mut LibOpts,
@@ -1200,8 +1051,6 @@ pub unsafe extern "C" fn criu_local_add_inherit_fd(
     unsafe { with_local(opts, EINVAL, |o| o.add_inherit_fd(fd, ffi::utf8(key))) }
 }
 
-/// # Safety
-/// `key` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_add_external(key: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1209,8 +1058,6 @@ pub unsafe extern "C" fn criu_add_external(key: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::push_str(&mut o.rpc.external, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `key` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_add_external(opts: *mut LibOpts, key: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1222,9 +1069,6 @@ pub unsafe extern "C" fn criu_local_add_external(opts: *mut LibOpts, key: *const
 }
 
 /// Send pages to the page server at `address`:`port` (NULL address: the server's default).
-///
-/// # Safety
-/// `address` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_page_server_address_port(
     address: *const c_char,
@@ -1235,8 +1079,6 @@ pub unsafe extern "C" fn criu_set_page_server_address_port(
     with_global(EINVAL, |o| o.set_page_server_address_port(address, port))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `address` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_page_server_address_port(
     opts: *mut LibOpts,
@@ -1257,8 +1099,6 @@ pub extern "C" fn criu_set_pre_dump_mode(mode: PreDumpModeArg) -> c_int {
     with_global(EINVAL, |o| o.set_pre_dump_mode(mode))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_pre_dump_mode(
     opts: *mut LibOpts,
@@ -1273,8 +1113,6 @@ pub extern "C" fn criu_set_pidfd_store_sk(sk: c_int) {
     with_global((), |o| o.rpc.pidfd_store_sk = Some(sk))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_pidfd_store_sk(opts: *mut LibOpts, sk: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -1287,8 +1125,6 @@ pub extern "C" fn criu_set_network_lock(method: NetworkLockArg) -> c_int {
     with_global(EINVAL, |o| o.set_network_lock(method))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_network_lock(
     opts: *mut LibOpts,
@@ -1299,9 +1135,6 @@ pub unsafe extern "C" fn criu_local_set_network_lock(
 }
 
 /// Restore into an existing namespace. `ns` and `ns_file` are required, `extra_opt` may be NULL.
-///
-/// # Safety
-/// Each argument is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_join_ns_add(
     ns: *const c_char,
@@ -1314,8 +1147,6 @@ pub unsafe extern "C" fn criu_join_ns_add(
     with_global(EINVAL, |o| o.join_ns_add(ns, ns_file, extra_opt))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; each string is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_join_ns_add(
     opts: *mut LibOpts,
@@ -1336,8 +1167,6 @@ pub extern "C" fn criu_set_mntns_compat_mode(val: CBool) {
     with_global((), |o| o.rpc.mntns_compat_mode = Some(val.get()))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_mntns_compat_mode(opts: *mut LibOpts, val: CBool) {
     // SAFETY: forwarded from the C caller.
@@ -1345,9 +1174,6 @@ pub unsafe extern "C" fn criu_local_set_mntns_compat_mode(opts: *mut LibOpts, va
 }
 
 /// An RPC configuration file that overrides the options (CRIU skips it if it does not exist).
-///
-/// # Safety
-/// `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_set_config_file(path: *const c_char) -> c_int {
     // SAFETY: forwarded from the C caller.
@@ -1355,8 +1181,6 @@ pub unsafe extern "C" fn criu_set_config_file(path: *const c_char) -> c_int {
     with_global(EINVAL, |o| LibOpts::set_str(&mut o.rpc.config_file, v))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts; `path` is NULL or a valid C string.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_config_file(
     opts: *mut LibOpts,
@@ -1376,8 +1200,6 @@ pub extern "C" fn criu_set_empty_ns(namespaces: c_int) {
     with_global((), |o| o.rpc.empty_ns = Some(namespaces as u32))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_empty_ns(opts: *mut LibOpts, namespaces: c_int) {
     // SAFETY: forwarded from the C caller.
@@ -1393,8 +1215,6 @@ pub extern "C" fn criu_set_notify_cb(
     with_global((), |o| o.set_notify_cb(cb))
 }
 
-/// # Safety
-/// `opts` as for criu_local_free_opts.
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_set_notify_cb(
     opts: *mut LibOpts,
