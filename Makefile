@@ -19,7 +19,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # What a static link against libcriu.a needs besides it (`rustc --print native-static-libs`).
 STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
-.PHONY: all release install ctests clean
+.PHONY: all release install ctests header-check clean
 
 all: release
 
@@ -47,6 +47,11 @@ ctests:
 	$(CARGO) build --release --example criu_swrk
 	$(MAKE) -C ctests clean
 	$(MAKE) -C ctests run PREFIX=$(CTEST_PREFIX) SWRK_BIN=$(SWRK_BIN)
+
+# build.rs regenerates include/criu.h; the committed copy must be what it generates.
+header-check:
+	$(CARGO) build --lib
+	git diff --exit-code -- include/criu.h
 
 clean:
 	$(CARGO) clean

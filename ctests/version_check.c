@@ -44,6 +44,37 @@ static void self_dump(const char *what, int images)
 	CHECK(ret == 0 || ret == -EBADE);
 }
 
+/* Threads forking embedded servers at the same time, each with its own options: the helpers
+ * are forked from a multi-threaded process, which must not deadlock them. */
+static void *versions_in_parallel(void *arg)
+{
+	criu_opts *o = NULL;
+	long bad = 0;
+	int i;
+
+	(void)arg;
+	if (criu_local_init_opts(&o))
+		return (void *)1L;
+	for (i = 0; i < 20; i++)
+		bad += criu_local_get_version(o) != 40200;
+	criu_local_free_opts(o);
+	return (void *)bad;
+}
+
+static void parallel_embedded(void)
+{
+	pthread_t t[4];
+	void *bad;
+	int i;
+
+	for (i = 0; i < 4; i++)
+		CHECK_EQ(pthread_create(&t[i], NULL, versions_in_parallel, NULL), 0);
+	for (i = 0; i < 4; i++) {
+		pthread_join(t[i], &bad);
+		CHECK_EQ((long)bad, 0);
+	}
+}
+
 static void no_children_left(void)
 {
 	int status;
@@ -68,6 +99,7 @@ int main(int argc, char **argv)
 	CHECK_EQ(criu_init_opts(), 0);
 	check_server("embedded");
 	self_dump("embedded", images);
+	parallel_embedded();
 	no_children_left();
 
 	/* The swrk binary, by absolute path (never `criu` from PATH). */
