@@ -43,12 +43,15 @@ fn generate_header() {
     let config = cbindgen::Config::from_file(Path::new(&crate_dir).join("cbindgen.toml"))
         .expect("cbindgen.toml");
     let out = Path::new(&crate_dir).join("include/criu.h");
-    match cbindgen::Builder::new()
-        // Only the C API module: the rest of the crate's constants are not libcriu's.
-        .with_src(Path::new(&crate_dir).join("src/capi/mod.rs"))
+    let capi = Path::new(&crate_dir).join("src/capi");
+    let prologue = std::fs::read_to_string(capi.join("prologue.h")).expect("src/capi/prologue.h");
+    // Only the C API module (cbindgen follows its `mod` lines into the other files): the rest
+    // of the crate is not libcriu's.
+    let builder = cbindgen::Builder::new()
         .with_config(config)
-        .generate()
-    {
+        .with_after_include(prologue)
+        .with_src(capi.join("mod.rs"));
+    match builder.generate() {
         // write_to_file only touches the file when the text changed, so builds stay incremental.
         Ok(bindings) => {
             bindings.write_to_file(out);

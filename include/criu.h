@@ -5,15 +5,504 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+/*
+ * The types, enums and constants of CRIU's criu.h (libcriu 2.0), with the same names and values.
+ * cbindgen adds the function declarations below this part.
+ */
+
+/* The CRIU release whose interfaces this library implements (CRIU's version.h). */
+#define CRIU_VERSION "4.2"
+#define CRIU_VERSION_MAJOR 4
+#define CRIU_VERSION_MINOR 2
+#define CRIU_VERSION_SUBLEVEL 0
+
+#define CRIU_LOG_UNSET (-1)
+#define CRIU_LOG_MSG   (0) /* Print message regardless of log level */
+#define CRIU_LOG_ERROR (1) /* Errors only */
+#define CRIU_LOG_WARN  (2) /* Warnings */
+#define CRIU_LOG_INFO  (3) /* Informative */
+#define CRIU_LOG_DEBUG (4) /* Debug only */
+
+/* How the library reaches CRIU. Informational: the service is chosen with the setters. */
+enum criu_service_comm { CRIU_COMM_SK, CRIU_COMM_FD, CRIU_COMM_BIN };
+
+enum criu_cg_mode {
+	CRIU_CG_MODE_IGNORE,
+	CRIU_CG_MODE_NONE,
+	CRIU_CG_MODE_PROPS,
+	CRIU_CG_MODE_SOFT,
+	CRIU_CG_MODE_FULL,
+	CRIU_CG_MODE_STRICT,
+	CRIU_CG_MODE_DEFAULT,
+};
+
+enum criu_network_lock_method {
+	CRIU_NETWORK_LOCK_IPTABLES = 1,
+	CRIU_NETWORK_LOCK_NFTABLES = 2,
+	CRIU_NETWORK_LOCK_SKIP = 3,
+};
+
+enum criu_pre_dump_mode { CRIU_PRE_DUMP_SPLICE = 1, CRIU_PRE_DUMP_READ = 2 };
+
+/* Options of one caller (criu_local_*); the plain API keeps one set of its own. */
+typedef struct criu_opts criu_opts;
+
+/*
+ * The notification a notify callback receives: pass it to criu_notify_pid(). CRIU's header
+ * takes the type from protobuf-c's rpc.pb-c.h; here it is opaque (and compatible with a program
+ * that also includes rpc.pb-c.h).
+ */
+#ifndef PROTOBUF_C_rpc_2eproto__INCLUDED
+typedef struct CriuNotify CriuNotify;
+#endif
+typedef CriuNotify *criu_notify_arg_t;
+
+/* Reserved for pre-dump statistics; criu_dump_iters() passes NULL. */
+typedef void *criu_predump_info;
+
+/*
+ * Optional features for criu_feature_check(): set the members to test to true; on success each
+ * tells whether the feature is available.
+ */
+struct criu_feature_check {
+	bool mem_track;
+	bool lazy_pages;
+	bool pidfd_store;
+};
+
+/*
+ * Return values of the operations (criu_check, criu_dump, criu_pre_dump, criu_restore,
+ * criu_restore_child, criu_dump_iters, criu_get_version, criu_feature_check):
+ *
+ * Return value  errno                Description
+ * ----------------------------------------------------------------------------
+ * 0             undefined            Success.
+ * >0            undefined            Success (criu_restore*: the pid; criu_dump: 1 when
+ *                                    returning in the restored process).
+ * -EBADE        rpc err              The request ran and failed; errno says why.
+ * -ECONNREFUSED errno                Unable to connect to or start CRIU.
+ * -ECOMM        errno                Unable to send/recv msg to/from CRIU.
+ * -EINVAL       undefined            Invalid arguments, a request CRIU refused, or (embedded
+ *                                    server) an option this build does not support yet.
+ * -EBADMSG      undefined            Unexpected response from CRIU.
+ *
+ * The plain API (no criu_local_ prefix) works on process-wide options and is not thread-safe;
+ * threads working in parallel use criu_local_* with options of their own.
+ */
+
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * Returns the version of CRIU behind the library: major * 10000 + minor * 100 + sublevel.
+ * `ctrl` may be NULL (all controllers).
+ */
+int criu_add_cg_root(const char *ctrl, const char *path);
+
+int criu_add_enable_fs(const char *fs);
+
+int criu_add_ext_mount(const char *key, const char *val);
+
+int criu_add_external(const char *key);
+
+/**
+ * Hands our descriptor `fd` to the restored tree in place of the file named `key`. Needs a
+ * server that is our child: the embedded default or a service binary (-EINVAL otherwise).
+ */
+int criu_add_inherit_fd(int fd, const char *key);
+
+int criu_add_irmap_path(const char *path);
+
+int criu_add_skip_mnt(const char *mnt);
+
+/**
+ * Marks the unix socket with this inode external (turning ext_unix_sk on if unset). -EINVAL
+ * when ext_unix_sk was explicitly turned off.
+ */
+int criu_add_unix_sk(unsigned int inode);
+
+int criu_add_veth_pair(const char *in, const char *out);
+
+/**
+ * Asks the server whether this kernel can checkpoint and restore. 0 or an error code.
+ */
+int criu_check(void);
+
+/**
+ * 1 if the server's version is at least `minimum`, 0 if it is older, < 0 on error.
+ */
+int criu_check_version(int minimum);
+
+/**
+ * Dumps the tree of criu_set_pid, or without a pid this process itself: then 0 after the dump
+ * and 1 when the process returns here restored from it.
+ */
+int criu_dump(void);
+
+/**
+ * Pre-dumps while `more` returns > 0, then dumps; `more` < 0 aborts with that value.
+ */
+int criu_dump_iters(int (*more)(criu_predump_info pi));
+
+/**
+ * Sets each member of `*features` that is true on entry to whether the feature is available
+ * (the others to false). `size` is the caller's sizeof(struct criu_feature_check): a smaller
+ * (older) struct is read and written only up to `size`; a larger one is -EINVAL, as is NULL.
+ */
+int criu_feature_check(struct criu_feature_check *features, size_t size);
+
+/**
+ * Drops the plain API's options.
+ */
+void criu_free_opts(void);
+
+/**
+ * The master fd of the orphan pty that came with the last "orphan-pts-master" notification
+ * (-1 if none). The caller owns it. Call it from the callback, as libcriu documents.
+ */
+int criu_get_orphan_pts_master_fd(void);
+
+/**
+ * The server's version as major * 10000 + minor * 100 + sublevel, or an error code.
  */
 int criu_get_version(void);
+
+/**
+ * Resets the plain API's options to the defaults. 0 (never fails).
+ */
+int criu_init_opts(void);
+
+/**
+ * Restore into an existing namespace. `ns` and `ns_file` are required, `extra_opt` may be NULL.
+ */
+int criu_join_ns_add(const char *ns, const char *ns_file, const char *extra_opt);
+
+/**
+ * Local API only, as in libcriu.
+ */
+int criu_local_add_cg_dump_controller(struct criu_opts *opts, const char *name);
+
+/**
+ * Replaces the cgroup properties (YAML text). Local API only, as in libcriu.
+ */
+int criu_local_add_cg_props(struct criu_opts *opts, const char *stream);
+
+/**
+ * Replaces the cgroup properties file. Local API only, as in libcriu.
+ */
+int criu_local_add_cg_props_file(struct criu_opts *opts, const char *path);
+
+int criu_local_add_cg_root(struct criu_opts *opts, const char *ctrl, const char *path);
+
+/**
+ * Replaces the cgroup yard. Local API only, as in libcriu.
+ */
+int criu_local_add_cg_yard(struct criu_opts *opts, const char *path);
+
+int criu_local_add_enable_fs(struct criu_opts *opts, const char *fs);
+
+int criu_local_add_ext_mount(struct criu_opts *opts, const char *key, const char *val);
+
+int criu_local_add_external(struct criu_opts *opts, const char *key);
+
+int criu_local_add_inherit_fd(struct criu_opts *opts, int fd, const char *key);
+
+int criu_local_add_irmap_path(struct criu_opts *opts, const char *path);
+
+int criu_local_add_skip_mnt(struct criu_opts *opts, const char *mnt);
+
+int criu_local_add_unix_sk(struct criu_opts *opts, unsigned int inode);
+
+int criu_local_add_veth_pair(struct criu_opts *opts, const char *in, const char *out);
+
+int criu_local_check(struct criu_opts *opts);
+
+int criu_local_check_version(struct criu_opts *opts, int minimum);
+
+int criu_local_dump(struct criu_opts *opts);
+
+int criu_local_dump_iters(struct criu_opts *opts, int (*more)(criu_predump_info pi));
+
+int criu_local_feature_check(struct criu_opts *opts,
+                             struct criu_feature_check *features,
+                             size_t size);
+
+/**
+ * Frees options from criu_local_init_opts. NULL is ignored.
+ */
+void criu_local_free_opts(struct criu_opts *opts);
+
+int criu_local_get_version(struct criu_opts *opts);
+
+/**
+ * Frees `*o` if set (as libcriu does: pass a NULL-initialized pointer the first time) and
+ * stores fresh default options there. 0, or -1 when `o` is NULL.
+ */
+int criu_local_init_opts(struct criu_opts **o);
+
+int criu_local_join_ns_add(struct criu_opts *opts,
+                           const char *ns,
+                           const char *ns_file,
+                           const char *extra_opt);
+
+int criu_local_pre_dump(struct criu_opts *opts);
+
+int criu_local_restore(struct criu_opts *opts);
+
+int criu_local_restore_child(struct criu_opts *opts);
+
+void criu_local_set_auto_dedup(struct criu_opts *opts, bool auto_dedup);
+
+void criu_local_set_auto_ext_mnt(struct criu_opts *opts, bool val);
+
+int criu_local_set_config_file(struct criu_opts *opts, const char *path);
+
+void criu_local_set_cpu_cap(struct criu_opts *opts, unsigned int cap);
+
+void criu_local_set_empty_ns(struct criu_opts *opts, int namespaces);
+
+void criu_local_set_evasive_devices(struct criu_opts *opts, bool evasive_devices);
+
+int criu_local_set_exec_cmd(struct criu_opts *opts, int argc, char **argv);
+
+void criu_local_set_ext_masters(struct criu_opts *opts, bool val);
+
+void criu_local_set_ext_sharing(struct criu_opts *opts, bool val);
+
+void criu_local_set_ext_unix_sk(struct criu_opts *opts, bool ext_unix_sk);
+
+void criu_local_set_file_locks(struct criu_opts *opts, bool file_locks);
+
+void criu_local_set_force_irmap(struct criu_opts *opts, bool force_irmap);
+
+int criu_local_set_freeze_cgroup(struct criu_opts *opts, const char *name);
+
+void criu_local_set_ghost_limit(struct criu_opts *opts, unsigned int limit);
+
+void criu_local_set_images_dir_fd(struct criu_opts *opts, int fd);
+
+void criu_local_set_leave_running(struct criu_opts *opts, bool leave_running);
+
+void criu_local_set_link_remap(struct criu_opts *opts, bool link_remap);
+
+int criu_local_set_log_file(struct criu_opts *opts, const char *log_file);
+
+void criu_local_set_log_level(struct criu_opts *opts, int log_level);
+
+int criu_local_set_lsm_mount_context(struct criu_opts *opts, const char *name);
+
+int criu_local_set_lsm_profile(struct criu_opts *opts, const char *name);
+
+void criu_local_set_manage_cgroups(struct criu_opts *opts, bool manage);
+
+void criu_local_set_manage_cgroups_mode(struct criu_opts *opts, enum criu_cg_mode mode);
+
+void criu_local_set_mntns_compat_mode(struct criu_opts *opts, bool val);
+
+int criu_local_set_network_lock(struct criu_opts *opts, enum criu_network_lock_method method);
+
+void criu_local_set_notify_cb(struct criu_opts *opts,
+                              int (*cb)(char *action, criu_notify_arg_t na));
+
+void criu_local_set_orphan_pts_master(struct criu_opts *opts, bool orphan_pts_master);
+
+int criu_local_set_page_server_address_port(struct criu_opts *opts, const char *address, int port);
+
+int criu_local_set_parent_images(struct criu_opts *opts, const char *path);
+
+void criu_local_set_pid(struct criu_opts *opts, int pid);
+
+void criu_local_set_pidfd_store_sk(struct criu_opts *opts, int sk);
+
+int criu_local_set_pre_dump_mode(struct criu_opts *opts, enum criu_pre_dump_mode mode);
+
+int criu_local_set_root(struct criu_opts *opts, const char *root);
+
+int criu_local_set_service_address(struct criu_opts *opts, const char *path);
+
+int criu_local_set_service_binary(struct criu_opts *opts, const char *path);
+
+void criu_local_set_service_fd(struct criu_opts *opts, int fd);
+
+void criu_local_set_shell_job(struct criu_opts *opts, bool shell_job);
+
+void criu_local_set_skip_file_rwx_check(struct criu_opts *opts, bool skip_file_rwx_check);
+
+void criu_local_set_tcp_close(struct criu_opts *opts, bool tcp_close);
+
+void criu_local_set_tcp_established(struct criu_opts *opts, bool tcp_established);
+
+void criu_local_set_tcp_skip_in_flight(struct criu_opts *opts, bool tcp_skip_in_flight);
+
+void criu_local_set_timeout(struct criu_opts *opts, unsigned int timeout);
+
+void criu_local_set_track_mem(struct criu_opts *opts, bool track_mem);
+
+/**
+ * Not declared in CRIU's criu.h, but libcriu exports it.
+ */
+void criu_local_set_unprivileged(struct criu_opts *opts, bool unprivileged);
+
+void criu_local_set_weak_sysctls(struct criu_opts *opts, bool val);
+
+void criu_local_set_work_dir_fd(struct criu_opts *opts, int fd);
+
+/**
+ * The pid a notification carries (0 when it has none).
+ */
+int criu_notify_pid(criu_notify_arg_t na);
+
+/**
+ * One pre-dump (memory only; the tree keeps running).
+ */
+int criu_pre_dump(void);
+
+/**
+ * Restores the tree detached from the caller. The restored root's pid (> 0) or an error code.
+ */
+int criu_restore(void);
+
+/**
+ * Restores the tree as a child of the caller. The restored root's pid (> 0) or an error code.
+ */
+int criu_restore_child(void);
+
+void criu_set_auto_dedup(bool auto_dedup);
+
+void criu_set_auto_ext_mnt(bool val);
+
+/**
+ * An RPC configuration file that overrides the options (CRIU skips it if it does not exist).
+ */
+int criu_set_config_file(const char *path);
+
+void criu_set_cpu_cap(unsigned int cap);
+
+/**
+ * CLONE_NEW* flags of namespaces to restore empty (CRIU accepts only CLONE_NEWNET).
+ */
+void criu_set_empty_ns(int namespaces);
+
+void criu_set_evasive_devices(bool evasive_devices);
+
+/**
+ * Replaces the command run after a restore. -EINVAL for a negative argc or a NULL argument.
+ */
+int criu_set_exec_cmd(int argc, char **argv);
+
+void criu_set_ext_masters(bool val);
+
+void criu_set_ext_sharing(bool val);
+
+void criu_set_ext_unix_sk(bool ext_unix_sk);
+
+void criu_set_file_locks(bool file_locks);
+
+void criu_set_force_irmap(bool force_irmap);
+
+int criu_set_freeze_cgroup(const char *name);
+
+void criu_set_ghost_limit(unsigned int limit);
+
+void criu_set_images_dir_fd(int fd);
+
+void criu_set_leave_running(bool leave_running);
+
+void criu_set_link_remap(bool link_remap);
+
+/**
+ * A file name, created in the work dir (no '/': the server refuses subdirectories).
+ */
+int criu_set_log_file(const char *log_file);
+
+/**
+ * CRIU_LOG_MSG (0) to CRIU_LOG_DEBUG (4); stored as given.
+ */
+void criu_set_log_level(int log_level);
+
+int criu_set_lsm_mount_context(const char *name);
+
+int criu_set_lsm_profile(const char *name);
+
+void criu_set_manage_cgroups(bool manage);
+
+/**
+ * Stored as given, as libcriu does: the server rejects a mode it does not know.
+ */
+void criu_set_manage_cgroups_mode(enum criu_cg_mode mode);
+
+void criu_set_mntns_compat_mode(bool val);
+
+/**
+ * CRIU_NETWORK_LOCK_IPTABLES, _NFTABLES or _SKIP; anything else is -EINVAL and changes nothing.
+ */
+int criu_set_network_lock(enum criu_network_lock_method method);
+
+/**
+ * Calls `cb` for each notification ("pre-dump", "post-dump", "post-restore", ...). A non-zero
+ * return aborts the operation, which then returns that value.
+ */
+void criu_set_notify_cb(int (*cb)(char *action, criu_notify_arg_t na));
+
+void criu_set_orphan_pts_master(bool orphan_pts_master);
+
+/**
+ * Send pages to the page server at `address`:`port` (NULL address: the server's default).
+ */
+int criu_set_page_server_address_port(const char *address, int port);
+
+int criu_set_parent_images(const char *path);
+
+void criu_set_pid(int pid);
+
+void criu_set_pidfd_store_sk(int sk);
+
+/**
+ * CRIU_PRE_DUMP_SPLICE or CRIU_PRE_DUMP_READ; anything else is -EINVAL and changes nothing.
+ */
+int criu_set_pre_dump_mode(enum criu_pre_dump_mode mode);
+
+int criu_set_root(const char *root);
+
+/**
+ * Use the `criu service` listening at `path` (NULL: "./criu_service.socket").
+ */
+int criu_set_service_address(const char *path);
+
+/**
+ * Run `path swrk FD` for each operation (NULL: "criu" from PATH) instead of the embedded server.
+ */
+int criu_set_service_binary(const char *path);
+
+/**
+ * Use the server connected to socket `fd`. The library closes `fd` after the next operation.
+ */
+void criu_set_service_fd(int fd);
+
+void criu_set_shell_job(bool shell_job);
+
+void criu_set_skip_file_rwx_check(bool skip_file_rwx_check);
+
+void criu_set_tcp_close(bool tcp_close);
+
+void criu_set_tcp_established(bool tcp_established);
+
+void criu_set_tcp_skip_in_flight(bool tcp_skip_in_flight);
+
+/**
+ * Seconds to wait for the tree to freeze. libcriu stores this without marking the field
+ * present, so CRIU never receives it; we send it.
+ */
+void criu_set_timeout(unsigned int timeout);
+
+void criu_set_track_mem(bool track_mem);
+
+void criu_set_unprivileged(bool unprivileged);
+
+void criu_set_weak_sysctls(bool val);
+
+void criu_set_work_dir_fd(int fd);
 
 #ifdef __cplusplus
 }  // extern "C"

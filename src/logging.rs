@@ -1,17 +1,16 @@
 //! The log: CRIU's levels (0 msg, 1 error, 2 warn, 3 info, 4 debug) onto the `log` crate, written
 //! to the log file or stderr. Each line carries the time since start and, with --log-pid, the pid.
+//! Lines are written without taking any lock (`sys::logfd`): libcriu's helper processes are
+//! forked from programs with other threads, which may have been logging at the time.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use once_cell::sync::OnceCell;
 
 struct Logger {
-    out: Mutex<Option<File>>,
     start: Instant,
     with_pid: bool,
 }
@@ -32,15 +31,14 @@ fn level_filter(criu_level: i32) -> LevelFilter {
 /// destination and level: the `log` crate takes one logger per process.
 pub fn init(file: Option<&Path>, level: i32, with_pid: bool) -> std::io::Result<()> {
     let out = match file {
-        Some(p) => Some(File::options().create(true).append(true).open(p)?),
+        Some(p) => Some(File::options().create(true).append(true).open(p)?.into()),
         None => None,
     };
     let logger = LOGGER.get_or_init(|| Logger {
-        out: Mutex::new(None),
         start: Instant::now(),
         with_pid,
     });
-    *logger.out.lock().unwrap_or_else(|e| e.into_inner()) = out;
+    crate::sys::logfd::redirect(out).map_err(std::io::Error::from)?;
     let _ = log::set_logger(logger);
     log::set_max_level(level_filter(level));
     Ok(())
@@ -77,15 +75,7 @@ impl Log for Logger {
                 r.args()
             )
         };
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        match out.as_mut() {
-            Some(f) => {
-                let _ = f.write_all(line.as_bytes());
-            }
-            None => {
-                let _ = std::io::stderr().write_all(line.as_bytes());
-            }
-        }
+        crate::sys::logfd::write_line(line.as_bytes());
     }
 
     fn flush(&self) {}

@@ -154,16 +154,12 @@ pub fn collect_vmas(
                 let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
                 let meta = std::fs::metadata(&map_file)
                     .map_err(|err| Error::io(format!("stat {map_file}"), err))?;
-                let is_devzero = meta
-                    .file_type()
-                    .is_file()
-                    .then_some(false)
-                    .unwrap_or_else(|| {
-                        use std::os::unix::fs::FileTypeExt;
-                        meta.file_type().is_char_device()
-                            && libc::major(meta.rdev()) == 1
-                            && libc::minor(meta.rdev()) == 5
-                    });
+                let is_devzero = {
+                    use std::os::unix::fs::FileTypeExt;
+                    meta.file_type().is_char_device()
+                        && libc::major(meta.rdev()) == 1
+                        && libc::minor(meta.rdev()) == 5
+                };
                 if is_devzero {
                     flags |= libc::MAP_ANONYMOUS as u32;
                     e.flags = flags;
@@ -226,13 +222,12 @@ pub struct PageStats {
     pub skipped_parent: u64,
 }
 
-/// Runs of pages to save: (vma index, start, end).
-fn pages_to_save(
-    pid: pid_t,
-    pagemap: &Pagemap,
-    vmas: &[pb::VmaEntry],
-) -> Result<(Vec<(usize, u64, u64)>, u64)> {
-    let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+/// A run of pages to save: (vma index, start, end).
+type Run = (usize, u64, u64);
+
+/// The runs of pages to save, and how many pages were looked at.
+fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result<(Vec<Run>, u64)> {
+    let mut runs: Vec<Run> = Vec::new();
     let mut scanned = 0;
     let q = ScanQuery {
         anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,

@@ -150,6 +150,11 @@ pub struct Options {
     /// `--action-script FILE`, in the order CRIU runs them. The front end runs them from its
     /// `Notify` (the engine only calls `notify`).
     pub action_scripts: Vec<PathBuf>,
+    /// Set by the RPC server: the inode of its end of the client connection. On a self-dump the
+    /// client's socket is part of the dumped tree; a unix socket whose peer is this inode is that
+    /// socket, and is dumped as CRIU's USK_SERVICE (closed, no peer) so that the restore rebuilds
+    /// it as a socket holding a queued `criu_resp{DUMP, success, dump{restored=true}}`.
+    pub rpc_server_socket_ino: Option<u64>,
 }
 
 impl Default for Options {
@@ -223,6 +228,7 @@ impl Default for Options {
             file_validation: None,
             allow_uprobes: false,
             action_scripts: Vec::new(),
+            rpc_server_socket_ino: None,
         }
     }
 }

@@ -1,10 +1,25 @@
-//! The C ABI of libcriu.so.2: thin wrappers that convert arguments, call the Rust API, catch
-//! panics and map errors to the return codes documented in criu.h.
+//! libcriu.so.2: CRIU's C API, function for function, over the same RPC protocol.
+//!
+//! - `opts`: `criu_opts` and its setters (the plain API on a process-wide copy, `criu_local_*`
+//!   on the caller's).
+//! - `ops`: the operations' entry points; `client`: what they do and their return codes;
+//!   `transport`: how a server is reached (embedded helper by default, `criu swrk`, a service
+//!   socket or a caller's fd).
+//! - `ffi`: argument types that make any C value safe to receive, panic guards, C strings.
+//!
+//! The entry points that take pointers are `unsafe extern "C"`: like libcriu they trust the
+//! caller to pass NULL or valid pointers (C strings, `criu_opts` from criu_local_init_opts,
+//! buffers of the stated size). That one contract is stated here rather than on each function,
+//! whose doc comments become the header's.
+//!
+//! `include/criu.h` is generated from these files by cbindgen (build.rs): the functions come from
+//! here, the enums, constants and types from `prologue.h`. No panic crosses into C: every entry
+//! point runs under `ffi::guard`.
 
-use std::os::raw::c_int;
+#![allow(clippy::missing_safety_doc)]
 
-/// Returns the version of CRIU behind the library: major * 10000 + minor * 100 + sublevel.
-#[no_mangle]
-pub extern "C" fn criu_get_version() -> c_int {
-    (crate::VERSION_MAJOR * 10000 + crate::VERSION_MINOR * 100 + crate::VERSION_SUBLEVEL) as c_int
-}
+pub mod client;
+pub mod ffi;
+pub mod ops;
+pub mod opts;
+pub mod transport;

@@ -123,6 +123,7 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
     let Invocation {
         action,
         opts,
+        address,
         close_fds,
         config_files,
         warnings,
@@ -149,8 +150,15 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             }
         }
         Action::Check(_) => {}
-        // `crate::rpc::service` is being written; call it here once it exists.
-        Action::Service => return Err(CliError::CommandNotSupported("service")),
+        Action::Service => {
+            // CRIU's default service socket.
+            let addr = address.unwrap_or_else(|| "/var/run/criu_service.socket".to_owned());
+            return Ok(crate::rpc::service(
+                Path::new(&addr),
+                opts.restore_detached,
+                opts.pidfile.as_deref(),
+            ));
+        }
         Action::PageServer => return Err(CliError::CommandNotSupported("page-server")),
         Action::LazyPages => return Err(CliError::CommandNotSupported("lazy-pages")),
         Action::CpuinfoDump => return Err(CliError::CommandNotSupported("cpuinfo dump")),

@@ -354,7 +354,7 @@ fn dump_task(
             seccomp_mode: Some(status.seccomp as i32),
             seccomp_filter,
             comm: Some(comm),
-            rseq_entry: (rseq.ptr != 0).then(|| pb::RseqEntry {
+            rseq_entry: (rseq.ptr != 0).then_some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.ptr,
                 rseq_abi_size: rseq.size,
                 signature: rseq.signature,
@@ -512,7 +512,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         &pb::InventoryEntry {
             img_version: IMG_VERSION,
             fdinfo_per_id: Some(true),
-            root_ids: Some(images[0].ids.clone()),
+            root_ids: Some(images[0].ids),
             ns_per_id: Some(true),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
             dump_uptime: Some(procfs::uptime_us()?),

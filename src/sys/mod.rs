@@ -4,8 +4,10 @@
 pub mod clone;
 pub mod cpu;
 pub mod fd;
+pub mod fork;
 pub mod inject;
 pub mod kcmp;
+pub mod logfd;
 pub mod mem;
 pub mod mm;
 pub mod pagemap;
@@ -13,4 +15,5 @@ pub mod probe;
 pub mod process;
 pub mod ptrace;
 pub mod signal;
+pub mod sock;
 pub mod task;

@@ -1,0 +1,59 @@
+# criu-rs: build and install libcriu.so.2 (a drop-in for CRIU's), its header and pkg-config
+# file, and the criu command; test the installed C library.
+#
+#   make install PREFIX=/some/dir    (DESTDIR is honoured for packaging)
+#   make ctests                      (installs into a scratch prefix, builds and runs ctests/)
+
+PREFIX     ?= /usr/local
+override PREFIX := $(abspath $(PREFIX))
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+SBINDIR    ?= $(PREFIX)/sbin
+
+CARGO            ?= cargo
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+RELEASE := $(CARGO_TARGET_DIR)/release
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# What a static link against libcriu.a needs besides it (`rustc --print native-static-libs`).
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+.PHONY: all release install ctests header-check clean
+
+all: release
+
+release:
+	$(CARGO) build --release --lib --bins
+
+install: release
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/criu $(DESTDIR)$(SBINDIR)
+	install -m 755 $(RELEASE)/libcriu.so $(DESTDIR)$(LIBDIR)/libcriu.so.2
+	ln -sfn libcriu.so.2 $(DESTDIR)$(LIBDIR)/libcriu.so
+	install -m 644 $(RELEASE)/libcriu.a $(DESTDIR)$(LIBDIR)/libcriu.a
+	install -m 644 include/criu.h $(DESTDIR)$(INCLUDEDIR)/criu/criu.h
+	sed -e 's,@libdir@,$(LIBDIR),' -e 's,@includedir@,$(INCLUDEDIR),g' \
+	    -e 's,@version@,$(VERSION),' -e 's,@static_libs@,$(STATIC_LIBS),' \
+	    pkgconfig/criu.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/criu.pc
+	install -m 755 $(RELEASE)/criu $(DESTDIR)$(SBINDIR)/criu
+
+# The C tests run against a scratch install. SWRK_BIN serves criu_set_service_binary; it is a
+# stand-in until `criu swrk` is wired into src/cli.rs (then: $(CTEST_PREFIX)/sbin/criu).
+CTEST_PREFIX ?= $(CURDIR)/out/ctest-prefix
+SWRK_BIN     ?= $(RELEASE)/examples/criu_swrk
+
+ctests:
+	$(MAKE) install PREFIX=$(CTEST_PREFIX) DESTDIR=
+	$(CARGO) build --release --example criu_swrk
+	$(MAKE) -C ctests clean
+	$(MAKE) -C ctests run PREFIX=$(CTEST_PREFIX) SWRK_BIN=$(SWRK_BIN)
+
+# build.rs regenerates include/criu.h; the committed copy must be what it generates.
+header-check:
+	$(CARGO) build --lib
+	git diff --exit-code -- include/criu.h
+
+clean:
+	$(CARGO) clean
+	$(MAKE) -C ctests clean
+	rm -rf out
