@@ -37,14 +37,12 @@ install: release
 	    pkgconfig/criu.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/criu.pc
 	install -m 755 $(RELEASE)/criu $(DESTDIR)$(SBINDIR)/criu
 
-# The C tests run against a scratch install. SWRK_BIN serves criu_set_service_binary; it is a
-# stand-in until `criu swrk` is wired into src/cli.rs (then: $(CTEST_PREFIX)/sbin/criu).
+# The C tests run against a scratch install; criu_set_service_binary gets its criu by path.
 CTEST_PREFIX ?= $(CURDIR)/out/ctest-prefix
-SWRK_BIN     ?= $(RELEASE)/examples/criu_swrk
+SWRK_BIN     ?= $(CTEST_PREFIX)/sbin/criu
 
 ctests:
 	$(MAKE) install PREFIX=$(CTEST_PREFIX) DESTDIR=
-	$(CARGO) build --release --example criu_swrk
 	$(MAKE) -C ctests clean
 	$(MAKE) -C ctests run PREFIX=$(CTEST_PREFIX) SWRK_BIN=$(SWRK_BIN)
 
