@@ -1,6 +1,9 @@
 # criu-rs: build and install libcriu.so.2 (a drop-in for CRIU's), its header and pkg-config
 # file, and the criu command; test the installed C library.
 #
+#   make demo                        checkpoint a running program and restore it
+#   make test                        every check CI runs: fmt, clippy, Rust tests, C tests
+#   make bench                       throughput against this machine's limits
 #   make install PREFIX=/some/dir    (DESTDIR is honoured for packaging)
 #   make ctests                      (installs into a scratch prefix, builds and runs ctests/)
 
@@ -19,7 +22,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # What a static link against libcriu.a needs besides it (`rustc --print native-static-libs`).
 STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
-.PHONY: all release install ctests header-check clean
+.PHONY: all release install ctests header-check clean demo test crit bench
 
 all: release
 
@@ -50,6 +53,21 @@ ctests:
 header-check:
 	$(CARGO) build --lib
 	git diff --exit-code -- include/criu.h
+
+demo:
+	$(CARGO) build --release --bin criu
+	CRIU=$(RELEASE)/criu ./scripts/demo.sh
+
+# Debian's crit, to prove our images are CRIU images (tests/crit_images.rs).
+crit:
+	./scripts/get-crit.sh
+
+test: crit
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+	$(MAKE) header-check
+	$(MAKE) ctests
 
 clean:
 	$(CARGO) clean

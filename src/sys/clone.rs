@@ -36,7 +36,11 @@ pub fn fork_with_pid(pid: Option<pid_t>, flags: u64) -> Result<Forked> {
         flags,
         // With CLONE_PARENT the kernel takes the exit signal from us (our parent's choice) and
         // refuses any other.
-        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 { 0 } else { libc::SIGCHLD as u64 },
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         set_tid: if pid.is_some() {
             tids.as_ptr() as u64
         } else {
