@@ -121,7 +121,7 @@ fn restore_child_reports_the_engines_failure() {
         (*o.0).rpc.images_dir = Some(dir.to_str().unwrap().into());
         (*o.0).rpc.log_to_stderr = Some(true);
         assert_eq!(criu_local_restore_child(o.0), -libc::EBADE);
-        assert_eq!(errno(), libc::EOPNOTSUPP);
+        assert_eq!(errno(), libc::EBADMSG);
     }
 }
 

@@ -307,7 +307,34 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
     );
     assert_fails_with(&criu(&["page-server"]), "not supported yet");
     assert_fails_with(&criu(&["lazy-pages"]), "not supported yet");
-    assert_fails_with(&criu(&["service"]), "not supported yet");
+}
+
+#[test]
+fn service_listens_on_its_address_and_daemonizes() {
+    let s = Scratch::new();
+    let sock = s.path("criu.sock");
+    let pidfile = s.path("service.pid");
+    let out = s.criu(&[
+        "service",
+        "--address",
+        sock.to_str().unwrap(),
+        "-d",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
 }
 
 #[test]
