@@ -244,7 +244,7 @@ fn swrk_refuses_a_descriptor_that_is_not_a_socket() {
     assert_eq!(criu::rpc::swrk(-1), 1);
 }
 
-/// The engine cannot dump yet: the failure must come back as a DUMP answer with the engine's
+/// A dump that fails (here: no such process) must come back as a DUMP answer with the engine's
 /// errno and message, after the log was opened in the images dir.
 #[test]
 fn dump_failure_is_reported_with_errno_and_message() {
@@ -254,7 +254,8 @@ fn dump_failure_is_reported_with_errno_and_message() {
     let mut r = req(CriuReqType::Dump);
     r.opts = Some(CriuOpts {
         images_dir_fd: images.as_raw_fd(),
-        pid: Some(std::process::id() as i32),
+        // Above pid_max: never a process.
+        pid: Some(99_999_999),
         log_file: Some("dump.log".into()),
         log_level: Some(4),
         ..Default::default()
@@ -262,8 +263,8 @@ fn dump_failure_is_reported_with_errno_and_message() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Dump as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::EOPNOTSUPP));
-    assert!(resp.cr_errmsg.unwrap().contains("not supported"));
+    assert_eq!(resp.cr_errno, Some(libc::ENOENT));
+    assert!(resp.cr_errmsg.unwrap().contains("99999999"));
     assert_eq!(resp.dump.unwrap().restored, Some(false));
     assert_eq!(s.finish(), 1);
     assert!(dir.join("dump.log").exists(), "log file in the images dir");

@@ -454,6 +454,11 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let pid = opts
         .pid
         .ok_or_else(|| Error::InvalidOptions("no process to dump: give -t PID".into()))?;
+    if pid == std::process::id() as pid_t {
+        return Err(Error::InvalidOptions(format!(
+            "pid {pid} is the dumper itself"
+        )));
+    }
     let dir = ImageDir::new(&opts.images_dir);
     if !dir.path().is_dir() {
         return Err(Error::InvalidOptions(format!(
