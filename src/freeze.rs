@@ -220,7 +220,8 @@ impl Frozen {
                 nix::unistd::Pid::from_raw(task.pid),
                 nix::sys::signal::SIGKILL,
             );
-            for th in task.threads {
+            // Other threads first: the leader is only reported once they are all gone.
+            for th in task.threads.into_iter().rev() {
                 // The exit is reported to us as tracer; the real parent still reaps.
                 loop {
                     match wait_tid(th.tracee.tid) {

@@ -371,6 +371,9 @@ pub struct Layout {
     pub ctrl: u64,
     /// A free stretch for moving the vdso when its old and new places overlap.
     pub bounce: u64,
+    /// Stacks of the threads the new task starts before the tracer takes over
+    /// (THREAD_STACK bytes each).
+    pub stacks: u64,
     /// Temporary address of each VMA that is built and moved (index into the VMA list).
     pub temps: Vec<(usize, u64)>,
 }
@@ -398,10 +401,20 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Result<Layout> {
+/// A parked thread only sits in pause(): it never touches its stack.
+pub const THREAD_STACK: u64 = PAGE_SIZE;
+
+pub fn plan_layout(
+    vmas: &[pb::VmaEntry],
+    own: &[MapEntry],
+    vdso_len: u64,
+    threads: usize,
+) -> Result<Layout> {
     // Size: each VMA at an address congruent to its final one modulo 2 MiB (so transparent
     // huge pages stay huge and mremap can move whole page tables), plus a guard page between.
-    let mut need = PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
+    let stacks_len = threads as u64 * THREAD_STACK;
+    let mut need =
+        PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE + stacks_len + PAGE_SIZE;
     for e in vmas.iter().filter(|e| is_built(e)) {
         need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
     }
@@ -431,6 +444,8 @@ pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Re
     at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
     let bounce = at;
     at += vdso_len + PAGE_SIZE;
+    let stacks = at;
+    at += stacks_len + PAGE_SIZE;
     let mut temps = Vec::new();
     for (i, e) in vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
         // Next address >= at with the same offset in a 2 MiB frame as e.start.
@@ -448,6 +463,7 @@ pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Re
         len: need,
         ctrl,
         bounce,
+        stacks,
         temps,
     })
 }

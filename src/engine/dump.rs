@@ -20,6 +20,7 @@ use crate::regs;
 use crate::remote::Remote;
 use crate::signals;
 use crate::sys::inject::{find_syscall_insn, restart_adjusted, Injector};
+use crate::sys::ptrace::Tracee;
 use crate::sys::task as systask;
 use crate::timers;
 
@@ -67,8 +68,10 @@ fn prctl_get_ptr(remote: &Remote, what: &str, option: i32, size: usize) -> Resul
     Ok(u64::from_ne_bytes(w))
 }
 
-fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Result<Option<u32>> {
-    let t = &task.leader().tracee;
+/// The seccomp filters of one thread, appended to `filters` in CRIU's layout (newest first, each
+/// older filter's `prev` naming the one written before it); returns the index the thread points
+/// at (its oldest filter).
+fn dump_seccomp(t: &Tracee, filters: &mut Vec<pb::SeccompFilter>) -> Result<Option<u32>> {
     let mut chain = Vec::new();
     let mut idx = 0;
     while let Some(insns) = t.seccomp_filter(idx)? {
@@ -79,8 +82,6 @@ fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Resu
     if chain.is_empty() {
         return Ok(None);
     }
-    // CRIU's layout: newest first; each older filter's `prev` names the one written before it,
-    // and the thread points at the oldest.
     let base = filters.len() as u32;
     for (i, (insns, flags)) in chain.into_iter().enumerate() {
         filters.push(pb::SeccompFilter {
@@ -90,6 +91,167 @@ fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Resu
         });
     }
     Ok(Some(filters.len() as u32 - 1))
+}
+
+/// What only a syscall run inside a thread tells.
+struct ThreadQueries {
+    pdeath: u32,
+    tid_addr: u64,
+    sas: pb::ThreadSasEntry,
+    secbits: u32,
+}
+
+fn query_thread(remote: &Remote) -> Result<ThreadQueries> {
+    let pdeath = prctl_get_ptr(remote, "prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG, 4)?;
+    let tid_addr = prctl_get_ptr(
+        remote,
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::PR_GET_TID_ADDRESS,
+        8,
+    )?;
+    let secbits = prctl_get(remote, "prctl(PR_GET_SECUREBITS)", libc::PR_GET_SECUREBITS)?;
+    remote.syscall(
+        "sigaltstack(query)",
+        libc::SYS_sigaltstack,
+        [0, remote.addr(0), 0, 0, 0, 0],
+    )?;
+    let ss = remote.read(0, 24)?;
+    Ok(ThreadQueries {
+        pdeath: pdeath as u32,
+        tid_addr,
+        secbits: secbits as u32,
+        sas: pb::ThreadSasEntry {
+            ss_sp: u64::from_ne_bytes(ss[0..8].try_into().unwrap()),
+            ss_flags: u32::from_ne_bytes(ss[8..12].try_into().unwrap()),
+            ss_size: u64::from_ne_bytes(ss[16..24].try_into().unwrap()),
+        },
+    })
+}
+
+/// What only a syscall run inside the process tells (process-wide state).
+struct ProcessQueries {
+    sigactions: Vec<pb::SaEntry>,
+    timers: pb::TaskTimersEntry,
+    rlimits: pb::TaskRlimitsEntry,
+    dumpable: u64,
+    thp_disabled: bool,
+    subreaper: bool,
+    brk: u64,
+}
+
+fn query_process(remote: &Remote) -> Result<ProcessQueries> {
+    Ok(ProcessQueries {
+        sigactions: signals::dump_actions(remote)?,
+        timers: timers::dump(remote)?,
+        rlimits: creds::dump_rlimits(remote)?,
+        dumpable: prctl_get(remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?,
+        thp_disabled: prctl_get(
+            remote,
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::PR_GET_THP_DISABLE,
+        )? != 0,
+        subreaper: prctl_get_ptr(
+            remote,
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::PR_GET_CHILD_SUBREAPER,
+            4,
+        )? != 0,
+        brk: remote.syscall("brk(0)", libc::SYS_brk, [0; 6])?,
+    })
+}
+
+/// Runs the per-thread queries in every thread, and the process-wide ones in the leader, with
+/// one scratch page. Each thread gets its registers and signal mask back as soon as we are done
+/// with it: should we die later, the kernel detaches it and it must resume intact.
+fn query_all(
+    task: &mut FrozenTask,
+    syscall_ip: u64,
+) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
+    let pid = task.pid;
+    let leader = task.leader();
+    leader.tracee.set_sigmask(!0)?;
+    let remote = Remote::start(Injector::new(&leader.tracee, leader.regs, syscall_ip), pid)?;
+    let scratch = remote.scratch_range().0;
+    let gathered = (|| -> Result<_> {
+        let process = query_process(&remote)?;
+        let mut threads = vec![query_thread(&remote)?];
+        for th in task.threads.iter().skip(1) {
+            th.tracee.set_sigmask(!0)?;
+            let r = Remote::borrowed(Injector::new(&th.tracee, th.regs, syscall_ip), pid, scratch);
+            let q = query_thread(&r);
+            let deferred = r.deferred_signals();
+            th.tracee.set_regs(&restart_adjusted(&th.regs))?;
+            th.tracee.set_sigmask(th.sigmask)?;
+            if !deferred.is_empty() {
+                return Err(Error::task(
+                    th.tracee.tid,
+                    format!("signals {deferred:?} arrived while frozen; retry the dump"),
+                ));
+            }
+            threads.push(q?);
+        }
+        Ok((process, threads))
+    })();
+    let deferred = remote.finish();
+    task.threads[0]
+        .deferred
+        .extend(deferred.as_deref().unwrap_or(&[]));
+    let leader = task.leader();
+    leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
+    leader.tracee.set_sigmask(leader.sigmask)?;
+    deferred?;
+    gathered
+}
+
+/// One thread's core image.
+#[allow(clippy::too_many_arguments)]
+fn thread_core(
+    pid: pid_t,
+    th: &crate::freeze::FrozenThread,
+    q: &ThreadQueries,
+    seccomp_filters: &mut Vec<pb::SeccompFilter>,
+) -> Result<(pb::ThreadInfoX86, pb::ThreadCoreEntry)> {
+    let tid = th.tracee.tid;
+    let t = &th.tracee;
+    let status = procfs::status(pid, Some(tid))?;
+    let mut creds = creds::from_status(&status);
+    creds.secbits = q.secbits;
+    let rseq = t.rseq_config()?;
+    let (policy, prio, nice) = systask::sched(tid)?;
+    let (rla, rla_len) = systask::robust_list(tid)?;
+    let mut gp = restart_adjusted(&th.regs);
+    gp.orig_rax = th.regs.orig_rax;
+    let xstate = t.get_xstate()?;
+    let comm = procfs::read_trimmed(pid, &format!("task/{tid}/comm"))?;
+    let info = pb::ThreadInfoX86 {
+        clear_tid_addr: q.tid_addr,
+        gpregs: regs::gpregs_to_image(&gp),
+        fpregs: regs::fpregs_to_image(&xstate)?,
+        tls: regs::tls_to_image(t)?,
+    };
+    let core = pb::ThreadCoreEntry {
+        futex_rla: rla,
+        futex_rla_len: rla_len as u32,
+        sched_nice: Some(nice),
+        sched_policy: Some(policy),
+        sched_prio: Some(prio),
+        blk_sigset: Some(th.sigmask),
+        sas: Some(q.sas),
+        pdeath_sig: Some(q.pdeath),
+        signals_p: signals::dump_pending(t, false)?,
+        creds: Some(creds),
+        seccomp_mode: Some(status.seccomp as i32),
+        seccomp_filter: dump_seccomp(t, seccomp_filters)?,
+        comm: Some(comm),
+        rseq_entry: (rseq.ptr != 0).then_some(pb::RseqEntry {
+            rseq_abi_pointer: rseq.ptr,
+            rseq_abi_size: rseq.size,
+            signature: rseq.signature,
+            rseq_cs_pointer: None,
+        }),
+        ..Default::default()
+    };
+    Ok((info, core))
 }
 
 fn tty_info(
@@ -143,101 +305,18 @@ fn dump_task(
 ) -> Result<TaskImages> {
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
-    let status = procfs::status(pid, None)?;
     // Read before our scratch page exists, so that it can never merge into the task's VMAs.
     let maps = procfs::maps(pid)?;
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")
         .map(|m| (m.start, m.end));
-    let leader_regs = task.leader().regs;
-    let syscall_ip = find_syscall_insn(pid, &leader_regs, vdso)?;
-
-    // No signal may be delivered while we run syscalls in the task; the freeze-time mask is
-    // put back when the task is released.
-    task.leader().tracee.set_sigmask(!0)?;
-    let inj = Injector::new(&task.leader().tracee, leader_regs, syscall_ip);
-    let remote = Remote::start(inj, pid)?;
-    let gathered = (|| -> Result<_> {
-        let sigactions = signals::dump_actions(&remote)?;
-        let timers = timers::dump(&remote)?;
-        let creds = creds::dump(&remote, &status)?;
-        let rlimits = creds::dump_rlimits(&remote)?;
-        let dumpable = prctl_get(&remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?;
-        let thp_disabled = prctl_get(
-            &remote,
-            "prctl(PR_GET_THP_DISABLE)",
-            libc::PR_GET_THP_DISABLE,
-        )?;
-        let subreaper = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_CHILD_SUBREAPER)",
-            libc::PR_GET_CHILD_SUBREAPER,
-            4,
-        )?;
-        let pdeath = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::PR_GET_PDEATHSIG,
-            4,
-        )?;
-        let tid_addr = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::PR_GET_TID_ADDRESS,
-            8,
-        )?;
-        remote.syscall(
-            "sigaltstack(query)",
-            libc::SYS_sigaltstack,
-            [0, remote.addr(0), 0, 0, 0, 0],
-        )?;
-        let ss = remote.read(0, 24)?;
-        let sas = pb::ThreadSasEntry {
-            ss_sp: u64::from_ne_bytes(ss[0..8].try_into().unwrap()),
-            ss_flags: u32::from_ne_bytes(ss[8..12].try_into().unwrap()),
-            ss_size: u64::from_ne_bytes(ss[16..24].try_into().unwrap()),
-        };
-        Ok((
-            sigactions,
-            timers,
-            creds,
-            rlimits,
-            dumpable,
-            thp_disabled,
-            subreaper,
-            pdeath,
-            tid_addr,
-            sas,
-        ))
-    })();
-    let deferred = remote.finish();
-    task.threads[0]
-        .deferred
-        .extend(deferred.as_deref().unwrap_or(&[]));
-    // Put the task back as it was right away, not only at release: should we die during the
-    // long memory copy, the kernel detaches it and it must resume intact.
-    let leader = task.leader();
-    leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
-    leader.tracee.set_sigmask(leader.sigmask)?;
-    let (
-        sigactions,
-        timers,
-        creds,
-        rlimits,
-        dumpable,
-        thp_disabled,
-        subreaper,
-        pdeath,
-        tid_addr,
-        sas,
-    ) = gathered?;
-    deferred?;
+    let syscall_ip = find_syscall_insn(pid, &task.leader().regs, vdso)?;
+    let (process, threads) = query_all(task, syscall_ip)?;
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
     let fdinfo = files::dump_fds(pid, files, opts.shell_job)?;
 
-    // Memory, now that our scratch page is gone again.
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
         .to_string_lossy()
@@ -266,7 +345,7 @@ fn dump_task(
         mm_end_data: stat.end_data,
         mm_start_stack: stat.start_stack,
         mm_start_brk: stat.start_brk,
-        mm_brk: brk_of(&maps, &stat),
+        mm_brk: process.brk,
         mm_arg_start: stat.arg_start,
         mm_arg_end: stat.arg_end,
         mm_env_start: stat.env_start,
@@ -274,12 +353,12 @@ fn dump_task(
         exe_file_id,
         mm_saved_auxv: procfs::auxv(pid)?,
         vmas,
-        dumpable: Some(dumpable as i32),
+        dumpable: Some(process.dumpable as i32),
         aios: Vec::new(),
-        thp_disabled: Some(thp_disabled != 0),
+        thp_disabled: Some(process.thp_disabled),
     };
 
-    // Files, cwd, root.
+    let status = procfs::status(pid, None)?;
     let cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?
         .to_string_lossy()
         .into_owned();
@@ -292,77 +371,56 @@ fn dump_task(
         umask: Some(status.umask),
     };
     let ttys = tty_info(pid, &fdinfo, files, &stat)?;
-    let seccomp_filter = dump_seccomp(task, seccomp_filters)?;
 
-    // Registers and per-thread state (one thread until threads are supported).
+    let mut cores = Vec::with_capacity(task.threads.len());
+    for (th, q) in task.threads.iter().zip(&threads) {
+        let (info, core) = thread_core(pid, th, q, seccomp_filters)?;
+        cores.push((th.tracee.tid, info, core));
+    }
     let leader = task.leader();
-    let t = &leader.tracee;
-    let rseq = t.rseq_config()?;
-    let (policy, prio, nice) = systask::sched(pid)?;
-    let (rla, rla_len) = systask::robust_list(pid)?;
-    let mut gp = restart_adjusted(&leader.regs);
-    gp.orig_rax = leader.regs.orig_rax;
-    let xstate = t.get_xstate()?;
-    let comm = stat.comm.clone();
     let loginuid = procfs::read_trimmed(pid, "loginuid")
         .ok()
         .and_then(|s| s.parse::<u32>().ok());
     let oom_score_adj = procfs::read_trimmed(pid, "oom_score_adj")
         .ok()
         .and_then(|s| s.parse::<i32>().ok());
-    let core = pb::CoreEntry {
-        mtype: pb::core_entry::March::X8664 as i32,
-        thread_info: Some(pb::ThreadInfoX86 {
-            clear_tid_addr: tid_addr,
-            gpregs: regs::gpregs_to_image(&gp),
-            fpregs: regs::fpregs_to_image(&xstate)?,
-            tls: regs::tls_to_image(t)?,
-        }),
-        tc: Some(pb::TaskCoreEntry {
-            task_state: if task.stop_signo.is_some() {
-                TASK_STOPPED
-            } else {
-                TASK_ALIVE
-            },
-            exit_code: 0,
-            personality: procfs::personality(pid)?,
-            flags: stat.flags,
-            blk_sigset: leader.sigmask,
-            comm: comm.clone(),
-            timers: Some(timers),
-            rlimits: Some(rlimits),
-            signals_s: signals::dump_pending(t, true)?,
-            loginuid,
-            oom_score_adj,
-            sigactions,
-            child_subreaper: Some(subreaper != 0),
-            stop_signo: task.stop_signo.map(|s| s as u32),
-            ..Default::default()
-        }),
-        ids: None,
-        thread_core: Some(pb::ThreadCoreEntry {
-            futex_rla: rla,
-            futex_rla_len: rla_len as u32,
-            sched_nice: Some(nice),
-            sched_policy: Some(policy),
-            sched_prio: Some(prio),
-            blk_sigset: Some(leader.sigmask),
-            sas: Some(sas),
-            pdeath_sig: Some(pdeath as u32),
-            signals_p: signals::dump_pending(t, false)?,
-            creds: Some(creds),
-            seccomp_mode: Some(status.seccomp as i32),
-            seccomp_filter,
-            comm: Some(comm),
-            rseq_entry: (rseq.ptr != 0).then_some(pb::RseqEntry {
-                rseq_abi_pointer: rseq.ptr,
-                rseq_abi_size: rseq.size,
-                signature: rseq.signature,
-                rseq_cs_pointer: None,
-            }),
-            ..Default::default()
-        }),
+    let tc = pb::TaskCoreEntry {
+        task_state: if task.stop_signo.is_some() {
+            TASK_STOPPED
+        } else {
+            TASK_ALIVE
+        },
+        exit_code: 0,
+        personality: procfs::personality(pid)?,
+        flags: stat.flags,
+        blk_sigset: leader.sigmask,
+        comm: stat.comm.clone(),
+        timers: Some(process.timers),
+        rlimits: Some(process.rlimits),
+        signals_s: signals::dump_pending(&leader.tracee, true)?,
+        loginuid,
+        oom_score_adj,
+        sigactions: process.sigactions,
+        child_subreaper: Some(process.subreaper),
+        stop_signo: task.stop_signo.map(|s| s as u32),
+        ..Default::default()
     };
+    let mut tc = Some(tc);
+    let cores = cores
+        .into_iter()
+        .map(|(tid, info, core)| {
+            (
+                tid,
+                pb::CoreEntry {
+                    mtype: pb::core_entry::March::X8664 as i32,
+                    thread_info: Some(info),
+                    tc: tc.take(),
+                    ids: None,
+                    thread_core: Some(core),
+                },
+            )
+        })
+        .collect();
     Ok(TaskImages {
         pid,
         pstree: pb::PstreeEntry {
@@ -372,7 +430,7 @@ fn dump_task(
             sid: stat.sid as u32,
             threads: task.threads.iter().map(|t| t.tracee.tid as u32).collect(),
         },
-        cores: vec![(pid, core)],
+        cores,
         ids: pb::TaskKobjIdsEntry {
             vm_id: 1,
             files_id: 1,
@@ -387,15 +445,6 @@ fn dump_task(
         fdinfo,
         ttys,
     })
-}
-
-/// The program break: /proc/PID/stat has start_brk but not brk; the heap VMA ends at the
-/// page-aligned break, which is what brk() needs to continue.
-fn brk_of(maps: &[procfs::MapEntry], stat: &procfs::Stat) -> u64 {
-    maps.iter()
-        .find(|m| m.name == "[heap]")
-        .map(|m| m.end)
-        .unwrap_or(stat.start_brk)
 }
 
 fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
@@ -420,16 +469,7 @@ fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
 /// Checks that the tree is one we can restore: a single process (trees and threads come later),
 /// in its own session or a shell job.
 fn check_tree(pid: pid_t, frozen: &Frozen, opts: &Options) -> Result<()> {
-    let task = &frozen.tasks[0];
-    if task.threads.len() > 1 {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "{} threads (multi-threaded tasks are not supported yet)",
-                task.threads.len()
-            ),
-        ));
-    }
+    let _ = frozen;
     let children = procfs::children(pid)?;
     if !children.is_empty() {
         return Err(Error::unsupported(

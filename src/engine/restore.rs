@@ -38,6 +38,8 @@ struct TaskImage {
     pid: pid_t,
     pstree: pb::PstreeEntry,
     core: pb::CoreEntry,
+    /// Every other thread: tid and core.
+    threads: Vec<(pid_t, pb::CoreEntry)>,
     mm: pb::MmEntry,
     pagemap: Vec<pb::PagemapEntry>,
     pages_id: u32,
@@ -61,6 +63,17 @@ impl TaskImage {
                 "no thread info or task core",
             ));
         }
+        let mut threads = Vec::new();
+        for &tid in pstree.threads.iter().filter(|&&t| t as pid_t != pid) {
+            let c: pb::CoreEntry = dir.read_one(Kind::Core, tid)?;
+            if c.thread_info.is_none() || c.thread_core.is_none() {
+                return Err(Error::image(
+                    dir.file(&Kind::Core.file_name(tid)),
+                    "no thread info or thread core",
+                ));
+            }
+            threads.push((tid as pid_t, c));
+        }
         let ids: pb::TaskKobjIdsEntry = dir.read_one(Kind::Ids, pid)?;
         let mm: pb::MmEntry = dir.read_one(Kind::Mm, pid)?;
         let mut pm = dir.open(Kind::Pagemap, pid)?;
@@ -74,6 +87,7 @@ impl TaskImage {
             pid,
             pstree,
             core,
+            threads,
             mm,
             pagemap,
             pages_id: head.pages_id,
@@ -88,6 +102,11 @@ impl TaskImage {
 
     fn thread_core(&self) -> Option<&pb::ThreadCoreEntry> {
         self.core.thread_core.as_ref()
+    }
+
+    /// Every thread's tid and core, the leader first.
+    fn all_threads(&self) -> impl Iterator<Item = (pid_t, &pb::CoreEntry)> {
+        std::iter::once((self.pid, &self.core)).chain(self.threads.iter().map(|(t, c)| (*t, c)))
     }
 }
 
@@ -138,9 +157,9 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .first()
         .cloned()
         .ok_or_else(|| Error::image(dir.file("pstree.img"), "no task"))?;
-    if pstree.len() > 1 || root.threads.len() > 1 {
+    if pstree.len() > 1 {
         return Err(Error::InvalidOptions(
-            "restoring process trees and threads is not supported yet".into(),
+            "restoring process trees is not supported yet".into(),
         ));
     }
     let task = TaskImage::load(&dir, root)?;
@@ -177,7 +196,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
         .map(|m| m.len())
         .sum();
-    let layout = mem::plan_layout(&task.mm.vmas, &own, vdso_len)?;
+    let layout = mem::plan_layout(&task.mm.vmas, &own, vdso_len, task.threads.len())?;
     crate::sys::mm::reserve(layout.base, layout.len)?;
     let unreserve = scopeguard(layout.base, layout.len);
 
@@ -433,9 +452,6 @@ fn build_self(
     signals::restore_pending(task.pid, task.pid, tc.signals_s.as_ref(), true)?;
     if let Some(th) = task.thread_core() {
         signals::restore_pending(task.pid, task.pid, th.signals_p.as_ref(), false)?;
-        if let Some(sig) = th.pdeath_sig.filter(|&s| s != 0) {
-            crate::sys::process::prctl(libc::PR_SET_PDEATHSIG, sig as u64)?;
-        }
     }
     if tc.child_subreaper == Some(true) {
         crate::sys::process::prctl(libc::PR_SET_CHILD_SUBREAPER, 1)?;
@@ -451,6 +467,33 @@ fn build_self(
     let xsave = &task.core.thread_info.as_ref().expect("checked").fpregs;
     if xsave.xsave_area.as_deref().is_some_and(regs::uses_amx) {
         crate::sys::cpu::enable_amx()?;
+    }
+
+    // The other threads, parked until the tracer gives them their registers.
+    for (i, (tid, core)) in task.threads.iter().enumerate() {
+        let ti = core.thread_info.as_ref().expect("checked on load");
+        if ti.fpregs.xsave_area.as_deref().is_some_and(regs::uses_amx) {
+            return Err(Error::InvalidOptions(format!(
+                "thread {tid} has AMX state in use: not supported yet"
+            )));
+        }
+        let stack = layout.stacks + i as u64 * mem::THREAD_STACK;
+        crate::sys::mm::mmap_fixed(
+            stack,
+            mem::THREAD_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+            0,
+        )?;
+        crate::sys::clone::spawn_parked_thread(*tid, stack, mem::THREAD_STACK)?;
+        // Its pending signals are queued by the tracer from inside it: only a thread may queue
+        // a signal with a kernel or tkill si_code to itself.
+        let th = core.thread_core.as_ref().expect("checked on load");
+        if let Some(comm) = &th.comm {
+            std::fs::write(format!("/proc/self/task/{tid}/comm"), comm)
+                .map_err(|e| Error::io(format!("set the name of thread {tid}"), e))?;
+        }
     }
 
     let mut body = Vec::with_capacity(12);
@@ -507,6 +550,23 @@ fn u64s_bytes(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
+/// Interrupts a tracee and waits until it is in a ptrace-stop.
+fn stop(t: &Tracee) -> Result<()> {
+    t.interrupt()?;
+    loop {
+        match t.wait()? {
+            Stop::Event(_) => return Ok(()),
+            Stop::Signal(_) | Stop::Syscall | Stop::OtherEvent(_) => t.cont(0)?,
+            s => {
+                return Err(Error::task(
+                    t.tid,
+                    format!("restored task ended early: {s:?}"),
+                ))
+            }
+        }
+    }
+}
+
 fn finalize(
     tracee: &Tracee,
     task: &TaskImage,
@@ -516,24 +576,21 @@ fn finalize(
     notify: &mut dyn Notify,
 ) -> Result<()> {
     let pid = task.pid;
-    tracee.interrupt()?;
-    loop {
-        match tracee.wait()? {
-            Stop::Event(_) => break,
-            Stop::Signal(_) | Stop::Syscall | Stop::OtherEvent(_) => tracee.cont(0)?,
-            s => {
-                return Err(Error::task(
-                    pid,
-                    format!("restored task ended early: {s:?}"),
-                ))
-            }
-        }
+    stop(tracee)?;
+    // The other threads are parked in pause(): attach to them now.
+    let mut others = Vec::with_capacity(task.threads.len());
+    for (tid, _) in &task.threads {
+        let t = Tracee::seize(
+            *tid,
+            PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
+        )?;
+        stop(&t)?;
+        others.push(t);
     }
-    let stopped_regs = tracee.get_regs()?;
     let own_rseq = tracee.rseq_config()?;
     let child_maps = procfs::maps(pid)?;
     let ctl = Ctl {
-        inj: Injector::new(tracee, stopped_regs, layout.ctrl),
+        inj: Injector::new(tracee, tracee.get_regs()?, layout.ctrl),
         pid,
         data: layout.ctrl_data(),
     };
@@ -639,50 +696,6 @@ fn finalize(
         libc::SYS_close,
         [ready.exe_fd as u64, 0, 0, 0, 0, 0],
     )?;
-
-    // 6. Per-thread kernel state that points into the task's memory.
-    let ti = task.core.thread_info.as_ref().expect("checked on load");
-    ctl.sys(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
-    if let Some(th) = task.thread_core() {
-        if let Some(sas) = &th.sas {
-            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-                let mut b = Vec::new();
-                b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
-                b.extend_from_slice(&(sas.ss_flags as i32).to_ne_bytes());
-                b.extend_from_slice(&[0u8; 4]);
-                b.extend_from_slice(&sas.ss_size.to_ne_bytes());
-                let a = ctl.put(D_ARGS, &b)?;
-                ctl.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
-            }
-        }
-        if let Some(r) = &th.rseq_entry {
-            if r.rseq_abi_pointer != 0 {
-                ctl.sys(
-                    "rseq(register)",
-                    libc::SYS_rseq,
-                    [
-                        r.rseq_abi_pointer,
-                        r.rseq_abi_size as u64,
-                        0,
-                        r.signature as u64,
-                        0,
-                        0,
-                    ],
-                )?;
-            }
-        }
-        if th.futex_rla != 0 {
-            ctl.sys(
-                "set_robust_list",
-                libc::SYS_set_robust_list,
-                [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
-            )?;
-        }
-    }
     let tc = task.tc();
     ctl.sys(
         "personality",
@@ -692,10 +705,28 @@ fn finalize(
     if let Some(t) = &tc.timers {
         restore_timers(&ctl, t)?;
     }
+
+    // 6. Per-thread kernel state, run in each thread.
+    let tracees: Vec<&Tracee> = std::iter::once(tracee).chain(others.iter()).collect();
+    for (t, (tid, core)) in tracees.iter().zip(task.all_threads()) {
+        let tctl = Ctl {
+            inj: Injector::new(t, t.get_regs()?, layout.ctrl),
+            pid,
+            data: layout.ctrl_data(),
+        };
+        restore_thread_state(&tctl, core, tid, tid != pid)?;
+    }
     notify.notify("post-restore", pid, None)?;
-    // 7. Credentials, then what depends on them.
-    if let Some(creds) = task.thread_core().and_then(|t| t.creds.as_ref()) {
-        restore_creds(&ctl, creds)?;
+    // 7. Credentials (per thread), then what depends on them.
+    for (t, (_, core)) in tracees.iter().zip(task.all_threads()) {
+        let tctl = Ctl {
+            inj: Injector::new(t, t.get_regs()?, layout.ctrl),
+            pid,
+            data: layout.ctrl_data(),
+        };
+        if let Some(creds) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
+            restore_creds(&tctl, creds)?;
+        }
     }
     if let Some(d) = mm.dumpable {
         ctl.sys(
@@ -704,18 +735,26 @@ fn finalize(
             [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
         )?;
     }
-    if let Some(creds) = task.thread_core().and_then(|t| t.creds.as_ref()) {
-        if creds.no_new_privs == Some(1) {
-            ctl.sys(
+    for (t, (_, core)) in tracees.iter().zip(task.all_threads()) {
+        let tctl = Ctl {
+            inj: Injector::new(t, t.get_regs()?, layout.ctrl),
+            pid,
+            data: layout.ctrl_data(),
+        };
+        let th = core.thread_core.as_ref();
+        if th
+            .and_then(|t| t.creds.as_ref())
+            .and_then(|c| c.no_new_privs)
+            == Some(1)
+        {
+            tctl.sys(
                 "prctl(PR_SET_NO_NEW_PRIVS)",
                 libc::SYS_prctl,
                 [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             )?;
         }
-    }
-    if let (Some(th), Some(sc)) = (task.thread_core(), seccomp) {
-        if let Some(first) = th.seccomp_filter {
-            restore_seccomp(&ctl, sc, first)?;
+        if let (Some(first), Some(sc)) = (th.and_then(|t| t.seccomp_filter), seccomp) {
+            restore_seccomp(&tctl, sc, first)?;
         }
     }
     // 8. Our control block goes last: after this only ptrace requests remain.
@@ -727,22 +766,103 @@ fn finalize(
 
     // 9. Registers, blocked signals, and go.
     let xsize = tracee.get_xstate()?.len();
-    let xstate = regs::fpregs_from_image(&ti.fpregs, xsize)?;
-    tracee.set_xstate(&xstate)?;
-    for d in ti.tls.iter().filter(|d| !d.seg_not_present) {
-        tracee.set_thread_area(regs::tls_from_image(d))?;
+    for (t, (_, core)) in tracees.iter().zip(task.all_threads()) {
+        let ti = core.thread_info.as_ref().expect("checked on load");
+        t.set_xstate(&regs::fpregs_from_image(&ti.fpregs, xsize)?)?;
+        for d in ti.tls.iter().filter(|d| !d.seg_not_present) {
+            t.set_thread_area(regs::tls_from_image(d))?;
+        }
+        let mut r = regs::gpregs_from_image(&ti.gpregs)?;
+        r.orig_rax = u64::MAX;
+        t.set_regs(&r)?;
+        let blocked = core
+            .thread_core
+            .as_ref()
+            .and_then(|t| t.blk_sigset)
+            .unwrap_or(tc.blk_sigset);
+        t.set_sigmask(blocked)?;
     }
-    let mut r = regs::gpregs_from_image(&ti.gpregs)?;
-    r.orig_rax = u64::MAX;
-    tracee.set_regs(&r)?;
-    let blocked = task
-        .thread_core()
-        .and_then(|t| t.blk_sigset)
-        .unwrap_or(tc.blk_sigset);
-    tracee.set_sigmask(blocked)?;
     notify.notify("pre-resume", pid, None)?;
+    for t in others {
+        t.set_options(PTRACE_O_TRACESYSGOOD)?;
+        t.detach(0)?;
+    }
     tracee.set_options(PTRACE_O_TRACESYSGOOD)?; // drop EXITKILL: the task is complete
     Tracee::attached(pid).detach(0)?;
+    Ok(())
+}
+
+/// Per-thread state that points into the task's memory or belongs to the thread itself.
+/// `queue_pending`: the thread's own pending signals still have to be queued (by itself).
+fn restore_thread_state(
+    ctl: &Ctl,
+    core: &pb::CoreEntry,
+    tid: pid_t,
+    queue_pending: bool,
+) -> Result<()> {
+    let ti = core.thread_info.as_ref().expect("checked on load");
+    ctl.sys(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
+    let Some(th) = core.thread_core.as_ref() else {
+        return Ok(());
+    };
+    if let Some(sas) = &th.sas {
+        if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
+            let mut b = Vec::new();
+            b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
+            b.extend_from_slice(&(sas.ss_flags as i32).to_ne_bytes());
+            b.extend_from_slice(&[0u8; 4]);
+            b.extend_from_slice(&sas.ss_size.to_ne_bytes());
+            let a = ctl.put(D_ARGS, &b)?;
+            ctl.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+        }
+    }
+    if let Some(r) = &th.rseq_entry {
+        if r.rseq_abi_pointer != 0 {
+            ctl.sys(
+                "rseq(register)",
+                libc::SYS_rseq,
+                [
+                    r.rseq_abi_pointer,
+                    r.rseq_abi_size as u64,
+                    0,
+                    r.signature as u64,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+    }
+    if th.futex_rla != 0 {
+        ctl.sys(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(sig) = th.pdeath_sig.filter(|&s| s != 0) {
+        ctl.sys(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, sig as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if let (true, Some(q)) = (queue_pending, &th.signals_p) {
+        for si in &q.signals {
+            let Some((signo, info)) = signals::queueable(si) else {
+                continue;
+            };
+            let a = ctl.put(D_ARGS, &info)?;
+            ctl.sys(
+                "rt_tgsigqueueinfo(pending signal)",
+                libc::SYS_rt_tgsigqueueinfo,
+                [ctl.pid as u64, tid as u64, signo as u64, a, 0, 0],
+            )?;
+        }
+    }
     Ok(())
 }
 
