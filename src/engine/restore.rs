@@ -113,7 +113,6 @@ impl TaskImage {
 /// What the new task reports once it has built itself.
 struct Ready {
     exe_fd: RawFd,
-    pages_restored: u64,
 }
 
 fn write_msg(fd: RawFd, status: u32, body: &[u8]) {
@@ -201,6 +200,15 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     let unreserve = scopeguard(layout.base, layout.len);
 
     notify.notify("pre-restore", 0, None)?;
+    // The memory, built here and inherited by the task through the fork.
+    let pages_restored = mem::premap(
+        &task.mm.vmas,
+        &layout,
+        &task.pagemap,
+        &pages,
+        &|id, flags| files.open_path(id, flags),
+    )?;
+    drop(pages);
     let (go_r, mut go_w) = pipe()?;
     let (mut ready_r, ready_w) = pipe()?;
     let flags = if opts.restore_sibling {
@@ -213,13 +221,12 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         Forked::Child => {
             drop(go_w);
             drop(ready_r);
-            child_main(&task, &files, &layout, pages, opts.shell_job, go_r, ready_w)
+            child_main(&task, &files, &layout, opts.shell_job, go_r, ready_w)
         }
         Forked::Parent(child) => child,
     };
     drop(go_r);
     drop(ready_w);
-    drop(pages);
     let is_our_child = !opts.restore_sibling;
     let kill_child = |e: Error| -> Error {
         let _ =
@@ -241,9 +248,8 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     drop(go_w);
     let forking_time = t_fork.elapsed();
     let ready = match read_msg(&mut ready_r) {
-        Ok((0, body)) if body.len() == 12 => Ready {
+        Ok((0, body)) if body.len() == 4 => Ready {
             exe_fd: i32::from_ne_bytes(body[0..4].try_into().unwrap()),
-            pages_restored: u64::from_ne_bytes(body[4..12].try_into().unwrap()),
         },
         Ok((_, body)) => {
             let msg = String::from_utf8_lossy(&body).into_owned();
@@ -287,7 +293,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         std::fs::write(&path, format!("{child}"))
             .map_err(|e| Error::io(format!("write pidfile {}", path.display()), e))?;
     }
-    write_stats(&dir, forking_time, t_start.elapsed(), ready.pages_restored)?;
+    write_stats(&dir, forking_time, t_start.elapsed(), pages_restored)?;
     log::info!("restored pid {child}");
     Ok(RestoreOutcome { pid: child })
 }
@@ -362,7 +368,6 @@ fn child_main(
     task: &TaskImage,
     files: &FileImages,
     layout: &Layout,
-    pages: File,
     shell_job: bool,
     mut go_r: File,
     ready_w: File,
@@ -377,7 +382,7 @@ fn child_main(
         crate::sys::process::exit_now(1);
     }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        build_self(task, files, layout, pages, shell_job, go_r, &mut ready)
+        build_self(task, files, layout, shell_job, go_r, &mut ready)
     }));
     let msg = match r {
         Ok(Ok(())) => {
@@ -395,7 +400,6 @@ fn build_self(
     task: &TaskImage,
     files: &FileImages,
     layout: &Layout,
-    pages: File,
     shell_job: bool,
     go_r: File,
     ready: &mut RawFd,
@@ -414,14 +418,6 @@ fn build_self(
             .map_err(|e| Error::sys("setpgid", e))?;
     }
 
-    let pages_restored = mem::premap(
-        &task.mm.vmas,
-        layout,
-        &task.pagemap,
-        &pages,
-        &|id, flags| files.open_path(id, flags),
-    )?;
-    drop(pages);
     let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
     build_ctrl(layout)?;
 
@@ -496,9 +492,7 @@ fn build_self(
         }
     }
 
-    let mut body = Vec::with_capacity(12);
-    body.extend_from_slice(&exe_fd.to_ne_bytes());
-    body.extend_from_slice(&pages_restored.to_ne_bytes());
+    let body = exe_fd.to_ne_bytes();
     write_msg(*ready, 0, &body);
     Ok(())
 }
