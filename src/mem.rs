@@ -437,6 +437,7 @@ const HIGH_LIMIT: u64 = 0x7fff_ff00_0000;
 /// final layout of the task.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The whole reserved region (shared by every task of the tree).
     pub base: u64,
     pub len: u64,
     /// `syscall; int3` page the tracer runs syscalls from, followed by CTRL_DATA_SIZE of data.
@@ -476,23 +477,35 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// A parked thread only sits in pause(): it never touches its stack.
 pub const THREAD_STACK: u64 = PAGE_SIZE;
 
-pub fn plan_layout(
-    vmas: &[pb::VmaEntry],
+/// One task to lay out: its VMAs and how many threads it has besides the leader.
+pub struct LayoutRequest<'a> {
+    pub vmas: &'a [pb::VmaEntry],
+    pub threads: usize,
+}
+
+/// Plans the build areas of every task of a tree inside one reserved region, free in the
+/// restorer (whose address space each task starts with) and in every task's final layout (each
+/// task carries the others' build areas until it drops the whole region at the end).
+pub fn plan_layouts(
+    tasks: &[LayoutRequest],
     own: &[MapEntry],
     vdso_len: u64,
-    threads: usize,
-) -> Result<Layout> {
+) -> Result<Vec<Layout>> {
     // Size: each VMA at an address congruent to its final one modulo 2 MiB (so transparent
     // huge pages stay huge and mremap can move whole page tables), plus a guard page between.
-    let stacks_len = threads as u64 * THREAD_STACK;
-    let mut need =
-        PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE + stacks_len + PAGE_SIZE;
-    for e in vmas.iter().filter(|e| is_built(e)) {
-        need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
+    let mut need = 0;
+    for t in tasks {
+        need += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
+        need += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
+        for e in t.vmas.iter().filter(|e| is_built(e)) {
+            need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
+        }
     }
     need = need.div_ceil(TWO_MB) * TWO_MB;
     let mut busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
-    busy.extend(vmas.iter().map(|e| (e.start, e.end)));
+    for t in tasks {
+        busy.extend(t.vmas.iter().map(|e| (e.start, e.end)));
+    }
     busy.push((0, LOW_LIMIT));
     busy.push((HIGH_LIMIT, u64::MAX));
     let busy = merge(busy);
@@ -508,36 +521,40 @@ pub fn plan_layout(
     }
     let base = base.ok_or_else(|| {
         Error::InvalidOptions(format!(
-            "no free address range of {need:#x} bytes to build the task in"
+            "no free address range of {need:#x} bytes to build the tasks in"
         ))
     })?;
     let mut at = base;
-    let ctrl = at;
-    at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
-    let bounce = at;
-    at += vdso_len + PAGE_SIZE;
-    let stacks = at;
-    at += stacks_len + PAGE_SIZE;
-    let mut temps = Vec::new();
-    for (i, e) in vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
-        // Next address >= at with the same offset in a 2 MiB frame as e.start.
-        let want = e.start % TWO_MB;
-        let mut t = (at / TWO_MB) * TWO_MB + want;
-        if t < at {
-            t += TWO_MB;
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let ctrl = at;
+        at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
+        let bounce = at;
+        at += vdso_len + PAGE_SIZE;
+        let stacks = at;
+        at += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
+        let mut temps = Vec::new();
+        for (i, e) in t.vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
+            // Next address >= at with the same offset in a 2 MiB frame as e.start.
+            let want = e.start % TWO_MB;
+            let mut tmp = (at / TWO_MB) * TWO_MB + want;
+            if tmp < at {
+                tmp += TWO_MB;
+            }
+            temps.push((i, tmp));
+            at = tmp + (e.end - e.start) + PAGE_SIZE;
         }
-        temps.push((i, t));
-        at = t + (e.end - e.start) + PAGE_SIZE;
+        out.push(Layout {
+            base,
+            len: need,
+            ctrl,
+            bounce,
+            stacks,
+            temps,
+        });
     }
     debug_assert!(at <= base + need);
-    Ok(Layout {
-        base,
-        len: need,
-        ctrl,
-        bounce,
-        stacks,
-        temps,
-    })
+    Ok(out)
 }
 
 fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {

@@ -263,7 +263,7 @@ fn dump_failure_is_reported_with_errno_and_message() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Dump as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::ENOENT));
+    assert_eq!(resp.cr_errno, Some(libc::ESRCH));
     assert!(resp.cr_errmsg.unwrap().contains("99999999"));
     assert_eq!(resp.dump.unwrap().restored, Some(false));
     assert_eq!(s.finish(), 1);

@@ -10,7 +10,7 @@ use crate::creds;
 use crate::engine::{DumpOutcome, Notify};
 use crate::error::{Error, Result};
 use crate::files::{self, FileTable};
-use crate::freeze::{Frozen, FrozenTask};
+use crate::freeze::{Frozen, FrozenTask, Member, Zombie};
 use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
 use crate::mem;
 use crate::options::Options;
@@ -25,6 +25,7 @@ use crate::sys::task as systask;
 use crate::timers;
 
 pub const TASK_ALIVE: u32 = 1;
+pub const TASK_DEAD: u32 = 2;
 pub const TASK_STOPPED: u32 = 3;
 
 /// Everything one process contributes to the images, gathered while it is frozen.
@@ -447,7 +448,7 @@ fn dump_task(
     })
 }
 
-fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
+fn write_images(dir: &ImageDir, t: &TaskImages, fdinfo_written: &mut Vec<u32>) -> Result<()> {
     for (tid, core) in &t.cores {
         dir.write_one(Kind::Core, tid, core)?;
     }
@@ -462,30 +463,119 @@ fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
     }
     pm.finish()?;
     dir.write_one(Kind::Fs, t.pid, &t.fs)?;
-    dir.write_all(Kind::Fdinfo, t.ids.files_id, &t.fdinfo)?;
+    // Tasks sharing a file table (CLONE_FILES) share one fdinfo image.
+    if !fdinfo_written.contains(&t.ids.files_id) {
+        dir.write_all(Kind::Fdinfo, t.ids.files_id, &t.fdinfo)?;
+        fdinfo_written.push(t.ids.files_id);
+    }
     Ok(())
 }
 
-/// Checks that the tree is one we can restore: a single process (trees and threads come later),
-/// in its own session or a shell job.
-fn check_tree(pid: pid_t, frozen: &Frozen, opts: &Options) -> Result<()> {
-    let _ = frozen;
-    let children = procfs::children(pid)?;
-    if !children.is_empty() {
-        return Err(Error::unsupported(
-            pid,
-            format!("child processes {children:?} (process trees are not supported yet)"),
-        ));
+/// A zombie's core: its state, exit status and name; nothing else survives death.
+fn zombie_core(z: &Zombie) -> pb::CoreEntry {
+    pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: z.stat.exit_code as u32,
+            comm: z.stat.comm.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    let stat = procfs::stat(pid, None)?;
-    if !opts.shell_job && (stat.sid != pid || stat.pgid != pid) {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "session {} / process group {} lead by a process outside the dumped tree (use --shell-job for a shell job)",
-                stat.sid, stat.pgid
-            ),
-        ));
+}
+
+/// Checks that the tree is one we can restore: sessions and process groups must have their
+/// leaders inside the tree (or, with --shell-job, be the shell's), and tasks may not share an
+/// address space without being threads (vfork children).
+fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
+    let root = frozen.tasks[0].pid;
+    let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
+    for t in &frozen.tasks {
+        let st = procfs::stat(t.pid, None)?;
+        members.push((t.pid, st.pgid, st.sid));
+    }
+    for z in &frozen.zombies {
+        members.push((z.pid, z.stat.pgid, z.stat.sid));
+    }
+    let inside = |p: pid_t| members.iter().any(|m| m.0 == p);
+    let (_, root_pgid, root_sid) = members[0];
+    for &(pid, pgid, sid) in &members {
+        let outside_ok = opts.shell_job && sid == root_sid && (pgid == root_pgid || inside(pgid));
+        if !inside(sid) && !outside_ok {
+            return Err(Error::unsupported(
+                pid,
+                format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)"),
+            ));
+        }
+        if !inside(pgid) && !outside_ok {
+            return Err(Error::unsupported(
+                pid,
+                format!("process group {pgid} whose leader is gone or outside the dumped tree (not supported yet)"),
+            ));
+        }
+    }
+    let _ = root;
+    Ok(())
+}
+
+/// The kcmp-based ids of shared kernel objects: tasks with the same object get the same id.
+fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
+    use crate::sys::kcmp::{same_object, KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM};
+    let mut next = [1u32; 4];
+    for i in 0..images.len() {
+        let pid = frozen.tasks[i].pid;
+        let mut ids = [0u32; 4];
+        for (k, kind) in [KCMP_VM, KCMP_FILES, KCMP_FS, KCMP_SIGHAND]
+            .into_iter()
+            .enumerate()
+        {
+            let mut found = None;
+            for (earlier, img) in frozen.tasks.iter().zip(images.iter()).take(i) {
+                if same_object(pid, earlier.pid, kind)? {
+                    found = Some(match k {
+                        0 => img.ids.vm_id,
+                        1 => img.ids.files_id,
+                        2 => img.ids.fs_id,
+                        _ => img.ids.sighand_id,
+                    });
+                    break;
+                }
+            }
+            ids[k] = match found {
+                Some(id) => id,
+                None => {
+                    next[k] += 1;
+                    next[k] - 1
+                }
+            };
+        }
+        if images[..i].iter().any(|t| t.ids.vm_id == ids[0]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares its address space with another process (vfork or CLONE_VM)",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.sighand_id == ids[3]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares signal handlers with another process (CLONE_SIGHAND)",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.files_id == ids[1]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares its fd table with another process (CLONE_FILES): not supported yet",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.fs_id == ids[2]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares cwd/root/umask with another process (CLONE_FS): not supported yet",
+            ));
+        }
+        let e = &mut images[i].ids;
+        (e.vm_id, e.files_id, e.fs_id, e.sighand_id) = (ids[0], ids[1], ids[2], ids[3]);
     }
     Ok(())
 }
@@ -513,30 +603,67 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let mut timing = Timing::default();
     let t0 = Instant::now();
     let timeout = Duration::from_secs(opts.timeout.unwrap_or(10) as u64);
-    let mut frozen = Frozen::freeze_process(pid, timeout)?;
+    let mut frozen = Frozen::freeze_tree(pid, timeout)?;
     timing.freezing = t0.elapsed();
-    log::info!("froze pid {pid} in {:?}", timing.freezing);
-    check_tree(pid, &frozen, opts)?;
+    log::info!(
+        "froze {} processes ({} threads, {} zombies) below pid {pid} in {:?}",
+        frozen.tasks.len(),
+        frozen.tasks.iter().map(|t| t.threads.len()).sum::<usize>(),
+        frozen.zombies.len(),
+        timing.freezing
+    );
+    if frozen
+        .tasks
+        .iter()
+        .any(|t| t.pid == std::process::id() as pid_t)
+    {
+        return Err(Error::InvalidOptions(
+            "the dumper is inside the tree it dumps".into(),
+        ));
+    }
+    check_tree(&frozen, opts)?;
 
     let mut files = FileTable::new();
     let mut seccomp = Vec::new();
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
-        images.push(dump_task(
+        let pages_id = images.len() as u32 + 1;
+        let mut t = dump_task(
             task,
             opts,
             &dir,
             &mut files,
             &mut seccomp,
-            images.len() as u32 + 1,
+            pages_id,
             &mut timing,
-        )?);
+        )?;
+        t.pstree.ppid = task.ppid as u32;
+        images.push(t);
     }
+    assign_ids(&frozen, &mut images)?;
+    let mut fdinfo_written = Vec::new();
     for t in &images {
-        write_images(&dir, t)?;
+        write_images(&dir, t, &mut fdinfo_written)?;
+    }
+    let mut pstree = Vec::new();
+    for m in &frozen.order {
+        match *m {
+            Member::Alive(i) => pstree.push(images[i].pstree.clone()),
+            Member::Zombie(i) => {
+                let z = &frozen.zombies[i];
+                dir.write_one(Kind::Core, z.pid, &zombie_core(z))?;
+                pstree.push(pb::PstreeEntry {
+                    pid: z.pid as u32,
+                    ppid: z.ppid as u32,
+                    pgid: z.stat.pgid as u32,
+                    sid: z.stat.sid as u32,
+                    threads: vec![z.pid as u32],
+                });
+            }
+        }
     }
     dir.write_all(Kind::Files, "", &files.entries)?;
-    dir.write_all(Kind::Pstree, "", images.iter().map(|t| &t.pstree))?;
+    dir.write_all(Kind::Pstree, "", &pstree)?;
     if !seccomp.is_empty() {
         dir.write_one(
             Kind::Seccomp,
@@ -546,7 +673,12 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             },
         )?;
     }
-    let ttys: Vec<&pb::TtyInfoEntry> = images.iter().flat_map(|t| t.ttys.iter()).collect();
+    let mut ttys: Vec<&pb::TtyInfoEntry> = Vec::new();
+    for t in images.iter().flat_map(|t| t.ttys.iter()) {
+        if !ttys.iter().any(|x| x.id == t.id) {
+            ttys.push(t);
+        }
+    }
     if !ttys.is_empty() {
         dir.write_all(Kind::TtyInfo, "", ttys)?;
     }
