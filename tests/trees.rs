@@ -87,3 +87,101 @@ fn tree_with_sessions_groups_and_a_zombie() {
         "a restored process found its ids, zombie or children wrong"
     );
 }
+
+/// A program nobody wrote for us: python3 with four threads and a child process.
+#[test]
+fn python_with_threads_and_a_subprocess() {
+    become_subreaper();
+    let s = Scratch::new("pytree");
+    let script = r#"
+import os, threading, time, subprocess
+os.setsid()
+child = subprocess.Popen(["/bin/sleep", "1000"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+counts = [0] * 4
+def work(i):
+    while True:
+        counts[i] += 1
+        time.sleep(0.001)
+for i in range(4):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+with open("log.txt", "a", buffering=1) as f:
+    n = 0
+    while True:
+        f.write(f"{n} {sum(counts)} {child.pid} {child.poll()}\n")
+        n += 1
+        time.sleep(0.005)
+"#;
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap();
+    let mut child = s.spawn(std::path::Path::new(python), &["-c", script]);
+    let pid = child.id() as i32;
+    while s.read("log.txt").lines().count() < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert!(threads >= 5, "python runs {threads} threads");
+    let sub: i32 = s
+        .read("log.txt")
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    s.dump(pid, &[]);
+    let _ = child.wait();
+    let _ = wait_exit(sub, T);
+    let before = s.read("log.txt").lines().count();
+    assert_eq!(s.restore(&[]), pid);
+    assert_eq!(
+        ids_now(sub)[1],
+        pid,
+        "the subprocess is the restored python's child again"
+    );
+    let t0 = std::time::Instant::now();
+    while s.read("log.txt").lines().count() < before + 30 {
+        assert!(t0.elapsed() < T, "restored python made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The threads count on, and python still sees its child alive (poll() is None)...
+    let lines: Vec<Vec<String>> = s
+        .read("log.txt")
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            l[0],
+            i.to_string(),
+            "the main loop went on from where it was"
+        );
+    }
+    let sums: Vec<u64> = lines.iter().map(|l| l[1].parse().unwrap()).collect();
+    assert!(
+        sums[sums.len() - 1] > sums[before - 1],
+        "the threads kept counting"
+    );
+    assert!(lines.iter().all(|l| l[3] == "None"));
+    // ...and notices when it dies: the restored parent/child link is real.
+    assert!(kill(sub, libc::SIGKILL));
+    let t0 = std::time::Instant::now();
+    while !s
+        .read("log.txt")
+        .lines()
+        .last()
+        .unwrap_or("")
+        .ends_with(" -9")
+    {
+        assert!(t0.elapsed() < T, "python did not see its child die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(kill(pid, libc::SIGKILL));
+    wait_exit(pid, T);
+}
