@@ -1,7 +1,7 @@
 //! The C API called from Rust, through the default embedded server: a helper forked from this
 //! multi-threaded test process runs the RPC server. The C tests in ctests/ cover the rest.
 
-use std::ffi::{c_int, CString};
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::ptr::null_mut;
 
