@@ -95,6 +95,7 @@ pub fn collect_vmas(
     skip: (u64, u64),
     start_stack: u64,
     files: &mut FileTable,
+    shared: &mut Vec<SharedObject>,
 ) -> Result<Vec<pb::VmaEntry>> {
     let mut out: Vec<pb::VmaEntry> = Vec::new();
     for m in maps {
@@ -140,6 +141,24 @@ pub fn collect_vmas(
                 e.status |= VMA_AREA_VVAR;
             }
             "[uprobes]" => return Err(unsupported("uprobes are not supported")),
+            // MAP_SHARED|MAP_ANONYMOUS memory: a shmem object, identified by its inode.
+            _ if m.shared
+                && (m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:")) =>
+            {
+                let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let meta = std::fs::metadata(&map_file)
+                    .map_err(|err| Error::io(format!("stat {map_file}"), err))?;
+                e.flags |= libc::MAP_ANONYMOUS as u32;
+                e.status |= VMA_ANON_SHARED;
+                e.shmid = meta.ino();
+                shared.push(SharedObject {
+                    shmid: meta.ino(),
+                    size: meta.size(),
+                    pid,
+                    start: m.start,
+                    end: m.end,
+                });
+            }
             _ if m.is_file() && !m.name.starts_with('[') => {
                 if m.name.ends_with(" (deleted)") {
                     return Err(unsupported("mapped deleted files are not supported yet"));
@@ -211,6 +230,71 @@ pub fn collect_vmas(
         out.push(e);
     }
     Ok(out)
+}
+
+/// A shared anonymous memory object (one shmem inode) seen in some task's VMA.
+#[derive(Clone, Debug)]
+pub struct SharedObject {
+    pub shmid: u64,
+    pub size: u64,
+    /// A task and VMA through which its contents can be read.
+    pub pid: pid_t,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Writes the contents of each distinct shared object once: pagemap-shmem-SHMID.img (offsets in
+/// the object as vaddr, as CRIU does) and a pages file. Holes stay holes (SEEK_DATA/SEEK_HOLE on
+/// the object itself, which also finds pages no task has mapped right now).
+pub fn dump_shared(
+    objects: &[SharedObject],
+    dir: &crate::images::ImageDir,
+    first_pages_id: u32,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut done: Vec<u64> = Vec::new();
+    let mut pages_id = first_pages_id;
+    let mut written = 0;
+    for o in objects {
+        if done.contains(&o.shmid) {
+            continue;
+        }
+        done.push(o.shmid);
+        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
+        let obj = File::open(&path).map_err(|e| Error::io(format!("open {path}"), e))?;
+        let mut pm = dir.create(crate::images::Kind::ShmemPagemap, o.shmid)?;
+        pm.write(&pb::PagemapHead { pages_id })?;
+        let pages_path = dir.file(&crate::images::pages_file_name(pages_id));
+        let out = File::create(&pages_path)
+            .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
+        let size = o.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let mut out_off = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        for (start, end) in crate::sys::fd::data_ranges(&obj, size)? {
+            let nr = (end - start) / PAGE_SIZE;
+            pm.write(&pb::PagemapEntry {
+                vaddr: start,
+                compat_nr_pages: u32::try_from(nr).unwrap_or(0),
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(nr),
+            })?;
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(CHUNK);
+                obj.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| Error::io(format!("read {path}"), e))?;
+                out.write_all_at(&buf[..n], out_off)
+                    .map_err(|e| Error::io("write pages image", e))?;
+                out_off += n as u64;
+                at += n as u64;
+            }
+            written += nr;
+        }
+        pm.finish()?;
+        pages_id += 1;
+    }
+    Ok(written)
 }
 
 /// Page counts for stats-dump.
@@ -457,9 +541,10 @@ impl Layout {
     }
 }
 
-/// VMAs the restored task builds itself (everything but vdso, vvar and vsyscall).
+/// VMAs built at their own temporary address (everything but vdso, vvar, vsyscall, and shared
+/// anonymous memory, which is built once per object and mapped into each VMA).
 pub fn is_built(e: &pb::VmaEntry) -> bool {
-    e.status & VMA_AREA_REGULAR != 0 && !is_vdso_or_vvar(e)
+    e.status & VMA_AREA_REGULAR != 0 && !is_vdso_or_vvar(e) && e.status & VMA_ANON_SHARED == 0
 }
 
 fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
@@ -486,14 +571,19 @@ pub struct LayoutRequest<'a> {
 /// Plans the build areas of every task of a tree inside one reserved region, free in the
 /// restorer (whose address space each task starts with) and in every task's final layout (each
 /// task carries the others' build areas until it drops the whole region at the end).
+/// Also places the shared objects (`shared`: sizes), returning their temporary addresses.
 pub fn plan_layouts(
     tasks: &[LayoutRequest],
+    shared: &[u64],
     own: &[MapEntry],
     vdso_len: u64,
-) -> Result<Vec<Layout>> {
+) -> Result<(Vec<Layout>, Vec<u64>)> {
     // Size: each VMA at an address congruent to its final one modulo 2 MiB (so transparent
     // huge pages stay huge and mremap can move whole page tables), plus a guard page between.
-    let mut need = 0;
+    let mut need: u64 = shared
+        .iter()
+        .map(|s| s.div_ceil(PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE)
+        .sum();
     for t in tasks {
         need += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
         need += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
@@ -553,8 +643,66 @@ pub fn plan_layouts(
             temps,
         });
     }
+    let mut shared_at = Vec::with_capacity(shared.len());
+    for s in shared {
+        shared_at.push(at);
+        at += s.div_ceil(PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
+    }
     debug_assert!(at <= base + need);
-    Ok(out)
+    Ok((out, shared_at))
+}
+
+/// Builds a shared anonymous object at `addr` (`size` bytes) and fills it from its pages.
+pub fn premap_shared(
+    addr: u64,
+    size: u64,
+    pagemap: &[pb::PagemapEntry],
+    pages: &File,
+) -> Result<u64> {
+    use crate::sys::mm;
+    let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    mm::mmap_fixed(
+        addr,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        None,
+        0,
+    )?;
+    let mut segments = Vec::new();
+    let mut off = 0;
+    for pe in pagemap {
+        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
+        if pe.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        if pe.vaddr + nr * PAGE_SIZE > len {
+            return Err(Error::InvalidOptions(format!(
+                "shared memory pages at {:#x} beyond its size {len:#x}",
+                pe.vaddr
+            )));
+        }
+        segments.push((addr + pe.vaddr, nr * PAGE_SIZE, off));
+        off += nr * PAGE_SIZE;
+    }
+    fill_parallel(&segments, pages)?;
+    Ok(off / PAGE_SIZE)
+}
+
+/// The madvise() calls a saved madv bitmap stands for.
+pub fn madvise_list(madv: u64) -> impl Iterator<Item = i32> {
+    [
+        libc::MADV_SEQUENTIAL,
+        libc::MADV_RANDOM,
+        libc::MADV_DONTFORK,
+        libc::MADV_DONTDUMP,
+        libc::MADV_MERGEABLE,
+        libc::MADV_HUGEPAGE,
+        libc::MADV_NOHUGEPAGE,
+        libc::MADV_WIPEONFORK,
+    ]
+    .into_iter()
+    .filter(move |a| madv & (1 << a) != 0)
 }
 
 fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {

@@ -49,6 +49,7 @@ struct Timing {
     memdump: Duration,
     memwrite: Duration,
     stats: mem::PageStats,
+    shpages_written: u64,
 }
 
 fn prctl_get(remote: &Remote, what: &str, option: i32) -> Result<u64> {
@@ -295,15 +296,28 @@ fn tty_info(
     Ok(out)
 }
 
+/// What the tasks of a tree add to images that are written once for all of them.
+#[derive(Default)]
+struct TreeImages {
+    files: FileTable,
+    seccomp: Vec<pb::SeccompFilter>,
+    shared: Vec<mem::SharedObject>,
+    timing: Timing,
+}
+
 fn dump_task(
     task: &mut FrozenTask,
     opts: &Options,
     dir: &ImageDir,
-    files: &mut FileTable,
-    seccomp_filters: &mut Vec<pb::SeccompFilter>,
+    tree: &mut TreeImages,
     pages_id: u32,
-    timing: &mut Timing,
 ) -> Result<TaskImages> {
+    let TreeImages {
+        files,
+        seccomp: seccomp_filters,
+        shared,
+        timing,
+    } = tree;
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
     // Read before our scratch page exists, so that it can never merge into the task's VMAs.
@@ -318,7 +332,7 @@ fn dump_task(
     // Files first: they are the usual reason to refuse a task, before any page is copied.
     let fdinfo = files::dump_fds(pid, files, opts.shell_job)?;
 
-    let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files)?;
+    let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files, shared)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
         .to_string_lossy()
         .into_owned();
@@ -623,23 +637,27 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     }
     check_tree(&frozen, opts)?;
 
-    let mut files = FileTable::new();
-    let mut seccomp = Vec::new();
+    let mut tree = TreeImages {
+        files: FileTable::new(),
+        timing,
+        ..Default::default()
+    };
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
         let pages_id = images.len() as u32 + 1;
-        let mut t = dump_task(
-            task,
-            opts,
-            &dir,
-            &mut files,
-            &mut seccomp,
-            pages_id,
-            &mut timing,
-        )?;
+        let mut t = dump_task(task, opts, &dir, &mut tree, pages_id)?;
         t.pstree.ppid = task.ppid as u32;
         images.push(t);
     }
+    let TreeImages {
+        files,
+        seccomp,
+        shared,
+        mut timing,
+    } = tree;
+    let t0 = Instant::now();
+    timing.shpages_written = mem::dump_shared(&shared, &dir, images.len() as u32 + 1)?;
+    timing.memdump += t0.elapsed();
     assign_ids(&frozen, &mut images)?;
     let mut fdinfo_written = Vec::new();
     for t in &images {
@@ -745,6 +763,7 @@ fn write_stats(dir: &ImageDir, t: &Timing, display: bool) -> Result<()> {
         pages_skipped_parent: t.stats.skipped_parent,
         pages_written: t.stats.written,
         pages_lazy: 0,
+        shpages_written: Some(t.shpages_written),
         ..Default::default()
     };
     if display {

@@ -70,6 +70,7 @@ pub fn finalize(
     task: &TaskImage,
     seccomp: Option<&pb::SeccompEntry>,
     layout: &Layout,
+    shared: &[(u64, u64)],
     ready: &Ready,
 ) -> Result<Vec<Tracee>> {
     let pid = task.pid;
@@ -152,6 +153,52 @@ pub fn finalize(
                 0,
             ],
         )?;
+    }
+    // Shared anonymous memory: a new mapping of the object built by the restorer (mremap with
+    // old size 0 maps the same pages again).
+    for v in task
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & mem::VMA_ANON_SHARED != 0)
+    {
+        let obj = shared
+            .iter()
+            .find(|s| s.0 == v.shmid)
+            .map(|s| s.1)
+            .ok_or_else(|| {
+                Error::task(
+                    pid,
+                    format!("shared memory object {} was not built", v.shmid),
+                )
+            })?;
+        let len = v.end - v.start;
+        ctl.sys(
+            "mremap(shared memory into place)",
+            libc::SYS_mremap,
+            [
+                obj + v.pgoff,
+                0,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                v.start,
+                0,
+            ],
+        )?;
+        ctl.sys(
+            "mprotect(shared memory)",
+            libc::SYS_mprotect,
+            [v.start, len, v.prot as u64, 0, 0, 0],
+        )?;
+        if let Some(m) = v.madv {
+            for advice in mem::madvise_list(m) {
+                ctl.sys(
+                    "madvise(shared memory)",
+                    libc::SYS_madvise,
+                    [v.start, len, advice as u64, 0, 0, 0],
+                )?;
+            }
+        }
     }
     // 5. mm fields and the executable.
     let mm = &task.mm;

@@ -134,6 +134,8 @@ pub struct Plan {
     /// Build area of each live process (None for zombies).
     pub layouts: Vec<Option<Layout>>,
     pub files: FileImages,
+    /// Shared anonymous objects: shmid and where the restorer built it.
+    pub shared: Vec<(u64, u64)>,
     pub shell_job: bool,
     /// Per process: the pipe it waits on for "go" (read end, write end).
     pub go: Vec<(RawFd, RawFd)>,
@@ -252,6 +254,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         children,
         layouts: Vec::new(),
         files: FileImages::load(dir)?,
+        shared: Vec::new(),
         shell_job: opts.shell_job,
         go: Vec::new(),
         report: (-1, -1),
@@ -409,7 +412,30 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             Proc::Zombie { .. } => None,
         })
         .collect();
-    let mut layouts = mem::plan_layouts(&requests, &own, vdso_len)?.into_iter();
+    // Shared anonymous objects: each built once, at the size its largest mapping needs.
+    let mut shared: Vec<(u64, u64)> = Vec::new(); // (shmid, size)
+    for p in &plan.procs {
+        let Proc::Alive(t) = p else { continue };
+        for v in
+            t.mm.vmas
+                .iter()
+                .filter(|v| v.status & mem::VMA_ANON_SHARED != 0)
+        {
+            let size = v.pgoff + (v.end - v.start);
+            match shared.iter_mut().find(|s| s.0 == v.shmid) {
+                Some(s) => s.1 = s.1.max(size),
+                None => shared.push((v.shmid, size)),
+            }
+        }
+    }
+    let sizes: Vec<u64> = shared.iter().map(|s| s.1).collect();
+    let (layouts, shared_at) = mem::plan_layouts(&requests, &sizes, &own, vdso_len)?;
+    plan.shared = shared
+        .iter()
+        .zip(&shared_at)
+        .map(|(&(shmid, _), &at)| (shmid, at))
+        .collect();
+    let mut layouts = layouts.into_iter();
     plan.layouts = plan
         .procs
         .iter()
@@ -433,6 +459,17 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         pages_restored += mem::premap(&t.mm.vmas, layout, &t.pagemap, &pages, &|id, flags| {
             plan.files.open_path(id, flags)
         })?;
+    }
+    for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
+        let mut pm = dir.open(Kind::ShmemPagemap, shmid)?;
+        let head: pb::PagemapHead = pm
+            .read_entry()?
+            .ok_or_else(|| Error::image(pm.path().to_owned(), "no pagemap head"))?;
+        let entries: Vec<pb::PagemapEntry> = pm.collect_all()?;
+        let path = dir.file(&pages_file_name(head.pages_id));
+        let pages =
+            File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
+        pages_restored += mem::premap_shared(at, size, &entries, &pages)?;
     }
 
     // Control channels: one "go" pipe per process, one shared report pipe.
@@ -556,6 +593,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             task,
             seccomp.as_ref(),
             plan.layouts[i].as_ref().unwrap(),
+            &plan.shared,
             r,
         )?);
     }

@@ -1,0 +1,32 @@
+//! Memory shared between tasks: anonymous MAP_SHARED regions and /dev/shm file mappings come
+//! back as one object that both tasks write to (ctests/workloads/shared.c checks from inside).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn parent_and_child_write_to_each_other_after_restore() {
+    become_subreaper();
+    let s = Scratch::new("shared");
+    let bin = workload("shared");
+    let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let ready = s.wait_file("ready", T);
+    let f: Vec<&str> = ready.split_whitespace().collect();
+    let (root, kid): (i32, i32) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+    s.dump(root, &[]);
+    let _ = child.wait();
+    let _ = wait_exit(kid, T);
+    assert_eq!(s.restore(&[]), root);
+    assert!(kill(kid, libc::SIGUSR1));
+    assert!(kill(root, libc::SIGUSR1));
+    let code = wait_exit(root, T);
+    assert_eq!(
+        code, 0,
+        "shared memory check failed (1: child, 2: pattern, 3: no token)"
+    );
+}
