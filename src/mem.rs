@@ -566,6 +566,8 @@ pub const THREAD_STACK: u64 = PAGE_SIZE;
 pub struct LayoutRequest<'a> {
     pub vmas: &'a [pb::VmaEntry],
     pub threads: usize,
+    /// VMAs the task inherits from its parent: they use the parent's build address.
+    pub inherited: &'a [bool],
 }
 
 /// Plans the build areas of every task of a tree inside one reserved region, free in the
@@ -587,7 +589,12 @@ pub fn plan_layouts(
     for t in tasks {
         need += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
         need += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
-        for e in t.vmas.iter().filter(|e| is_built(e)) {
+        for (_, e) in t
+            .vmas
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| is_built(e) && !t.inherited[*i])
+        {
             need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
         }
     }
@@ -624,7 +631,12 @@ pub fn plan_layouts(
         let stacks = at;
         at += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
         let mut temps = Vec::new();
-        for (i, e) in t.vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
+        for (i, e) in t
+            .vmas
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| is_built(e) && !t.inherited[*i])
+        {
             // Next address >= at with the same offset in a 2 MiB frame as e.start.
             let want = e.start % TWO_MB;
             let mut tmp = (at / TWO_MB) * TWO_MB + want;
@@ -723,10 +735,55 @@ fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {
     Ok(())
 }
 
+/// The saved pages of a task in pagemap order: (VMA index, address, length, offset in the pages
+/// file). Runs are cut at VMA boundaries.
+pub fn page_segments(
+    vmas: &[pb::VmaEntry],
+    pagemap: &[pb::PagemapEntry],
+) -> Result<Vec<(usize, u64, u64, u64)>> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    for pe in pagemap {
+        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
+        let flags = pe.flags.unwrap_or(PE_PRESENT);
+        if flags & PE_PRESENT == 0 {
+            if flags & crate::images::PE_PARENT != 0 {
+                return Err(Error::InvalidOptions(
+                    "pages in a parent image are not supported yet".into(),
+                ));
+            }
+            continue;
+        }
+        let mut addr = pe.vaddr;
+        let end = pe.vaddr + nr * PAGE_SIZE;
+        while addr < end {
+            let i = vmas
+                .iter()
+                .position(|v| v.start <= addr && addr < v.end)
+                .ok_or_else(|| {
+                    Error::InvalidOptions(format!(
+                        "page {addr:#x} of the pagemap is outside every VMA"
+                    ))
+                })?;
+            let n = end.min(vmas[i].end) - addr;
+            out.push((i, addr, n, off));
+            off += n;
+            addr += n;
+        }
+    }
+    Ok(out)
+}
+
+/// madvise bits that must not be set before the fork that hands the memory to the task
+/// (MADV_DONTFORK would keep it from the task, MADV_WIPEONFORK would empty it): the tracer sets
+/// them in the task itself.
+pub const MADV_AFTER_FORK: u64 = (1 << libc::MADV_DONTFORK) | (1 << libc::MADV_WIPEONFORK);
+
 /// Maps every VMA at its temporary address and fills the saved pages. The restorer does this in
-/// its own address space just before it forks the task, which inherits the result: the filling
-/// can use several threads (fresh pages cost more than the copy into them), and a process tree
-/// shares what its tasks inherited.
+/// its own address space before it forks the tasks, which inherit the result: the filling can
+/// use several threads (fresh pages cost more than the copy into them). VMAs a task inherits
+/// from its parent (`inherited[i]`) are not built here: the task gets its parent's copy and
+/// patches it itself (`apply_inherited`), so pages still shared stay shared.
 /// `open_file` opens the file behind a file mapping (by files.img id) with the given flags.
 pub fn premap(
     vmas: &[pb::VmaEntry],
@@ -734,25 +791,19 @@ pub fn premap(
     pagemap: &[pb::PagemapEntry],
     pages: &File,
     open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
+    inherited: &[bool],
 ) -> Result<u64> {
     use crate::sys::mm;
     use std::os::fd::AsFd;
 
-    // Which VMAs receive pages: they need PROT_WRITE while we fill them.
     let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
+    let segments = page_segments(vmas, pagemap)?;
+    // VMAs that receive pages need PROT_WRITE while we fill them.
     let mut filled = vec![false; vmas.len()];
-    for pe in pagemap {
-        if pe.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
-            continue;
-        }
-        let end = pe.vaddr + pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64) * PAGE_SIZE;
-        for (i, v) in vmas.iter().enumerate() {
-            if v.start < end && pe.vaddr < v.end {
-                filled[i] = true;
-            }
-        }
+    for s in &segments {
+        filled[s.0] = true;
     }
-    for &(i, temp) in &layout.temps {
+    for &(i, temp) in layout.temps.iter().filter(|t| !inherited[t.0]) {
         let v = &vmas[i];
         let len = v.end - v.start;
         let prot = v.prot as i32;
@@ -799,54 +850,149 @@ pub fn premap(
             )));
         }
     }
-    // Where each run of the pages file goes: (address, length, file offset), in pagemap order.
-    let mut segments: Vec<(u64, u64, u64)> = Vec::new();
-    let mut off = 0u64;
-    for pe in pagemap {
-        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
-        let flags = pe.flags.unwrap_or(PE_PRESENT);
-        if flags & PE_PRESENT == 0 {
-            if flags & crate::images::PE_PARENT != 0 {
-                return Err(Error::InvalidOptions(
-                    "pages in a parent image are not supported yet".into(),
-                ));
-            }
-            continue;
-        }
-        let mut addr = pe.vaddr;
-        let end = pe.vaddr + nr * PAGE_SIZE;
-        while addr < end {
-            let i = vmas
-                .iter()
-                .position(|v| v.start <= addr && addr < v.end)
-                .ok_or_else(|| {
-                    Error::InvalidOptions(format!(
-                        "page {addr:#x} of the pagemap is outside every VMA"
-                    ))
-                })?;
-            let temp = temp_of(i).ok_or_else(|| {
-                Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages"))
-            })?;
-            let v = &vmas[i];
-            let n = end.min(v.end) - addr;
-            segments.push((temp + (addr - v.start), n, off));
-            off += n;
-            addr += n;
-        }
+    let mut fill = Vec::with_capacity(segments.len());
+    let mut restored = 0;
+    for &(i, addr, len, off) in segments.iter().filter(|s| !inherited[s.0]) {
+        let temp = temp_of(i).ok_or_else(|| {
+            Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages"))
+        })?;
+        fill.push((temp + (addr - vmas[i].start), len, off));
+        restored += len / PAGE_SIZE;
     }
-    fill_parallel(&segments, pages)?;
-    let restored = off / PAGE_SIZE;
-    for &(i, temp) in &layout.temps {
+    fill_parallel(&fill, pages)?;
+    for &(i, temp) in layout.temps.iter().filter(|t| !inherited[t.0]) {
         let v = &vmas[i];
         let len = v.end - v.start;
         if filled[i] && v.status & VMA_FILE_SHARED == 0 {
             mm::mprotect(temp, len, v.prot as i32)?;
         }
         if let Some(m) = v.madv {
-            madvise_bits(temp, len, m)?;
+            madvise_bits(temp, len, m & !MADV_AFTER_FORK)?;
         }
     }
     Ok(restored)
+}
+
+/// Counts for stats-restore.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CowStats {
+    pub compared: u64,
+    pub shared: u64,
+    pub restored: u64,
+}
+
+/// In a task, after its fork: turns the copies of its parent's VMAs it inherited into its own
+/// (`inherited[i]`): pages whose saved content equals what was inherited stay shared with the
+/// parent (copy-on-write, as before the checkpoint), others are written, and pages the parent
+/// has but the task had not are dropped.
+pub fn apply_inherited(
+    vmas: &[pb::VmaEntry],
+    layout: &Layout,
+    pagemap: &[pb::PagemapEntry],
+    parent_vmas: &[pb::VmaEntry],
+    parent_pagemap: &[pb::PagemapEntry],
+    pages: &File,
+    inherited: &[bool],
+) -> Result<CowStats> {
+    use crate::sys::mm;
+    use std::os::unix::fs::FileExt;
+    let mut stats = CowStats::default();
+    if !inherited.iter().any(|&x| x) {
+        return Ok(stats);
+    }
+    let temp_of = |i: usize| {
+        layout
+            .temps
+            .iter()
+            .find(|t| t.0 == i)
+            .map(|t| t.1)
+            .expect("planned")
+    };
+    let mine = page_segments(vmas, pagemap)?;
+    let theirs = page_segments(parent_vmas, parent_pagemap)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, v) in vmas.iter().enumerate().filter(|(i, _)| inherited[*i]) {
+        let temp = temp_of(i);
+        let len = v.end - v.start;
+        let writable = v.prot & libc::PROT_WRITE as u32 != 0;
+        if !writable {
+            mm::mprotect(
+                temp,
+                len,
+                v.prot as i32 | libc::PROT_READ | libc::PROT_WRITE,
+            )?;
+        }
+        let mut have: Vec<(u64, u64)> = Vec::new();
+        for &(_, addr, n, off) in mine.iter().filter(|s| s.0 == i) {
+            have.push((addr, addr + n));
+            let mut done = 0;
+            while done < n {
+                let chunk = (n - done).min(buf.len() as u64) as usize;
+                pages
+                    .read_exact_at(&mut buf[..chunk], off + done)
+                    .map_err(|e| Error::io("read pages image", e))?;
+                for page in buf[..chunk].chunks_exact(PAGE_SIZE as usize).enumerate() {
+                    let at = temp + (addr - v.start) + done + page.0 as u64 * PAGE_SIZE;
+                    stats.compared += 1;
+                    if mm::equals(at, page.1) {
+                        stats.shared += 1;
+                    } else {
+                        mm::write_to(at, page.1);
+                        stats.restored += 1;
+                    }
+                }
+                done += chunk as u64;
+            }
+        }
+        // Pages the parent had here and we did not: ours were empty.
+        for &(_, addr, n, _) in theirs.iter().filter(|s| parent_vmas[s.0].start == v.start) {
+            for (s, e) in subtract((addr, addr + n), &have) {
+                mm::madvise(temp + (s - v.start), e - s, libc::MADV_DONTNEED)?;
+            }
+        }
+        if !writable {
+            mm::mprotect(temp, len, v.prot as i32)?;
+        }
+    }
+    Ok(stats)
+}
+
+/// Parts of range `r` not covered by the sorted, disjoint `cover`.
+fn subtract(r: (u64, u64), cover: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = r.0;
+    for &(s, e) in cover {
+        if e <= at || s >= r.1 {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < r.1 {
+        out.push((at, r.1));
+    }
+    out
+}
+
+/// Which of a task's VMAs it inherits from its parent's: same place, same size, both private
+/// anonymous memory with the same flags.
+pub fn inherited_from(vmas: &[pb::VmaEntry], parent: &[pb::VmaEntry]) -> Vec<Option<usize>> {
+    vmas.iter()
+        .map(|v| {
+            if v.status & VMA_ANON_PRIVATE == 0 || !is_built(v) {
+                return None;
+            }
+            parent.iter().position(|p| {
+                p.start == v.start
+                    && p.end == v.end
+                    && p.flags == v.flags
+                    && p.status & VMA_ANON_PRIVATE != 0
+                    && is_built(p)
+            })
+        })
+        .collect()
 }
 
 /// Threads that fill memory from the pages file: each takes a share of the bytes.

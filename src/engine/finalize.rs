@@ -154,6 +154,18 @@ pub fn finalize(
             ],
         )?;
     }
+    // madvise bits, again: some could not be set before the fork (MADV_DONTFORK), and memory
+    // inherited from the parent carries the parent's.
+    for v in task.mm.vmas.iter().filter(|v| mem::is_built(v)) {
+        let Some(m) = v.madv else { continue };
+        for advice in mem::madvise_list(m) {
+            ctl.sys(
+                "madvise",
+                libc::SYS_madvise,
+                [v.start, v.end - v.start, advice as u64, 0, 0, 0],
+            )?;
+        }
+    }
     // Shared anonymous memory: a new mapping of the object built by the restorer (mremap with
     // old size 0 maps the same pages again).
     for v in task

@@ -136,6 +136,12 @@ pub struct Plan {
     pub files: FileImages,
     /// Shared anonymous objects: shmid and where the restorer built it.
     pub shared: Vec<(u64, u64)>,
+    /// Per process, per VMA: the parent's VMA it inherits (copy-on-write), if any.
+    pub inherit: Vec<Vec<Option<usize>>>,
+    /// Per process: its pages file, kept open by the restorer across the forks for tasks that
+    /// patch inherited memory themselves.
+    pub pages_fds: Vec<Option<RawFd>>,
+    pub parent: Vec<Option<usize>>,
     pub shell_job: bool,
     /// Per process: the pipe it waits on for "go" (read end, write end).
     pub go: Vec<(RawFd, RawFd)>,
@@ -249,12 +255,29 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         children[parent].push(i);
     }
     check_sessions(&procs, opts.shell_job)?;
+    let mut parent = vec![None; procs.len()];
+    for (i, kids) in children.iter().enumerate() {
+        for &k in kids {
+            parent[k] = Some(i);
+        }
+    }
+    // Private memory still shared with the parent at checkpoint time is inherited again.
+    let inherit = (0..procs.len())
+        .map(|i| match (&procs[i], parent[i].map(|p| &procs[p])) {
+            (Proc::Alive(t), Some(Proc::Alive(p))) => mem::inherited_from(&t.mm.vmas, &p.mm.vmas),
+            (Proc::Alive(t), _) => vec![None; t.mm.vmas.len()],
+            _ => Vec::new(),
+        })
+        .collect();
     Ok(Plan {
         procs,
         children,
         layouts: Vec::new(),
         files: FileImages::load(dir)?,
         shared: Vec::new(),
+        inherit,
+        pages_fds: Vec::new(),
+        parent,
         shell_job: opts.shell_job,
         go: Vec::new(),
         report: (-1, -1),
@@ -401,13 +424,20 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
         .map(|m| m.len())
         .sum();
+    let inherited: Vec<Vec<bool>> = plan
+        .inherit
+        .iter()
+        .map(|v| v.iter().map(Option::is_some).collect())
+        .collect();
     let requests: Vec<LayoutRequest> = plan
         .procs
         .iter()
-        .filter_map(|p| match p {
+        .zip(&inherited)
+        .filter_map(|(p, inh)| match p {
             Proc::Alive(t) => Some(LayoutRequest {
                 vmas: &t.mm.vmas,
                 threads: t.threads.len(),
+                inherited: inh,
             }),
             Proc::Zombie { .. } => None,
         })
@@ -441,6 +471,24 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .iter()
         .map(|p| matches!(p, Proc::Alive(_)).then(|| layouts.next().unwrap()))
         .collect();
+    // An inherited VMA is built where its parent's is (parents come first, so theirs is set).
+    for i in 0..plan.procs.len() {
+        for (v, from) in plan.inherit[i].clone().into_iter().enumerate() {
+            let (Some(pv), Some(p)) = (from, plan.parent[i]) else {
+                continue;
+            };
+            let temp = plan.layouts[p]
+                .as_ref()
+                .and_then(|l| l.temps.iter().find(|t| t.0 == pv))
+                .map(|t| t.1)
+                .expect("parent planned");
+            plan.layouts[i]
+                .as_mut()
+                .expect("alive")
+                .temps
+                .push((v, temp));
+        }
+    }
     let region = plan.layouts[0].as_ref().map(|l| (l.base, l.len)).unwrap();
     crate::sys::mm::reserve(region.0, region.1)?;
     let unreserve = Unreserve(region.0, region.1);
@@ -448,17 +496,31 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     notify.notify("pre-restore", 0, None)?;
     // Every task's memory, built here and inherited through the forks.
     let mut pages_restored = 0;
-    for (p, layout) in plan.procs.iter().zip(&plan.layouts) {
+    let mut kept_pages: Vec<File> = Vec::new();
+    for ((p, layout), inh) in plan.procs.iter().zip(&plan.layouts).zip(&inherited) {
         let (Proc::Alive(t), Some(layout)) = (p, layout) else {
+            plan.pages_fds.push(None);
             continue;
         };
         let path = dir.file(&pages_file_name(t.pages_id));
         let pages =
             File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
         check_pages_size(t, &pages, &dir)?;
-        pages_restored += mem::premap(&t.mm.vmas, layout, &t.pagemap, &pages, &|id, flags| {
-            plan.files.open_path(id, flags)
-        })?;
+        pages_restored += mem::premap(
+            &t.mm.vmas,
+            layout,
+            &t.pagemap,
+            &pages,
+            &|id, flags| plan.files.open_path(id, flags),
+            inh,
+        )?;
+        // The task patches its inherited memory itself, from this file.
+        if inh.iter().any(|&x| x) {
+            plan.pages_fds.push(Some(pages.as_raw_fd()));
+            kept_pages.push(pages);
+        } else {
+            plan.pages_fds.push(None);
+        }
     }
     for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
         let mut pm = dir.open(Kind::ShmemPagemap, shmid)?;
@@ -500,6 +562,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         Forked::Child => run_task(&plan, 0),
         Forked::Parent(pid) => created.root = Some(pid),
     }
+    drop(kept_pages);
     // Our ends: report read end and go write ends only.
     let mut report_r = File::from(channels.keep(plan.report.0));
     let go_w: Vec<OwnedFd> = plan.go.iter().map(|&(_, w)| channels.keep(w)).collect();

@@ -81,6 +81,12 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
             .map_err(|e| Error::sys("setpgid", e))?;
     }
+    // Memory we share with our parent, made ours before our children inherit it in turn; and
+    // the build areas nobody below us needs, dropped so that forks stay cheap.
+    if let Proc::Alive(task) = p {
+        patch_inherited(plan, idx, task)?;
+    }
+    drop_foreign_builds(plan, idx)?;
     for &c in &plan.children[idx] {
         match fork_with_pid(Some(plan.procs[c].pid()), 0)? {
             Forked::Child => run_task(plan, c),
@@ -123,6 +129,78 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         .as_ref()
         .expect("live tasks have a layout");
     build_self(task, &plan.files, layout, plan.shell_job, go, report_fd)
+}
+
+fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
+    let inherited: Vec<bool> = plan.inherit[idx].iter().map(Option::is_some).collect();
+    if !inherited.iter().any(|&x| x) {
+        return Ok(());
+    }
+    let (Some(p), Some(fd)) = (plan.parent[idx], plan.pages_fds[idx]) else {
+        return Ok(());
+    };
+    let Proc::Alive(parent) = &plan.procs[p] else {
+        return Ok(());
+    };
+    // Borrow the inherited pages file without closing it: restore_fds closes it later.
+    let pages = std::mem::ManuallyDrop::new(std::fs::File::from(sysfd::owned(fd)));
+    let layout = plan.layouts[idx].as_ref().expect("alive");
+    mem::apply_inherited(
+        &task.mm.vmas,
+        layout,
+        &task.pagemap,
+        &parent.mm.vmas,
+        &parent.pagemap,
+        &pages,
+        &inherited,
+    )?;
+    Ok(())
+}
+
+/// Unmaps the temporary VMAs of tasks that are neither us nor below us (we inherited all of
+/// them from the restorer).
+fn drop_foreign_builds(plan: &Plan, idx: usize) -> Result<()> {
+    let mut mine: Vec<usize> = vec![idx];
+    let mut i = 0;
+    while i < mine.len() {
+        mine.extend(plan.children[mine[i]].iter().copied());
+        i += 1;
+    }
+    let needed: Vec<(u64, u64)> = mine
+        .iter()
+        .filter_map(|&t| match (&plan.procs[t], &plan.layouts[t]) {
+            (Proc::Alive(task), Some(l)) => Some(l.temps.iter().map(move |&(v, at)| {
+                let vma = &task.mm.vmas[v];
+                (at, at + (vma.end - vma.start))
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for (t, l) in plan.layouts.iter().enumerate() {
+        let (Some(l), Proc::Alive(task)) = (l, &plan.procs[t]) else {
+            continue;
+        };
+        if mine.contains(&t) {
+            continue;
+        }
+        for &(v, at) in &l.temps {
+            let vma = &task.mm.vmas[v];
+            let r = (at, at + (vma.end - vma.start));
+            if !needed.iter().any(|n| n.0 < r.1 && r.0 < n.1) {
+                // Replaced by an empty reservation, so that nothing else lands there.
+                crate::sys::mm::mmap_fixed(
+                    r.0,
+                    r.1 - r.0,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    None,
+                    0,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn build_self(
