@@ -303,6 +303,8 @@ pub struct PageStats {
     pub scanned: u64,
     pub written: u64,
     pub skipped_parent: u64,
+    /// Pages recorded as the parent task's (PE_COW), not written again.
+    pub cow: u64,
 }
 
 /// A run of pages to save: (vma index, start, end).
@@ -356,48 +358,133 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
 /// costs more in page allocation than in the copy, and two cores allocate twice as fast.
 const COPY_THREADS: usize = 2;
 
-/// A piece of memory to copy: source address, length, offset in the pages file, readable.
+/// A piece of memory to copy: source address, length, offset in the pages file, and whether to
+/// read it through /proc/PID/mem (pages without PROT_READ, and pages shared copy-on-write:
+/// process_vm_readv pins pages, and pinning a shared anonymous page unshares it, which would
+/// copy the task's memory under it).
 type Piece = (u64, u64, u64, bool);
 
-/// Copies the private pages of a frozen task into `out` (pages-N.img) and returns the
-/// pagemap entries describing them, in file order.
-pub fn dump_pages(
+/// How a page is saved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Save {
+    /// The parent task's page: recorded, not written (PE_COW).
+    Cow,
+    /// Written, read with process_vm_readv.
+    Pinned,
+    /// Written, read through /proc/PID/mem.
+    Unpinned,
+}
+
+/// What a task's memory dump will write, decided while every task of the tree is frozen and
+/// before any page of any task is read (reading can unshare pages and so hide sharing).
+pub struct PagePlan {
+    pid: pid_t,
+    pub entries: Vec<pb::PagemapEntry>,
+    pieces: Vec<Piece>,
+    bytes: u64,
+    pub stats: PageStats,
+}
+
+/// Plans a task's memory dump. With `parent` (its parent task and that one's VMAs), pages
+/// still shared with the parent are recorded as the parent's.
+pub fn plan_pages(
     pid: pid_t,
     vmas: &[pb::VmaEntry],
-    out: &mut File,
-) -> Result<(Vec<pb::PagemapEntry>, PageStats)> {
+    parent: Option<(pid_t, &[pb::VmaEntry])>,
+) -> Result<PagePlan> {
+    use crate::sys::pagemap::{exclusive_or_swapped, same_frame, PagemapEntries};
     let pagemap = Pagemap::open(pid)?;
     let (runs, scanned) = pages_to_save(pid, &pagemap, vmas)?;
-    let mut entries = Vec::with_capacity(runs.len());
-    let mut stats = PageStats {
-        scanned,
-        ..Default::default()
+    let inherited = match parent {
+        Some((_, pv)) => inherited_from(vmas, pv),
+        None => vec![None; vmas.len()],
     };
-    let mut pieces: Vec<Piece> = Vec::with_capacity(runs.len());
-    let mut off = 0u64;
+    let mine = PagemapEntries::open(pid)?;
+    let theirs = match parent {
+        Some((ppid, _)) => Some(PagemapEntries::open(ppid)?),
+        None => None,
+    };
+    // Runs of pages saved the same way: (vma, start, end, how).
+    let mut parts: Vec<(usize, u64, u64, Save)> = Vec::with_capacity(runs.len());
     for (i, start, end) in runs {
-        let nr = (end - start) / PAGE_SIZE;
-        entries.push(pb::PagemapEntry {
-            vaddr: start,
-            // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
-            compat_nr_pages: u32::try_from(nr).unwrap_or(0),
-            in_parent: None,
-            flags: Some(PE_PRESENT),
-            nr_pages: Some(nr),
-        });
-        stats.written += nr;
-        pieces.push((
-            start,
-            end - start,
-            off,
-            vmas[i].prot & libc::PROT_READ as u32 != 0,
-        ));
-        off += end - start;
+        let readable = vmas[i].prot & libc::PROT_READ as u32 != 0;
+        let own = mine.read(start, end)?;
+        let parents = match (&theirs, inherited[i]) {
+            (Some(t), Some(_)) => Some(t.read(start, end)?),
+            _ => None,
+        };
+        for (k, e) in own.iter().enumerate() {
+            let addr = start + k as u64 * PAGE_SIZE;
+            let how = if parents.as_ref().is_some_and(|p| same_frame(*e, p[k])) {
+                Save::Cow
+            } else if readable && exclusive_or_swapped(*e) {
+                Save::Pinned
+            } else {
+                Save::Unpinned
+            };
+            match parts.last_mut() {
+                Some(last) if last.0 == i && last.2 == addr && last.3 == how => {
+                    last.2 = addr + PAGE_SIZE
+                }
+                _ => parts.push((i, addr, addr + PAGE_SIZE, how)),
+            }
+        }
     }
-    out.set_len(off)
+    let mut plan = PagePlan {
+        pid,
+        entries: Vec::with_capacity(parts.len()),
+        pieces: Vec::with_capacity(parts.len()),
+        bytes: 0,
+        stats: PageStats {
+            scanned,
+            ..Default::default()
+        },
+    };
+    for (_, start, end, how) in parts {
+        let nr = (end - start) / PAGE_SIZE;
+        let flags = if how == Save::Cow {
+            crate::images::PE_COW
+        } else {
+            PE_PRESENT
+        };
+        match plan.entries.last_mut() {
+            // Adjacent pages written either way share one entry.
+            Some(last)
+                if flags == PE_PRESENT
+                    && last.flags == Some(PE_PRESENT)
+                    && last.vaddr + last.nr_pages.unwrap_or(0) * PAGE_SIZE == start =>
+            {
+                let n = last.nr_pages.unwrap_or(0) + nr;
+                last.nr_pages = Some(n);
+                last.compat_nr_pages = u32::try_from(n).unwrap_or(0);
+            }
+            _ => plan.entries.push(pb::PagemapEntry {
+                vaddr: start,
+                // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
+                compat_nr_pages: u32::try_from(nr).unwrap_or(0),
+                in_parent: None,
+                flags: Some(flags),
+                nr_pages: Some(nr),
+            }),
+        }
+        if how == Save::Cow {
+            plan.stats.cow += nr;
+            continue;
+        }
+        plan.stats.written += nr;
+        plan.pieces
+            .push((start, end - start, plan.bytes, how == Save::Unpinned));
+        plan.bytes += end - start;
+    }
+    Ok(plan)
+}
+
+/// Copies the planned pages of a frozen task into `out` (its pages-N.img).
+pub fn copy_pages(plan: &PagePlan, out: &File) -> Result<()> {
+    let pid = plan.pid;
+    out.set_len(plan.bytes)
         .map_err(|e| Error::io("size the pages image", e))?;
-    let parts = split_by_bytes(&pieces, off, COPY_THREADS);
-    let out = &*out;
+    let parts = split_by_bytes(&plan.pieces, plan.bytes, COPY_THREADS);
     std::thread::scope(|scope| {
         let workers: Vec<_> = parts
             .iter()
@@ -412,7 +499,7 @@ pub fn dump_pages(
             })
             .collect::<Result<Vec<()>>>()
     })?;
-    Ok((entries, stats))
+    Ok(())
 }
 
 /// Splits pieces into `n` parts of about equal bytes, cutting pieces at page boundaries.
@@ -420,7 +507,7 @@ fn split_by_bytes(pieces: &[Piece], total: u64, n: usize) -> Vec<Vec<Piece>> {
     let share = (total / n as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let mut parts: Vec<Vec<Piece>> = vec![Vec::new(); n];
     let (mut part, mut used) = (0usize, 0u64);
-    for &(addr, len, off, readable) in pieces {
+    for &(addr, len, off, via_mem) in pieces {
         let (mut a, mut l, mut o) = (addr, len, off);
         while l > 0 {
             let room = if part + 1 == n {
@@ -433,7 +520,7 @@ fn split_by_bytes(pieces: &[Piece], total: u64, n: usize) -> Vec<Vec<Piece>> {
                 used = 0;
                 continue;
             }
-            parts[part].push((a, room, o, readable));
+            parts[part].push((a, room, o, via_mem));
             (a, l, o) = (a + room, l - room, o + room);
             used += room;
         }
@@ -474,12 +561,12 @@ fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &File) -> Result<()> {
         *batch_len = 0;
         Ok(())
     };
-    for &(start, len, off, readable) in pieces {
+    for &(start, len, off, via_mem) in pieces {
         let mut done = 0u64;
         while done < len {
             let n = ((len - done) as usize).min(CHUNK);
             let (addr, at) = (start + done, off + done);
-            if readable {
+            if !via_mem {
                 // A batch must be contiguous in the file.
                 if batch_len + n > CHUNK || (batch_len > 0 && batch_off + batch_len as u64 != at) {
                     flush(&mut batch, &mut batch_len, batch_off, &mut buf)?;
@@ -774,6 +861,20 @@ pub fn page_segments(
     Ok(out)
 }
 
+/// Ranges the pagemap marks as the parent task's pages (PE_COW).
+pub fn cow_ranges(pagemap: &[pb::PagemapEntry]) -> Vec<(u64, u64)> {
+    pagemap
+        .iter()
+        .filter(|pe| pe.flags.unwrap_or(PE_PRESENT) & crate::images::PE_COW != 0)
+        .map(|pe| {
+            (
+                pe.vaddr,
+                pe.vaddr + pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64) * PAGE_SIZE,
+            )
+        })
+        .collect()
+}
+
 /// madvise bits that must not be set before the fork that hands the memory to the task
 /// (MADV_DONTFORK would keep it from the task, MADV_WIPEONFORK would empty it): the tracer sets
 /// them in the task itself.
@@ -798,6 +899,17 @@ pub fn premap(
 
     let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
     let segments = page_segments(vmas, pagemap)?;
+    for (s, e) in cow_ranges(pagemap) {
+        let inside = vmas
+            .iter()
+            .enumerate()
+            .any(|(i, v)| inherited[i] && v.start <= s && e <= v.end);
+        if !inside {
+            return Err(Error::InvalidOptions(format!(
+                "pages {s:#x}-{e:#x} are recorded as the parent's, but the parent has no such memory"
+            )));
+        }
+    }
     // VMAs that receive pages need PROT_WRITE while we fill them.
     let mut filled = vec![false; vmas.len()];
     for s in &segments {
@@ -944,9 +1056,19 @@ pub fn apply_inherited(
                 done += chunk as u64;
             }
         }
+        // Pages that stay the parent's, as they were at checkpoint time.
+        let within = |r: &(u64, u64)| v.start <= r.0 && r.1 <= v.end;
+        have.extend(cow_ranges(pagemap).into_iter().filter(within));
+        have.sort_unstable();
         // Pages the parent had here and we did not: ours were empty.
-        for &(_, addr, n, _) in theirs.iter().filter(|s| parent_vmas[s.0].start == v.start) {
-            for (s, e) in subtract((addr, addr + n), &have) {
+        let mut had: Vec<(u64, u64)> = theirs
+            .iter()
+            .filter(|s| parent_vmas[s.0].start == v.start)
+            .map(|&(_, a, n, _)| (a, a + n))
+            .collect();
+        had.extend(cow_ranges(parent_pagemap).into_iter().filter(within));
+        for r in had {
+            for (s, e) in subtract(r, &have) {
                 mm::madvise(temp + (s - v.start), e - s, libc::MADV_DONTNEED)?;
             }
         }

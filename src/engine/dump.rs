@@ -11,7 +11,7 @@ use crate::engine::{DumpOutcome, Notify};
 use crate::error::{Error, Result};
 use crate::files::{self, FileTable};
 use crate::freeze::{Frozen, FrozenTask, Member, Zombie};
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
 use crate::mem;
 use crate::options::Options;
 use crate::pb;
@@ -35,7 +35,7 @@ struct TaskImages {
     cores: Vec<(pid_t, pb::CoreEntry)>,
     ids: pb::TaskKobjIdsEntry,
     mm: pb::MmEntry,
-    pagemap: Vec<pb::PagemapEntry>,
+    pages: mem::PagePlan,
     pages_id: u32,
     fs: pb::FsEntry,
     fdinfo: Vec<pb::FdinfoEntry>,
@@ -303,6 +303,8 @@ struct TreeImages {
     seccomp: Vec<pb::SeccompFilter>,
     shared: Vec<mem::SharedObject>,
     timing: Timing,
+    /// VMAs of the tasks dumped so far: a child's memory is compared with its parent's.
+    vmas_by_pid: std::collections::HashMap<pid_t, Vec<pb::VmaEntry>>,
 }
 
 fn dump_task(
@@ -317,6 +319,7 @@ fn dump_task(
         seccomp: seccomp_filters,
         shared,
         timing,
+        vmas_by_pid,
     } = tree;
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
@@ -343,15 +346,16 @@ fn dump_task(
         ));
     }
     let exe_file_id = files.add_path(&exe, libc::O_RDONLY as u32)?;
-    let t0 = Instant::now();
-    let pages_path = dir.file(&pages_file_name(pages_id));
-    let mut pages_out = File::create(&pages_path)
-        .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
-    let (pagemap, stats) = mem::dump_pages(pid, &vmas, &mut pages_out)?;
-    timing.memdump += t0.elapsed();
-    timing.memwrite += t0.elapsed();
-    timing.stats.scanned += stats.scanned;
-    timing.stats.written += stats.written;
+    // The pages are only planned here; they are copied once every task is planned (see
+    // mem::PagePlan).
+    let parent = vmas_by_pid
+        .get(&task.ppid)
+        .map(|v| (task.ppid, v.as_slice()));
+    let page_plan = mem::plan_pages(pid, &vmas, parent)?;
+    timing.stats.scanned += page_plan.stats.scanned;
+    timing.stats.written += page_plan.stats.written;
+    timing.stats.cow += page_plan.stats.cow;
+    let _ = dir;
 
     let mm = pb::MmEntry {
         mm_start_code: stat.start_code,
@@ -454,7 +458,7 @@ fn dump_task(
             ..Default::default()
         },
         mm,
-        pagemap,
+        pages: page_plan,
         pages_id,
         fs,
         fdinfo,
@@ -472,7 +476,7 @@ fn write_images(dir: &ImageDir, t: &TaskImages, fdinfo_written: &mut Vec<u32>) -
     pm.write(&pb::PagemapHead {
         pages_id: t.pages_id,
     })?;
-    for e in &t.pagemap {
+    for e in &t.pages.entries {
         pm.write(e)?;
     }
     pm.finish()?;
@@ -647,6 +651,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         let pages_id = images.len() as u32 + 1;
         let mut t = dump_task(task, opts, &dir, &mut tree, pages_id)?;
         t.pstree.ppid = task.ppid as u32;
+        tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
         images.push(t);
     }
     let TreeImages {
@@ -654,7 +659,18 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         seccomp,
         shared,
         mut timing,
+        ..
     } = tree;
+    // Every task is planned: now copy the pages.
+    let t0 = Instant::now();
+    for t in &images {
+        let path = dir.file(&pages_file_name(t.pages_id));
+        let out =
+            File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        mem::copy_pages(&t.pages, &out)?;
+    }
+    timing.memdump += t0.elapsed();
+    timing.memwrite += t0.elapsed();
     let t0 = Instant::now();
     timing.shpages_written = mem::dump_shared(&shared, &dir, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
@@ -705,7 +721,11 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         Kind::Inventory,
         "",
         &pb::InventoryEntry {
-            img_version: IMG_VERSION,
+            img_version: if timing.stats.cow > 0 {
+                IMG_VERSION_COW
+            } else {
+                IMG_VERSION
+            },
             fdinfo_per_id: Some(true),
             root_ids: Some(images[0].ids),
             ns_per_id: Some(true),

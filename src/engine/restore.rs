@@ -193,7 +193,7 @@ fn raw_pipe() -> Result<(RawFd, RawFd)> {
 
 fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
     let inv: pb::InventoryEntry = dir.read_one(Kind::Inventory, "")?;
-    if inv.img_version != IMG_VERSION {
+    if inv.img_version != IMG_VERSION && inv.img_version != crate::images::IMG_VERSION_COW {
         return Err(Error::image(
             dir.file("inventory.img"),
             format!("image version {} (expected {IMG_VERSION})", inv.img_version),
