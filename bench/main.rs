@@ -64,12 +64,12 @@ fn tmpfs_write_bandwidth(dir: &Path) -> f64 {
     gbps(GIB as f64, d)
 }
 
-fn workload(repo: &Path, out: &Path) -> PathBuf {
-    let bin = out.join("heartbeat");
+fn workload(repo: &Path, out: &Path, name: &str) -> PathBuf {
+    let bin = out.join(name);
     let st = Command::new("cc")
-        .args(["-O2", "-o"])
+        .args(["-O2", "-pthread", "-o"])
         .arg(&bin)
-        .arg(repo.join("ctests/workloads/heartbeat.c"))
+        .arg(repo.join(format!("ctests/workloads/{name}.c")))
         .status()
         .unwrap();
     assert!(st.success());
@@ -181,6 +181,150 @@ fn run(criu: &Path, bin: &Path, dir: &Path, mib: usize) -> Run {
     }
 }
 
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Every process in the session of `root`.
+fn session(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        if f[3].parse::<i32>() == Ok(root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn threads_of(pids: &[i32]) -> usize {
+    pids.iter()
+        .map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A tree of 50 processes with 100 threads sharing 64 MiB copy-on-write.
+fn forest(criu: &Path, repo: &Path, dir: &Path) {
+    let bin = workload(repo, dir, "forest");
+    let img = dir.join("forest-img");
+    let _ = std::fs::remove_dir_all(&img);
+    std::fs::create_dir_all(&img).unwrap();
+    let _ = std::fs::remove_file(dir.join("ready"));
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&bin);
+    cmd.arg(dir)
+        .arg("64")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let root = child.id() as i32;
+    while !dir.join("ready").exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = session(root);
+    let threads = threads_of(&pids);
+    let pss_before: u64 = pids.iter().map(|&p| pss_kib(p)).sum();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["dump", "-t", &root.to_string(), "-D"])
+        .arg(&img)
+        .args(["-o", "dump.log"])
+        .status()
+        .unwrap();
+    let dump_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "forest dump failed: see {}",
+        img.join("dump.log").display()
+    );
+    let _ = child.wait();
+    for &p in &pids {
+        if p != root {
+            wait_exit(p);
+        }
+    }
+    let stats: pb::StatsEntry = ImageDir::new(&img).read_one(Kind::Stats, "dump").unwrap();
+    let d = stats.dump.unwrap();
+    let image_bytes: u64 = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["restore", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log"])
+        .status()
+        .unwrap();
+    let restore_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "forest restore failed: see {}",
+        img.join("restore.log").display()
+    );
+    let after = session(root);
+    let pss_after: u64 = after.iter().map(|&p| pss_kib(p)).sum();
+    let threads_after = threads_of(&after);
+    for &p in &after {
+        unsafe { libc::kill(p, libc::SIGUSR1) };
+    }
+    assert_eq!(
+        wait_exit(root),
+        0,
+        "the restored forest failed its self-check"
+    );
+    println!(
+        "tree: {} processes, {threads} threads, 64 MiB shared copy-on-write:",
+        pids.len()
+    );
+    println!(
+        "  dump    {dump_wall:?} (frozen {:?}), images {:.1} MiB",
+        Duration::from_micros(d.frozen_time as u64),
+        image_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  restore {restore_wall:?} ({} processes, {threads_after} threads back)",
+        after.len()
+    );
+    println!(
+        "  memory (sum of PSS): {:.1} MiB before, {:.1} MiB after restore ({:.2}x)",
+        pss_before as f64 / 1024.0,
+        pss_after as f64 / 1024.0,
+        pss_after as f64 / pss_before.max(1) as f64
+    );
+}
+
 fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let criu = repo.join("target/release/criu");
@@ -206,7 +350,7 @@ fn main() {
             (d, true)
         }
     };
-    let bin = workload(&repo, &dir);
+    let bin = workload(&repo, &dir, "heartbeat");
     let mib: usize = std::env::var("BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -259,6 +403,8 @@ fn main() {
         "  restore / dump                {:5.2}x",
         restore_rate / dump_rate
     );
+
+    forest(&criu, &repo, &dir);
 
     if let Ok(other) = std::env::var("CRIU_BIN") {
         let theirs = run(Path::new(&other), &bin, &dir, mib);
