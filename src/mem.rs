@@ -13,7 +13,7 @@ use crate::files::FileTable;
 use crate::images::PE_PRESENT;
 use crate::pb;
 use crate::procfs::MapEntry;
-use crate::sys::mem::{readv_remote, ProcMem, PAGE_SIZE};
+use crate::sys::mem::{ProcMem, PAGE_SIZE};
 use crate::sys::pagemap::{
     Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
     PAGE_IS_SWAPPED,
@@ -484,6 +484,8 @@ pub fn copy_pages(plan: &PagePlan, out: &File) -> Result<()> {
     let pid = plan.pid;
     out.set_len(plan.bytes)
         .map_err(|e| Error::io("size the pages image", e))?;
+    let map = crate::sys::mm::SharedFileMap::new(out, plan.bytes)?;
+    let out = &map;
     let parts = split_by_bytes(&plan.pieces, plan.bytes, COPY_THREADS);
     std::thread::scope(|scope| {
         let workers: Vec<_> = parts
@@ -530,37 +532,27 @@ fn split_by_bytes(pieces: &[Piece], total: u64, n: usize) -> Vec<Vec<Piece>> {
 
 /// Copies pieces from the task into the pages file at their offsets, CHUNK bytes per
 /// process_vm_readv (pages without PROT_READ through /proc/PID/mem).
-fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &File) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; CHUNK];
+fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &crate::sys::mm::SharedFileMap) -> Result<()> {
     let mut proc_mem: Option<ProcMem> = None;
-    let write = |buf: &[u8], off: u64| {
-        out.write_all_at(buf, off)
-            .map_err(|e| Error::io("write pages image", e))
-    };
-    // Consecutive readable pieces are batched into one call, up to CHUNK bytes.
+    // Consecutive pinned pieces are batched into one process_vm_readv, up to CHUNK bytes.
     let mut batch: Vec<(u64, usize)> = Vec::new();
     let (mut batch_len, mut batch_off) = (0usize, 0u64);
-    let flush = |batch: &mut Vec<(u64, usize)>,
-                 batch_len: &mut usize,
-                 batch_off: u64,
-                 buf: &mut [u8]|
-     -> Result<()> {
-        if *batch_len == 0 {
-            return Ok(());
-        }
-        let n = readv_remote(pid, &mut buf[..*batch_len], batch)?;
-        if n != *batch_len {
-            return Err(Error::task(
-                pid,
-                format!("memory changed while frozen: read {n} of {batch_len} bytes"),
-            ));
-        }
-        write(&buf[..*batch_len], batch_off)?;
-        batch.clear();
-        *batch_len = 0;
-        Ok(())
-    };
+    let flush =
+        |batch: &mut Vec<(u64, usize)>, batch_len: &mut usize, batch_off: u64| -> Result<()> {
+            if *batch_len == 0 {
+                return Ok(());
+            }
+            let n = out.read_remote_at(pid, batch_off, batch)?;
+            if n != *batch_len {
+                return Err(Error::task(
+                    pid,
+                    format!("memory changed while frozen: read {n} of {batch_len} bytes"),
+                ));
+            }
+            batch.clear();
+            *batch_len = 0;
+            Ok(())
+        };
     for &(start, len, off, via_mem) in pieces {
         let mut done = 0u64;
         while done < len {
@@ -569,7 +561,7 @@ fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &File) -> Result<()> {
             if !via_mem {
                 // A batch must be contiguous in the file.
                 if batch_len + n > CHUNK || (batch_len > 0 && batch_off + batch_len as u64 != at) {
-                    flush(&mut batch, &mut batch_len, batch_off, &mut buf)?;
+                    flush(&mut batch, &mut batch_len, batch_off)?;
                 }
                 if batch_len == 0 {
                     batch_off = at;
@@ -577,18 +569,17 @@ fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &File) -> Result<()> {
                 batch.push((addr, n));
                 batch_len += n;
             } else {
-                flush(&mut batch, &mut batch_len, batch_off, &mut buf)?;
+                flush(&mut batch, &mut batch_len, batch_off)?;
                 let pm = match &proc_mem {
                     Some(p) => p,
                     None => proc_mem.insert(ProcMem::open(pid, false)?),
                 };
-                pm.read_exact_at(&mut buf[..n], addr)?;
-                write(&buf[..n], at)?;
+                out.pread_at(pm, addr, at, n as u64)?;
             }
             done += n as u64;
         }
     }
-    flush(&mut batch, &mut batch_len, batch_off, &mut buf)
+    flush(&mut batch, &mut batch_len, batch_off)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1117,6 +1108,8 @@ pub fn inherited_from(vmas: &[pb::VmaEntry], parent: &[pb::VmaEntry]) -> Vec<Opt
         .collect()
 }
 
+const MADV_POPULATE_WRITE: i32 = 23;
+
 /// Threads that fill memory from the pages file: each takes a share of the bytes.
 const FILL_THREADS: usize = 2;
 
@@ -1133,7 +1126,15 @@ fn fill_parallel(segments: &[(u64, u64, u64)], pages: &File) -> Result<()> {
             .map(|p| {
                 scope.spawn(move || -> Result<()> {
                     for &(addr, len, off, _) in p {
-                        crate::sys::mm::pread_to(pages.as_fd(), addr, len, off)?;
+                        // Allocating the pages in one go, then copying, beats taking a fault
+                        // per page inside the read (in VMs especially).
+                        let mut done = 0;
+                        while done < len {
+                            let n = (len - done).min(CHUNK as u64);
+                            let _ = crate::sys::mm::madvise(addr + done, n, MADV_POPULATE_WRITE);
+                            crate::sys::mm::pread_to(pages.as_fd(), addr + done, n, off + done)?;
+                            done += n;
+                        }
                     }
                     Ok(())
                 })

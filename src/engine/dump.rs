@@ -665,8 +665,13 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let t0 = Instant::now();
     for t in &images {
         let path = dir.file(&pages_file_name(t.pages_id));
-        let out =
-            File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         mem::copy_pages(&t.pages, &out)?;
     }
     timing.memdump += t0.elapsed();

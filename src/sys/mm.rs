@@ -141,3 +141,87 @@ pub fn equals(addr: u64, bytes: &[u8]) -> bool {
     let mem = unsafe { std::slice::from_raw_parts(addr as *const u8, bytes.len()) };
     mem == bytes
 }
+
+/// A file mapped MAP_SHARED for writing: the dump copies a task's pages straight into the pages
+/// image through it (one copy instead of a copy into a buffer and another into the file).
+/// Threads may fill disjoint ranges at once.
+pub struct SharedFileMap {
+    addr: u64,
+    len: u64,
+}
+
+impl SharedFileMap {
+    /// Maps the first `len` bytes of `file` (which must be at least that long).
+    pub fn new(file: &std::fs::File, len: u64) -> Result<SharedFileMap> {
+        if len == 0 {
+            return Ok(SharedFileMap { addr: 0, len: 0 });
+        }
+        // SAFETY: a new shared mapping of our own file; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::last("mmap the pages image"));
+        }
+        Ok(SharedFileMap {
+            addr: p as u64,
+            len,
+        })
+    }
+
+    fn check(&self, off: u64, len: u64) -> Result<()> {
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Error::sys(
+                format!("write past the pages image ({off:#x}+{len:#x})"),
+                Errno::EINVAL,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads remote pieces of `pid` back to back into [off, off + total); returns bytes read.
+    pub fn read_remote_at(
+        &self,
+        pid: libc::pid_t,
+        off: u64,
+        pieces: &[(u64, usize)],
+    ) -> Result<usize> {
+        let total: usize = pieces.iter().map(|p| p.1).sum();
+        self.check(off, total as u64)?;
+        // SAFETY: [off, off+total) lies inside our mapping (checked) and callers give each
+        // thread disjoint ranges.
+        let dst = unsafe { std::slice::from_raw_parts_mut((self.addr + off) as *mut u8, total) };
+        super::mem::readv_remote(pid, dst, pieces)
+    }
+
+    /// Reads `len` bytes of `src` at `src_off` into [off, off + len).
+    pub fn pread_at(
+        &self,
+        src: &super::mem::ProcMem,
+        src_off: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        self.check(off, len)?;
+        // SAFETY: as in read_remote_at.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut((self.addr + off) as *mut u8, len as usize) };
+        src.read_exact_at(dst, src_off)
+    }
+}
+
+impl Drop for SharedFileMap {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping our own mapping; no slice into it outlives the calls above.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
+        }
+    }
+}

@@ -171,6 +171,21 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // Whatever still runs in this directory (a workload a failed test left behind, or one
+        // it restored) goes too, so that failures do not pile up processes.
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if pid as u32 == std::process::id() {
+                continue;
+            }
+            if std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|c| c.starts_with(&self.dir))
+            {
+                kill(pid, libc::SIGKILL);
+            }
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
