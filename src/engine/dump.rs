@@ -492,10 +492,13 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             &mut timing,
         )?);
     }
+    // Pipes and sockets are whole only when every holder was dumped.
+    let pids: Vec<pid_t> = images.iter().map(|t| t.pid).collect();
+    files.check_complete(&pids)?;
     for t in &images {
         write_images(&dir, t)?;
     }
-    dir.write_all(Kind::Files, "", &files.entries)?;
+    files.write_images(&dir)?;
     dir.write_all(Kind::Pstree, "", images.iter().map(|t| &t.pstree))?;
     if !seccomp.is_empty() {
         dir.write_one(
