@@ -520,13 +520,15 @@ impl OpenFiles {
 /// tasks' tables will use. `terminal` stands in for a saved terminal (--shell-job).
 ///
 /// Nothing here depends on which task runs it: for a tree, one task can call it with the ids
-/// of all tasks, and tasks forked after it inherit the set.
+/// of all tasks, and tasks forked after it inherit the set. It raises the caller's soft
+/// RLIMIT_NOFILE to the hard limit (the task's saved limits are set after it).
 pub fn open_all(
     ids: &[u32],
     files: &FileImages,
     lowest_fd: RawFd,
     terminal: Option<BorrowedFd<'_>>,
 ) -> Result<OpenFiles> {
+    crate::sys::process::raise_nofile_limit()?;
     let wanted: BTreeSet<u32> = ids.iter().copied().collect();
     // Pipe ends by pipe, in id order, for the one pipe() that serves them all.
     let mut pipe_ends: BTreeMap<u32, Vec<&pb::PipeEntry>> = BTreeMap::new();
