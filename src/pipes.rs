@@ -354,3 +354,99 @@ fn refill(w: BorrowedFd<'_>, buf: &PipeBuffer) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(id: u32, flags: i32) -> pb::PipeEntry {
+        pb::PipeEntry {
+            id,
+            pipe_id: 77,
+            flags: flags as u32,
+            fown: pb::FownEntry::default(),
+        }
+    }
+
+    fn flags_of(fd: &OwnedFd) -> i32 {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap()
+    }
+
+    #[test]
+    fn buffers_round_trip_through_the_images() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let mut dump = PipeDump::default();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        dump.pipes.push((
+            5,
+            PipeBuffer {
+                capacity: Some(1 << 20),
+                bytes: big.clone(),
+            },
+        ));
+        dump.pipes.push((
+            6,
+            PipeBuffer {
+                capacity: Some(4096),
+                bytes: Vec::new(),
+            },
+        ));
+        dump.fifos.push((
+            5,
+            PipeBuffer {
+                capacity: None,
+                bytes: b"fifo".to_vec(),
+            },
+        ));
+        dump.write_images(&dir).unwrap();
+        let back = PipeImages::load(&dir).unwrap();
+        assert_eq!(back.pipe(5).unwrap().bytes, big);
+        assert_eq!(back.pipe(5).unwrap().capacity, Some(1 << 20));
+        assert!(back.pipe(6).unwrap().bytes.is_empty());
+        assert_eq!(back.fifo(5).unwrap().bytes, b"fifo");
+        assert!(back.pipe(7).is_none());
+    }
+
+    /// One pipe for all ends: the first read and write ends are the pipe's own files, another
+    /// read end is a description of its own; the buffer is in, at the saved capacity.
+    #[test]
+    fn one_pipe_serves_every_end() {
+        let ends = [
+            end(1, libc::O_RDONLY | libc::O_NONBLOCK),
+            end(2, libc::O_WRONLY),
+            end(3, libc::O_RDONLY),
+        ];
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let buf = PipeBuffer {
+            capacity: Some(256 << 10),
+            bytes: data.clone(),
+        };
+        let refs: Vec<&pb::PipeEntry> = ends.iter().collect();
+        let fds: HashMap<u32, OwnedFd> =
+            open_pipe(&refs, Some(&buf)).unwrap().into_iter().collect();
+        assert_eq!(fds.len(), 3);
+        assert_ne!(flags_of(&fds[&1]) & libc::O_NONBLOCK, 0);
+        assert_eq!(
+            flags_of(&fds[&3]) & libc::O_NONBLOCK,
+            0,
+            "a description of its own"
+        );
+        assert_eq!(flags_of(&fds[&2]) & libc::O_NONBLOCK, 0);
+        assert_eq!(syspipe::capacity(fds[&1].as_fd()).unwrap(), 256 << 10);
+        let mut got = vec![0u8; data.len() + 1];
+        let mut n = 0;
+        while let Ok(k) = nix::unistd::read(&fds[&1], &mut got[n..]) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        assert_eq!(&got[..n], &data[..], "every byte, in order, then EAGAIN");
+        // Both read ends are on the same pipe as the write end.
+        nix::unistd::write(&fds[&2], b"z").unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(nix::unistd::read(&fds[&3], &mut one).unwrap(), 1);
+        assert_eq!(&one, b"z");
+    }
+}

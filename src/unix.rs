@@ -584,3 +584,123 @@ fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEnt
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn seen(id: u32, peer: Option<u32>) -> SeenSocket {
+        SeenSocket {
+            id,
+            peer,
+            pid: 42,
+            fd: id as i32,
+            link: format!("socket:[{id}]"),
+        }
+    }
+
+    #[test]
+    fn peers_must_be_dumped_and_connected_back() {
+        let mut d = UnixDump::default();
+        d.sockets.insert(10, seen(1, Some(11)));
+        d.sockets.insert(11, seen(2, Some(10)));
+        d.sockets.insert(12, seen(3, None));
+        d.check_peers().unwrap();
+        d.sockets.insert(13, seen(4, Some(99)));
+        let e = d.check_peers().unwrap_err().to_string();
+        assert!(
+            e.contains("pid 42") && e.contains("fd 4") && e.contains("socket:[99]"),
+            "{e}"
+        );
+        d.sockets.remove(&13);
+        d.sockets.insert(13, seen(4, Some(10)));
+        let e = d.check_peers().unwrap_err().to_string();
+        assert!(e.contains("one-way"), "{e}");
+    }
+
+    fn sk(id: u32, ino: u32, peer: u32, ty: i32) -> pb::UnixSkEntry {
+        pb::UnixSkEntry {
+            id,
+            ino,
+            r#type: ty as u32,
+            state: if peer != 0 {
+                STATE_ESTABLISHED
+            } else {
+                STATE_CLOSE
+            } as u32,
+            flags: libc::O_RDWR as u32,
+            peer,
+            opts: pb::SkOptsEntry {
+                so_sndbuf: 100_000,
+                so_rcvbuf: 100_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Queues written by the dump come back per socket with their boundaries (the empty
+    /// message too), and a restored pair delivers them in order, each whole.
+    #[test]
+    fn datagram_queues_round_trip_and_refill() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let msgs: Vec<Vec<u8>> = vec![b"one".to_vec(), Vec::new(), vec![7u8; 5000], b"x".to_vec()];
+        let mut d = UnixDump::default();
+        for m in &msgs {
+            d.queues.push((
+                pb::SkPacketEntry {
+                    id_for: 1,
+                    length: m.len() as u32,
+                    scm: Vec::new(),
+                },
+                m.clone(),
+            ));
+        }
+        d.write_images(&dir).unwrap();
+        let queues = QueueImages::load(&dir).unwrap();
+        assert_eq!(queues.of(1), &msgs[..]);
+        assert!(queues.of(2).is_empty());
+
+        let a = sk(1, 100, 101, libc::SOCK_DGRAM);
+        let b = sk(2, 101, 100, libc::SOCK_DGRAM);
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            sockopt::get_int(fds[&2].as_fd(), libc::SO_SNDBUF).unwrap(),
+            100_000
+        );
+        let mut buf = vec![0u8; 10_000];
+        for m in &msgs {
+            let n = socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .unwrap();
+            assert_eq!(&buf[..n], &m[..]);
+        }
+        assert_eq!(
+            socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+    }
+
+    #[test]
+    fn named_or_half_pairs_are_not_restored() {
+        let queues = QueueImages::default();
+        let mut named = sk(1, 100, 0, libc::SOCK_STREAM);
+        named.name = b"/tmp/x".to_vec();
+        assert!(open_socket(&named, None, &queues).is_err());
+        let lonely = sk(1, 100, 101, libc::SOCK_STREAM);
+        let e = open_socket(&lonely, None, &queues).unwrap_err().to_string();
+        assert!(e.contains("peer 101"), "{e}");
+    }
+}
