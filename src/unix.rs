@@ -36,7 +36,6 @@ use crate::sys::unix_diag::{self, UnixSockInfo, STATE_CLOSE, STATE_ESTABLISHED, 
 const MAX_QUEUE_BYTES: usize = 256 << 20;
 
 struct SeenSocket {
-    id: u32,
     peer: Option<u32>,
     pid: pid_t,
     fd: i32,
@@ -93,11 +92,6 @@ impl UnixDump {
             w.write_raw(bytes)?;
         }
         w.finish()
-    }
-
-    /// The file id given to the socket with this inode, if dumped.
-    pub fn id_of(&self, ino: u32) -> Option<u32> {
-        self.sockets.get(&ino).map(|s| s.id)
     }
 }
 
@@ -202,7 +196,6 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     dump.sockets.insert(
         ino,
         SeenSocket {
-            id,
             peer: info.peer,
             pid: fd.pid,
             fd: fd.fd,
@@ -592,7 +585,6 @@ mod tests {
 
     fn seen(id: u32, peer: Option<u32>) -> SeenSocket {
         SeenSocket {
-            id,
             peer,
             pid: 42,
             fd: id as i32,
