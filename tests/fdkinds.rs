@@ -16,11 +16,11 @@ use serde_json::Value as Json;
 
 const T: Duration = Duration::from_secs(30);
 
-fn start_fdkinds(s: &Scratch) -> (std::process::Child, i32) {
+fn start_fdkinds(s: &Scratch) -> (KillOnDrop, i32) {
     let bin = workload("fdkinds");
-    let child = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let child = KillOnDrop(s.spawn(&bin, &[s.dir.to_str().unwrap()]));
     let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
-    assert_eq!(pid as u32, child.id());
+    assert_eq!(pid as u32, child.0.id());
     (child, pid)
 }
 
@@ -54,7 +54,7 @@ fn dump_kill_restore_with_contents() {
     let s = Scratch::new("fdkinds");
     let (mut child, pid) = start_fdkinds(&s);
     s.dump(pid, &[]);
-    let st = child.wait().unwrap();
+    let st = child.0.wait().unwrap();
     assert!(!st.success(), "the dumped task should have been killed");
     check_images_with_crit(&s);
     let restored = s.restore(&[]);
@@ -71,7 +71,7 @@ fn leave_running_then_restore() {
     assert_running_untraced(pid);
     // The dump consumed nothing: the original still finds every byte and message.
     assert!(kill(pid, libc::SIGUSR1));
-    let st = child.wait().unwrap();
+    let st = child.0.wait().unwrap();
     assert_eq!(
         st.code(),
         Some(0),
@@ -304,10 +304,31 @@ fn assert_refused(s: &Scratch, pid: i32, fd: &str, says: &[&str]) {
     }
     assert!(!s.img().join("inventory.img").exists());
     assert_running_untraced(pid);
-    let beat: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(100));
-    let later: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    assert!(later > beat, "the task stopped making progress");
+    // The file is rewritten all the time: a read may catch it empty; a busy machine may not
+    // run the task for a while.
+    let beat = || s.read("beat").trim().parse::<u64>().ok();
+    let t0 = std::time::Instant::now();
+    let first = loop {
+        if let Some(b) = beat() {
+            break b;
+        }
+        assert!(t0.elapsed() < T, "no heartbeat");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while beat().is_none_or(|b| b <= first) {
+        assert!(t0.elapsed() < T, "the task stopped making progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills the task when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A Python loop that first runs `setup` (which writes the fd to name into the file "fd"),
@@ -330,13 +351,10 @@ fn fd_in_flight_is_refused() {
          os.close(r); os.close(w)\n\
          open('fd', 'w').write(str(b.fileno()))",
     );
-    let mut child = s.spawn(Path::new(python()), &["-c", &script]);
-    let pid = child.id() as i32;
+    let child = KillOnDrop(s.spawn(Path::new(python()), &["-c", &script]));
+    let pid = child.0.id() as i32;
     let fd = s.wait_file("fd", T);
-    s.wait_file("beat", T);
     assert_refused(&s, pid, &fd, &["socket:[", "in flight (SCM_RIGHTS)"]);
-    assert!(kill(pid, libc::SIGKILL));
-    let _ = child.wait();
 }
 
 #[test]
@@ -352,14 +370,11 @@ fn socket_connected_outside_is_refused() {
          open('fd', 'w').write(str(c.fileno()))",
         path.to_str().unwrap()
     ));
-    let mut child = s.spawn(Path::new(python()), &["-c", &script]);
-    let pid = child.id() as i32;
+    let child = KillOnDrop(s.spawn(Path::new(python()), &["-c", &script]));
+    let pid = child.0.id() as i32;
     let fd = s.wait_file("fd", T);
-    s.wait_file("beat", T);
     let (_server_end, _) = listener.accept().unwrap();
     assert_refused(&s, pid, &fd, &["which no dumped task holds"]);
-    assert!(kill(pid, libc::SIGKILL));
-    let _ = child.wait();
 }
 
 #[test]
@@ -382,8 +397,8 @@ fn pipe_shared_with_outside_process_is_refused() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
+    let child = KillOnDrop(cmd.spawn().unwrap());
+    let pid = child.0.id() as i32;
     s.wait_file("beat", T);
     assert_refused(
         &s,
@@ -394,6 +409,4 @@ fn pipe_shared_with_outside_process_is_refused() {
             &format!("also open in pid {}", std::process::id()),
         ],
     );
-    assert!(kill(pid, libc::SIGKILL));
-    let _ = child.wait();
 }

@@ -197,10 +197,20 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "no complete-looking image"
     );
     assert_running_untraced(pid);
-    let beat: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(100));
-    let later: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    assert!(later > beat, "the task stopped making progress");
+    // The file is rewritten all the time: a read may catch it empty.
+    let beat = || s.read("beat").trim().parse::<u64>().ok();
+    let t0 = std::time::Instant::now();
+    let first = loop {
+        if let Some(b) = beat() {
+            break b;
+        }
+        assert!(t0.elapsed() < T, "no heartbeat");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while beat().is_none_or(|b| b <= first) {
+        assert!(t0.elapsed() < T, "the task stopped making progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(kill(pid, libc::SIGKILL));
     let _ = child.wait();
 }
