@@ -445,11 +445,13 @@ pub fn open_socket(
             }
             let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
                 .map_err(|e| Error::sys(what("socketpair"), e))?;
-            set_buffers(a.as_fd(), &sk.opts)?;
-            set_buffers(b.as_fd(), &peer.opts)?;
+            // Each queue is sent by the peer: room for it in the sender's buffer first.
+            make_room(b.as_fd(), &peer.opts, queues.of(sk.id))?;
+            make_room(a.as_fd(), &sk.opts, queues.of(peer.id))?;
             refill(b.as_fd(), queues.of(sk.id), sk)?;
             refill(a.as_fd(), queues.of(peer.id), peer)?;
             for (fd, e) in [(&a, sk), (&b, peer)] {
+                set_buffers(fd.as_fd(), &e.opts)?;
                 set_behaviour(fd.as_fd(), &e.opts)?;
                 files::restore_file_params(fd.as_fd(), e.flags, &e.fown)?;
             }
@@ -499,7 +501,33 @@ fn check_restorable(sk: &pb::UnixSkEntry) -> Result<()> {
     )))
 }
 
-/// Buffer sizes come first: the refill is bounded by the sender's SO_SNDBUF.
+/// Bytes the kernel charges per queued message beyond its data (the skb), for sizing the
+/// sender's buffer during the refill; generous on purpose.
+const MESSAGE_OVERHEAD: usize = 1024;
+
+/// The refill is bounded by the sender's SO_SNDBUF (and a datagram by SO_SNDBUF - 32), and the
+/// task may have lowered it after its messages were queued: during the refill the sender gets
+/// the saved size or what the queue needs, whichever is larger. `set_buffers` puts the saved
+/// size back afterwards.
+fn make_room(sender: BorrowedFd<'_>, o: &pb::SkOptsEntry, messages: &[Vec<u8>]) -> Result<()> {
+    let needed: usize = messages
+        .iter()
+        .map(|m| m.len() + MESSAGE_OVERHEAD)
+        .sum::<usize>()
+        + 64 * 1024;
+    let want = (o.so_sndbuf as usize).max(needed).min(i32::MAX as usize) as i32;
+    if sockopt::get_int(sender, libc::SO_SNDBUF)? >= want {
+        return Ok(());
+    }
+    // The kernel doubles what it is given. FORCE (CAP_NET_ADMIN) ignores net.core.wmem_max.
+    if sockopt::set_int(sender, libc::SO_SNDBUFFORCE, want / 2 + 1).is_err() {
+        sockopt::set_int(sender, libc::SO_SNDBUF, want / 2 + 1)?;
+    }
+    Ok(())
+}
+
+/// SO_SNDBUF and SO_RCVBUF as saved (this locks them; `set_behaviour` puts the saved locks
+/// back).
 fn set_buffers(sock: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
     for (value, force, plain) in [
         (o.so_sndbuf, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -683,6 +711,37 @@ mod tests {
             ),
             Err(nix::errno::Errno::EAGAIN)
         );
+    }
+
+    /// A task may lower SO_SNDBUF after its messages were queued: the refill still fits, and
+    /// the saved size is what the socket ends up with.
+    #[test]
+    fn lowered_sndbuf_still_refills() {
+        let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 40_000]).collect();
+        let queues = QueueImages {
+            by_socket: HashMap::from([(1, msgs.clone())]),
+        };
+        let a = sk(1, 100, 101, libc::SOCK_SEQPACKET);
+        let mut b = sk(2, 101, 100, libc::SOCK_SEQPACKET);
+        b.opts.so_sndbuf = 8192;
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            sockopt::get_int(fds[&2].as_fd(), libc::SO_SNDBUF).unwrap(),
+            8192
+        );
+        let mut buf = vec![0u8; 50_000];
+        for m in &msgs {
+            let n = socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .unwrap();
+            assert_eq!(&buf[..n], &m[..]);
+        }
     }
 
     #[test]
