@@ -152,14 +152,10 @@ fn read_buffer(fd: &TaskFd, copy: &OwnedFd) -> Result<PipeBuffer> {
     };
     let capacity = syspipe::capacity(reader.as_fd())?;
     let queued = syspipe::queued_bytes(reader.as_fd())? as usize;
-    if queued == 0 {
-        return Ok(PipeBuffer {
-            capacity: Some(capacity),
-            bytes: Vec::new(),
-        });
-    }
     // The copy must hold as many buffers as the original: the same capacity. Setting it fails
-    // when the capacity is beyond what we may set, and then a restore could not set it either.
+    // when the capacity is beyond what we may set (fs.pipe-max-size without
+    // CAP_SYS_RESOURCE), and then a restore could not set it either: better to say so now, even
+    // for an empty pipe.
     let (steal_r, steal_w) = syspipe::pipe_nonblocking()?;
     syspipe::set_capacity(steal_w.as_fd(), capacity).map_err(|e| {
         fd.unsupported(format!(
@@ -167,6 +163,12 @@ fn read_buffer(fd: &TaskFd, copy: &OwnedFd) -> Result<PipeBuffer> {
             fd.link
         ))
     })?;
+    if queued == 0 {
+        return Ok(PipeBuffer {
+            capacity: Some(capacity),
+            bytes: Vec::new(),
+        });
+    }
     let copied = syspipe::tee(reader.as_fd(), steal_w.as_fd(), capacity as usize)?;
     if copied != queued {
         return Err(Error::task(
