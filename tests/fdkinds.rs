@@ -233,6 +233,14 @@ fn check_images_with_crit(s: &Scratch) {
         assert_eq!(a["peer"], b["ino"]);
         assert_eq!(b["peer"], a["ino"]);
     }
+    let lone = &file("unconnected")["usk"];
+    assert_eq!(lone["state"], 7, "unconnected (TCP_CLOSE)");
+    assert_eq!(lone["peer"], 0);
+    assert_eq!(
+        lone["fown"]["pid"],
+        s.read("ready").trim().parse::<u64>().unwrap()
+    );
+    assert_eq!(lone["fown"]["signum"], libc::SIGUSR2);
     // Queues: one entry per message, in order, for the receiving socket.
     let queues = crit_decode(&img.join("sk-queues.img"));
     assert_eq!(queues["magic"], "SK_QUEUES");

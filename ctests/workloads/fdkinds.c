@@ -4,10 +4,11 @@
  * It sets up objects with data in them: pipes with unread bytes (one at 1 MiB capacity, one
  * with only its read end left, one with only its write end), a FIFO opened twice, stream,
  * datagram and seqpacket socketpairs with messages queued both ways (datagrams of distinct
- * sizes, an empty one among them), an unconnected socket, eventfds (plain, semaphore, a counter
- * above 32 bits), with O_NONBLOCK and FD_CLOEXEC variations. It writes "ready" in its directory
- * (and "fds": name and number of each fd) and idles until SIGUSR1. Then it reads everything back
- * and checks bytes, message boundaries, counters and flags. It exits 0 when all hold, else
+ * sizes, an empty one among them), an unconnected socket with an owner (F_SETOWN/F_SETSIG),
+ * eventfds (plain, semaphore, a counter above 32 bits), with O_NONBLOCK and FD_CLOEXEC
+ * variations. It writes "ready" in its directory (and "fds": name and number of each fd) and
+ * idles until SIGUSR1. Then it reads everything back and checks bytes, message boundaries,
+ * counters, flags and owners. It exits 0 when all hold, else
  * 100 + the number of the first failed check; "result" lists the failed checks by name.
  * Run as: fdkinds DIR
  */
@@ -176,6 +177,9 @@ static void setup(const char *dir)
 	unconnected = socket(AF_UNIX, SOCK_DGRAM, 0);
 	int one = 1;
 	if (setsockopt(unconnected, SOL_SOCKET, SO_PASSCRED, &one, sizeof one)) die("SO_PASSCRED");
+	/* An owner and a signal (no O_ASYNC: nothing is ever sent). */
+	if (fcntl(unconnected, F_SETOWN, getpid()) || fcntl(unconnected, F_SETSIG, SIGUSR2))
+		die("F_SETOWN");
 
 	/* eventfds. */
 	ev_plain = eventfd(42, 0);
@@ -202,6 +206,7 @@ static void setup(const char *dir)
 	note("dgram_b", dg[1]);
 	note("seqpacket_a", sq[0]);
 	note("seqpacket_b", sq[1]);
+	note("unconnected", unconnected);
 	note("ev_plain", ev_plain);
 	note("ev_sem", ev_sem);
 	note("ev_big", ev_big);
@@ -381,6 +386,8 @@ static void check(void)
 		if (sock_type(unconnected) != SOCK_DGRAM || v != 1 ||
 		    getpeername(unconnected, (struct sockaddr *)&ss, &sl) == 0 || errno != ENOTCONN)
 			fail(21, "unconnected_socket");
+		if (fcntl(unconnected, F_GETOWN) != getpid() || fcntl(unconnected, F_GETSIG) != SIGUSR2)
+			fail(21, "unconnected_socket_owner");
 	}
 	/* 22-25: eventfds. */
 	if (is_nonblock(ev_plain) || ev_read(ev_plain, &ok) != 42 || !ok) fail(22, "eventfd_plain");
