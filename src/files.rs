@@ -1,20 +1,34 @@
 //! Open files: the fd table (fdinfo-N.img) and the file descriptions it points to (files.img).
 //! Regular files and directories are reopened by path with their flags and offset; character
 //! devices by path; with --shell-job, a terminal inherited from the shell is replaced by the
-//! restorer's own terminal.
+//! restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets (unix.rs) and eventfds
+//! (eventfd.rs) are created anew, with the data that was in them.
+//!
+//! Restore has two phases so that the tasks of a tree can share kernel objects: `open_all`
+//! creates every file description once (one pipe() for both ends, one socketpair() for both
+//! sockets), and `install_fds` puts one task's fd numbers in place from what it created.
 
-use std::collections::HashMap;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use libc::pid_t;
 
 use crate::error::{Error, Result};
+use crate::eventfd;
+use crate::images::{ImageDir, Kind};
 use crate::pb;
+use crate::pipes;
 use crate::procfs;
+use crate::sys::fd as sysfd;
 use crate::sys::kcmp;
+use crate::sys::pidfd::PidFd;
+use crate::unix;
 
 /// files.img under construction: one entry per open file description, plus the files behind
-/// mappings, cwd and root (CRIU gives those their own entries too).
+/// mappings, cwd and root (CRIU gives those their own entries too); and the images that go with
+/// some of them (pipe buffers, socket queues).
 #[derive(Default)]
 pub struct FileTable {
     pub entries: Vec<pb::FileEntry>,
@@ -24,6 +38,11 @@ pub struct FileTable {
     /// Open file descriptions already dumped, by inode: (pid, fd, id). Another fd on the same
     /// inode may be the same description (dup, fork, SCM_RIGHTS): kcmp tells.
     by_ino: HashMap<u64, Vec<(pid_t, i32, u32)>>,
+    pipes: pipes::PipeDump,
+    unix: unix::UnixDump,
+    /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
+    /// seen holding them: a holder outside the dump would make the restore wrong.
+    shared: BTreeMap<String, (pid_t, i32)>,
 }
 
 impl FileTable {
@@ -60,6 +79,110 @@ impl FileTable {
     pub fn get(&self, id: u32) -> Option<&pb::FileEntry> {
         self.entries.iter().find(|e| e.id == id)
     }
+
+    /// After every task's fds are dumped: each connected socket's peer was dumped too, and no
+    /// process outside `dumped` (nor ourselves) holds a pipe or socket of the dump. Either
+    /// would leave the restored tasks connected to nothing.
+    pub fn check_complete(&self, dumped: &[pid_t]) -> Result<()> {
+        self.unix.check_peers()?;
+        if self.shared.is_empty() {
+            return Ok(());
+        }
+        let me = std::process::id() as pid_t;
+        for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
+            if let Some(&(pid, our_fd)) = self.shared.get(&link) {
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {our_fd}: {link} is also open in pid {other} (fd {fd}), which is \
+                         not being dumped: the restored task would lose that connection"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// files.img and the images of file contents: pipes-data.img, fifo-data.img,
+    /// sk-queues.img (each only when it has entries).
+    pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+        dir.write_all(Kind::Files, "", &self.entries)?;
+        self.pipes.write_images(dir)?;
+        self.unix.write_images(dir)
+    }
+}
+
+/// One fd of a frozen task, as the dumpers of each kind of file see it.
+pub struct TaskFd<'a> {
+    pub pid: pid_t,
+    pub fd: i32,
+    /// The /proc/PID/fd/N link: "pipe:[N]", "socket:[N]", a path...
+    pub link: &'a str,
+    pub info: &'a procfs::FdInfo,
+    /// File status flags and access mode (fdinfo's flags without O_CLOEXEC).
+    pub flags: u32,
+    pidfd: &'a OnceCell<PidFd>,
+}
+
+impl TaskFd<'_> {
+    /// Our own copy of the fd: the same open file description, to look into the object.
+    pub fn copy(&self) -> Result<OwnedFd> {
+        let pidfd = match self.pidfd.get() {
+            Some(p) => p,
+            None => {
+                let p = PidFd::open(self.pid)?;
+                self.pidfd.get_or_init(|| p)
+            }
+        };
+        pidfd.get_fd(self.fd)
+    }
+
+    /// "pid P: cannot dump fd N: `what`".
+    pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
+        Error::unsupported(self.pid, format!("fd {}: {what}", self.fd))
+    }
+}
+
+/// The owner (F_SETOWN) and signal (F_SETSIG) of a file we hold a copy of.
+pub fn dump_fown(fd: BorrowedFd<'_>) -> Result<pb::FownEntry> {
+    let o = sysfd::get_owner(fd)?;
+    Ok(pb::FownEntry {
+        uid: o.uid,
+        euid: o.euid,
+        signum: o.signal,
+        pid_type: o.kind,
+        pid: o.pid as u32,
+    })
+}
+
+/// File status flags (F_SETFL) and owner of a file description being restored.
+pub fn restore_file_params(fd: BorrowedFd<'_>, flags: u32, fown: &pb::FownEntry) -> Result<()> {
+    sysfd::set_status_flags(fd, flags)?;
+    sysfd::set_owner(
+        fd,
+        sysfd::Owner {
+            kind: fown.pid_type,
+            pid: fown.pid as i32,
+            signal: fown.signum,
+            uid: fown.uid,
+            euid: fown.euid,
+        },
+    )
+}
+
+/// A new open file description of the object behind `fd` (a pipe or FIFO), through
+/// /proc/self/fd, with `flags`; close-on-exec.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
+    open_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()), flags)
+}
+
+/// "pipe:[123]" → 123 for `kind` "pipe".
+fn bracketed_ino(link: &str, kind: &str) -> Option<u64> {
+    link.strip_prefix(kind)?
+        .strip_prefix(":[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn reg_entry(
@@ -88,13 +211,15 @@ fn is_tty(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_char_device() && TTY_MAJORS.contains(&libc::major(meta.rdev()).into())
 }
 
-/// One task's fd table, dumped: fdinfo entries (fd number, FD_CLOEXEC, file id).
+/// One task's fd table, dumped: fdinfo entries (fd number, FD_CLOEXEC, file id). The files go
+/// into `files`; call `files.check_complete` once every task is dumped.
 pub fn dump_fds(
     pid: pid_t,
     files: &mut FileTable,
     shell_job: bool,
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
+    let pidfd = OnceCell::new();
     for fd in procfs::fds(pid)? {
         let link = format!("/proc/{pid}/fd/{fd}");
         let target = match procfs::readlink(&link) {
@@ -136,51 +261,16 @@ pub fn dump_fds(
             continue;
         }
 
-        let meta = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
-        let ft = meta.file_type();
-        let unsupported = |what: String| Err(Error::unsupported(pid, format!("fd {fd}: {what}")));
-        if !target.starts_with('/') {
-            // pipe:[N], socket:[N], anon_inode:[eventfd]...
-            return unsupported(format!("{target} (not supported yet)"));
-        }
-        if target.ends_with(" (deleted)") {
-            return unsupported(format!("deleted file {target} (not supported yet)"));
-        }
-        let id = files.alloc_id();
-        let ty = if is_tty(&meta) {
-            if !shell_job {
-                return unsupported(format!(
-                    "terminal {target}: use --shell-job to restore it on the restorer's terminal"
-                ));
-            }
-            files.entries.push(pb::FileEntry {
-                r#type: pb::FdTypes::Tty as i32,
-                id,
-                tty: Some(pb::TtyFileEntry {
-                    id,
-                    tty_info_id: tty_info_id(&meta),
-                    flags: file_flags,
-                    fown: pb::FownEntry::default(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            pb::FdTypes::Tty
-        } else if ft.is_file() || ft.is_dir() || ft.is_char_device() {
-            files.entries.push(pb::FileEntry {
-                r#type: pb::FdTypes::Reg as i32,
-                id,
-                reg: Some(reg_entry(id, &target, file_flags, info.pos, &meta)),
-                ..Default::default()
-            });
-            pb::FdTypes::Reg
-        } else if ft.is_fifo() {
-            return unsupported(format!("fifo {target} (not supported yet)"));
-        } else if ft.is_socket() {
-            return unsupported(format!("socket {target} (not supported yet)"));
-        } else {
-            return unsupported(format!("{target} of an unsupported file type"));
+        let task_fd = TaskFd {
+            pid,
+            fd,
+            link: &target,
+            info: &info,
+            flags: file_flags,
+            pidfd: &pidfd,
         };
+        let id = files.alloc_id();
+        let ty = dump_description(&task_fd, id, files, shell_job)?;
         files
             .by_ino
             .entry(info.ino)
@@ -197,6 +287,101 @@ pub fn dump_fds(
     Ok(out)
 }
 
+/// Classifies one open file description by its /proc link and adds its entry (entries) to
+/// `files` under `id`.
+fn dump_description(
+    fd: &TaskFd,
+    id: u32,
+    files: &mut FileTable,
+    shell_job: bool,
+) -> Result<pb::FdTypes> {
+    let target = fd.link;
+    if let Some(ino) = bracketed_ino(target, "pipe") {
+        files
+            .shared
+            .entry(target.to_owned())
+            .or_insert((fd.pid, fd.fd));
+        let e = pipes::dump_pipe(fd, ino, id, &mut files.pipes)?;
+        files.entries.push(e);
+        return Ok(pb::FdTypes::Pipe);
+    }
+    if let Some(ino) = bracketed_ino(target, "socket") {
+        files
+            .shared
+            .entry(target.to_owned())
+            .or_insert((fd.pid, fd.fd));
+        let e = unix::dump_socket(fd, ino, id, &mut files.unix)?;
+        files.entries.push(e);
+        return Ok(pb::FdTypes::Unixsk);
+    }
+    if target == "anon_inode:[eventfd]" {
+        files.entries.push(eventfd::dump(fd, id)?);
+        return Ok(pb::FdTypes::Eventfd);
+    }
+    if !target.starts_with('/') {
+        // anon_inode:[eventpoll], anon_inode:[timerfd]...
+        return Err(fd.unsupported(format!("{target} (not supported yet)")));
+    }
+    if target.ends_with(" (deleted)") {
+        return Err(fd.unsupported(format!("deleted file {target} (not supported yet)")));
+    }
+    let link = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+    let meta = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
+    let ft = meta.file_type();
+    if is_tty(&meta) {
+        if !shell_job {
+            return Err(fd.unsupported(format!(
+                "terminal {target}: use --shell-job to restore it on the restorer's terminal"
+            )));
+        }
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Tty as i32,
+            id,
+            tty: Some(pb::TtyFileEntry {
+                id,
+                tty_info_id: tty_info_id(&meta),
+                flags: fd.flags,
+                fown: pb::FownEntry::default(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        Ok(pb::FdTypes::Tty)
+    } else if ft.is_file() || ft.is_dir() || ft.is_char_device() {
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(reg_entry(id, target, fd.flags, fd.info.pos, &meta)),
+            ..Default::default()
+        });
+        Ok(pb::FdTypes::Reg)
+    } else if ft.is_fifo() {
+        // CRIU's layout: the path lives in a regular-file entry of its own that the fifo entry
+        // names; the buffer is keyed by the FIFO's inode.
+        let regf_id = files.alloc_id();
+        let (fifo, fown) = pipes::dump_fifo(fd, &meta, id, regf_id, &mut files.pipes)?;
+        let mut reg = reg_entry(regf_id, target, fd.flags, 0, &meta);
+        reg.fown = fown;
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id: regf_id,
+            reg: Some(reg),
+            ..Default::default()
+        });
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Fifo as i32,
+            id,
+            fifo: Some(fifo),
+            ..Default::default()
+        });
+        Ok(pb::FdTypes::Fifo)
+    } else if ft.is_socket() {
+        Err(fd.unsupported(format!("socket {target} (not supported yet)")))
+    } else {
+        Err(fd.unsupported(format!("{target} of an unsupported file type")))
+    }
+}
+
 /// The id linking a tty file to its tty-info entry: the device number.
 fn tty_info_id(meta: &std::fs::Metadata) -> u32 {
     meta.rdev() as u32
@@ -205,21 +390,27 @@ fn tty_info_id(meta: &std::fs::Metadata) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Restore
 
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-
-use crate::images::{ImageDir, Kind};
-use crate::sys::fd as sysfd;
-
-/// files.img, by id.
+/// files.img by id, and the contents that go with its files (pipe buffers, socket queues).
 pub struct FileImages {
     by_id: HashMap<u32, pb::FileEntry>,
+    /// Unix sockets: inode → file id, to find a socket's peer.
+    unix_by_ino: HashMap<u32, u32>,
+    pipes: pipes::PipeImages,
+    queues: unix::QueueImages,
 }
 
 impl FileImages {
     pub fn load(dir: &ImageDir) -> Result<FileImages> {
         let entries: Vec<pb::FileEntry> = dir.read_all(Kind::Files, "")?;
+        let unix_by_ino = entries
+            .iter()
+            .filter_map(|e| e.usk.as_ref().map(|u| (u.ino, e.id)))
+            .collect();
         Ok(FileImages {
             by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
+            unix_by_ino,
+            pipes: pipes::PipeImages::load(dir)?,
+            queues: unix::QueueImages::load(dir)?,
         })
     }
 
@@ -240,9 +431,24 @@ impl FileImages {
         let reg = self.reg(id)?;
         open_path(&reg.name, flags)
     }
+
+    /// The member of entry `id` that matches its type, or an error naming what is missing.
+    fn member<'a, T>(
+        &'a self,
+        id: u32,
+        what: &str,
+        get: impl FnOnce(&'a pb::FileEntry) -> Option<&'a T>,
+    ) -> Result<&'a T> {
+        let e = self.get(id)?;
+        get(e).ok_or_else(|| {
+            Error::InvalidOptions(format!(
+                "file {id} in files.img has type {what} but no {what} entry"
+            ))
+        })
+    }
 }
 
-fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
+pub(crate) fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::from_bits_retain(flags | libc::O_CLOEXEC),
@@ -252,7 +458,8 @@ fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Opens one saved file description.
+/// Opens one saved file description of a kind that needs nothing but its own entry: a regular
+/// file, directory or device by path, or the restorer's terminal.
 fn open_description(
     e: &pb::FileEntry,
     tty: Option<std::os::fd::BorrowedFd<'_>>,
@@ -303,6 +510,121 @@ pub fn inherited_terminal() -> Option<RawFd> {
     (0..3).find(|&fd| nix::unistd::isatty(sysfd::borrow_std(fd)).unwrap_or(false))
 }
 
+/// File descriptions made by `open_all`, by file id. Every fd is at a number >= the
+/// `lowest_fd` it was given and close-on-exec; dropping the set closes them.
+pub struct OpenFiles {
+    by_id: HashMap<u32, OwnedFd>,
+    lowest_fd: RawFd,
+}
+
+impl OpenFiles {
+    pub fn get(&self, id: u32) -> Option<BorrowedFd<'_>> {
+        self.by_id.get(&id).map(|f| f.as_fd())
+    }
+}
+
+/// Phase 1 of the restore of fd tables: creates every file description in `ids` (any order,
+/// duplicates allowed), each kernel object once — both ends of a pipe from one pipe(), both
+/// sockets of a pair from one socketpair() — with buffers and queues refilled, file flags and
+/// owners set. Every fd lands at `lowest_fd` or above, out of the way of the fd numbers the
+/// tasks' tables will use. `terminal` stands in for a saved terminal (--shell-job).
+///
+/// Nothing here depends on which task runs it: for a tree, one task can call it with the ids
+/// of all tasks, and tasks forked after it inherit the set. It raises the caller's soft
+/// RLIMIT_NOFILE to the hard limit (the task's saved limits are set after it).
+pub fn open_all(
+    ids: &[u32],
+    files: &FileImages,
+    lowest_fd: RawFd,
+    terminal: Option<BorrowedFd<'_>>,
+) -> Result<OpenFiles> {
+    crate::sys::process::raise_nofile_limit()?;
+    let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+    // Pipe ends by pipe, in id order, for the one pipe() that serves them all.
+    let mut pipe_ends: BTreeMap<u32, Vec<&pb::PipeEntry>> = BTreeMap::new();
+    for &id in &wanted {
+        if let Some(p) = files.get(id)?.pipe.as_ref() {
+            pipe_ends.entry(p.pipe_id).or_default().push(p);
+        }
+    }
+    let mut fifos_filled: HashSet<u32> = HashSet::new();
+    let mut out = OpenFiles {
+        by_id: HashMap::new(),
+        lowest_fd,
+    };
+    for &id in &wanted {
+        if out.by_id.contains_key(&id) {
+            continue;
+        }
+        let e = files.get(id)?;
+        let made: Vec<(u32, OwnedFd)> = match pb::FdTypes::try_from(e.r#type) {
+            Ok(pb::FdTypes::Pipe) => {
+                let p = files.member(id, "PIPE", |e| e.pipe.as_ref())?;
+                pipes::open_pipe(&pipe_ends[&p.pipe_id], files.pipes.pipe(p.pipe_id))?
+            }
+            Ok(pb::FdTypes::Fifo) => {
+                let f = files.member(id, "FIFO", |e| e.fifo.as_ref())?;
+                let reg = files.reg(f.regf_id.unwrap_or(f.id))?;
+                // The first file of a FIFO refills it; the others find the data there.
+                let buffer = fifos_filled
+                    .insert(f.pipe_id)
+                    .then(|| files.pipes.fifo(f.pipe_id))
+                    .flatten();
+                vec![(id, pipes::open_fifo(reg, buffer)?)]
+            }
+            Ok(pb::FdTypes::Unixsk) => {
+                let sk = files.member(id, "UNIXSK", |e| e.usk.as_ref())?;
+                let peer = match sk.peer {
+                    0 => None,
+                    ino => {
+                        let peer_id = files.unix_by_ino.get(&ino).copied();
+                        match peer_id.filter(|p| wanted.contains(p)) {
+                            Some(p) => Some(files.member(p, "UNIXSK", |e| e.usk.as_ref())?),
+                            None => None,
+                        }
+                    }
+                };
+                unix::open_socket(sk, peer, &files.queues)?
+            }
+            Ok(pb::FdTypes::Eventfd) => {
+                let efd = files.member(id, "EVENTFD", |e| e.efd.as_ref())?;
+                vec![(id, eventfd::open(efd)?)]
+            }
+            _ => vec![(id, open_description(e, terminal)?)],
+        };
+        for (made_id, fd) in made {
+            let moved = sysfd::dup_above(fd.as_fd(), lowest_fd)?;
+            drop(fd);
+            out.by_id.insert(made_id, moved);
+        }
+    }
+    Ok(out)
+}
+
+/// Phase 2: puts one task's fds at their numbers (dup3, FD_CLOEXEC as saved) from `opened`,
+/// then closes every fd of the set. The numbers must be below the set's `lowest_fd`.
+pub fn install_fds(fdinfo: &[pb::FdinfoEntry], opened: OpenFiles) -> Result<()> {
+    for f in fdinfo {
+        let target = f.fd as RawFd;
+        if target >= opened.lowest_fd {
+            return Err(Error::InvalidOptions(format!(
+                "fd {target} is not below {}, where the opened files are",
+                opened.lowest_fd
+            )));
+        }
+        let fd = opened.get(f.id).ok_or_else(|| {
+            Error::InvalidOptions(format!("fd {target}: file {} was not opened", f.id))
+        })?;
+        sysfd::install(
+            fd.as_raw_fd(),
+            target,
+            f.flags & libc::FD_CLOEXEC as u32 != 0,
+        )?;
+    }
+    drop(opened);
+    Ok(())
+}
+
 /// In the new task: replaces the whole fd table with the saved one. `keep` are fds of ours
 /// still needed after this (moved above the saved table; updated in place).
 pub fn restore_fds(
@@ -342,24 +664,10 @@ pub fn restore_fds(
     }
     sysfd::close_range(next, u32::MAX)?;
 
-    let mut ids: Vec<u32> = fdinfo.iter().map(|f| f.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        let e = files.get(id)?;
-        let fd = open_description(e, tty_copy.map(sysfd::borrow))?;
-        let raw = fd.into_raw_fd();
-        let mut used = false;
-        for f in fdinfo.iter().filter(|f| f.id == id) {
-            sysfd::install(raw, f.fd as RawFd, f.flags & libc::FD_CLOEXEC as u32 != 0)?;
-            used |= f.fd as RawFd == raw;
-        }
-        if !used {
-            sysfd::close(raw);
-        }
-    }
+    let ids: Vec<u32> = fdinfo.iter().map(|f| f.id).collect();
+    let opened = open_all(&ids, files, max_fd + 1, tty_copy.map(sysfd::borrow));
     if let Some(t) = tty_copy {
         sysfd::close(t);
     }
-    Ok(())
+    install_fds(fdinfo, opened?)
 }

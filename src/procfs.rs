@@ -334,6 +334,33 @@ pub fn fds(pid: pid_t) -> Result<Vec<i32>> {
     Ok(v)
 }
 
+/// Every (pid, fd, link target) of every process but those in `except`: who else holds a pipe
+/// or socket. Processes and fds that vanish (or cannot be read) while we look are skipped.
+pub fn fd_links_of_others(except: &[pid_t]) -> Result<Vec<(pid_t, i32, String)>> {
+    let mut out = Vec::new();
+    let procs = fs::read_dir("/proc").map_err(|e| Error::io("read /proc", e))?;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for f in fds.flatten() {
+            let Some(fd) = f.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(target) = fs::read_link(f.path()) {
+                out.push((pid, fd, target.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn fdinfo(pid: pid_t, fd: i32) -> Result<FdInfo> {
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let text = read_string(&path)?;

@@ -661,6 +661,9 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         mut timing,
         ..
     } = tree;
+    // Pipes and sockets are whole only when every holder was dumped.
+    let pids: Vec<pid_t> = images.iter().map(|t| t.pid).collect();
+    files.check_complete(&pids)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
     for t in &images {
@@ -701,7 +704,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             }
         }
     }
-    dir.write_all(Kind::Files, "", &files.entries)?;
+    files.write_images(&dir)?;
     dir.write_all(Kind::Pstree, "", &pstree)?;
     if !seccomp.is_empty() {
         dir.write_one(

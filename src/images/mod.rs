@@ -403,16 +403,17 @@ impl ImageReader {
         Ok(v)
     }
 
-    /// Raw bytes that follow an entry.
+    /// Raw bytes that follow an entry. Memory grows with what the file really holds, so a
+    /// corrupt length in a short file is an error, not a huge allocation.
     pub fn read_raw(&mut self, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.input.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                self.err(format!("truncated: wanted {len} more bytes"))
-            } else {
-                self.err(format!("read failed: {e}"))
-            }
-        })?;
+        let mut buf = Vec::with_capacity(len.min(1 << 20));
+        (&mut self.input)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.err(format!("read failed: {e}")))?;
+        if buf.len() < len {
+            return Err(self.err(format!("truncated: wanted {len} more bytes")));
+        }
         Ok(buf)
     }
 }

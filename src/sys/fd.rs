@@ -115,3 +115,138 @@ pub fn data_ranges(f: &std::fs::File, size: u64) -> crate::error::Result<Vec<(u6
     }
     Ok(out)
 }
+
+/// F_SETFL: the file status flags a file description had (O_NONBLOCK, O_APPEND, O_ASYNC...;
+/// the kernel ignores the access mode and creation flags in there).
+pub fn set_status_flags(fd: std::os::fd::BorrowedFd<'_>, flags: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl with an integer argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags as libc::c_int) };
+    if r < 0 {
+        return Err(Error::last(format!("fcntl(F_SETFL, {flags:#o})")));
+    }
+    Ok(())
+}
+
+// fcntl commands and struct f_owner_ex (asm-generic/fcntl.h), which libc does not export.
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+const F_GETOWNER_UIDS: libc::c_int = 17;
+
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+/// Who receives SIGIO/SIGURG for a file (F_GETOWN_EX) and with which signal (F_GETSIG).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2).
+    pub kind: u32,
+    /// 0: no owner.
+    pub pid: i32,
+    /// 0: SIGIO.
+    pub signal: u32,
+    /// Real and effective uid of whoever set the owner: the kernel checks them when it sends
+    /// the signal.
+    pub uid: u32,
+    pub euid: u32,
+}
+
+pub fn get_owner(fd: std::os::fd::BorrowedFd<'_>) -> Result<Owner> {
+    use std::os::fd::AsRawFd;
+    let mut ex = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one f_owner_ex.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut ex) };
+    if r < 0 {
+        return Err(Error::last("fcntl(F_GETOWN_EX)"));
+    }
+    // SAFETY: fcntl without a pointer argument.
+    let sig = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) };
+    if sig < 0 {
+        return Err(Error::last("fcntl(F_GETSIG)"));
+    }
+    let mut uids = [0u32; 2];
+    if ex.pid != 0 {
+        // SAFETY: F_GETOWNER_UIDS writes two uids.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) };
+        if r < 0 {
+            return Err(Error::last("fcntl(F_GETOWNER_UIDS)"));
+        }
+    }
+    Ok(Owner {
+        kind: ex.kind as u32,
+        pid: ex.pid,
+        signal: sig as u32,
+        uid: uids[0],
+        euid: uids[1],
+    })
+}
+
+/// Sets signal and owner. The kernel records the caller's uids as the owner's: we take the saved
+/// ones for the call (keeping our saved uid, to come back), as the original owner had them.
+pub fn set_owner(fd: std::os::fd::BorrowedFd<'_>, owner: Owner) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if owner.signal != 0 {
+        // SAFETY: fcntl with an integer argument.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, owner.signal as i32) };
+        if r < 0 {
+            return Err(Error::last(format!("fcntl(F_SETSIG, {})", owner.signal)));
+        }
+    }
+    if owner.pid != 0 {
+        let ex = FOwnerEx {
+            kind: owner.kind as libc::c_int,
+            pid: owner.pid,
+        };
+        let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+        // SAFETY: getresuid writes three uids.
+        unsafe { libc::getresuid(&mut ruid, &mut euid, &mut suid) };
+        let switch = (ruid, euid) != (owner.uid, owner.euid);
+        // SAFETY: setresuid takes three integers.
+        if switch && unsafe { libc::setresuid(owner.uid, owner.euid, suid) } < 0 {
+            return Err(Error::last(format!(
+                "setresuid({}, {}) to set a file owner",
+                owner.uid, owner.euid
+            )));
+        }
+        // SAFETY: F_SETOWN_EX reads one f_owner_ex.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &ex) };
+        let err = (r < 0).then(Errno::last);
+        // SAFETY: as above; our saved uid lets us return.
+        if switch && unsafe { libc::setresuid(ruid, euid, suid) } < 0 {
+            return Err(Error::last("setresuid back after setting a file owner"));
+        }
+        if switch {
+            // A uid change cleared the dumpable flag, which our tracer's /proc reads need; the
+            // task's own flag is set at the end of the restore.
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        }
+        if let Some(errno) = err {
+            return Err(Error::sys(
+                format!("fcntl(F_SETOWN_EX, type {} pid {})", owner.kind, owner.pid),
+                errno,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number >= `min` (F_DUPFD_CLOEXEC).
+pub fn dup_above(fd: std::os::fd::BorrowedFd<'_>, min: RawFd) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: fcntl with an integer argument.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(Error::last(format!(
+            "fcntl(F_DUPFD_CLOEXEC, {}, {min})",
+            fd.as_raw_fd()
+        )));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}

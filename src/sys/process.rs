@@ -48,6 +48,24 @@ pub fn set_rlimit(resource: u32, cur: u64, max: u64) -> Result<()> {
     Ok(())
 }
 
+/// Raises our soft RLIMIT_NOFILE to the hard limit: the restore holds every file of the table
+/// twice for a moment, above the table's highest fd. The task's own limits come back later.
+pub fn raise_nofile_limit() -> Result<()> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 writes one struct.
+    let r = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    if r < 0 {
+        return Err(Error::last("getrlimit(RLIMIT_NOFILE)"));
+    }
+    if old.rlim_cur < old.rlim_max {
+        set_rlimit(libc::RLIMIT_NOFILE, old.rlim_max, old.rlim_max)?;
+    }
+    Ok(())
+}
+
 pub fn prctl(option: i32, arg: u64) -> Result<()> {
     // SAFETY: prctl options used here take integer arguments only.
     let r = unsafe { libc::prctl(option, arg, 0u64, 0u64, 0u64) };

@@ -1,0 +1,757 @@
+//! Unix sockets: connected pairs (socketpair, stream/datagram/seqpacket) with the messages
+//! queued in both directions, and unconnected unbound sockets.
+//!
+//! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
+//! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
+//! receive queue goes into sk-queues.img: one `sk_packet_entry` (`id_for` = the receiving
+//! socket's file id, `length`) followed by the bytes, per datagram — message boundaries kept —
+//! or, for a stream, the whole byte stream. The queue is read with MSG_PEEK from our own copy of
+//! the socket (pidfd_getfd), so nothing is consumed: a stream in one peek from its start; a
+//! datagram queue message by message with SO_PEEK_OFF, as CRIU's sk-queue.c does, then the peek
+//! offset is switched off again.
+//!
+//! Restore: one socketpair() for a pair; each socket's queue is sent from its peer, one send per
+//! saved message; then options, flags and owners.
+//!
+//! Not supported (the dump fails naming pid, fd and socket): other families, bound (named)
+//! sockets and listeners, sockets connected to a socket outside the dump or to one that is
+//! gone, shut-down sockets, file descriptors or credentials in flight in a queue, attached
+//! socket filters, an SO_PEEK_OFF in use by the task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use libc::pid_t;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
+
+use crate::error::{Error, Result};
+use crate::files::{self, TaskFd};
+use crate::images::{ImageDir, Kind};
+use crate::pb;
+use crate::sys::sockmsg::{self, Peeked};
+use crate::sys::sockopt::{self, SO_BUF_LOCK, SO_PEEK_OFF};
+use crate::sys::unix_diag::{self, UnixSockInfo, STATE_CLOSE, STATE_ESTABLISHED, STATE_LISTEN};
+
+/// A walk over a datagram queue that finds more than this is not a frozen queue.
+const MAX_QUEUE_BYTES: usize = 256 << 20;
+
+struct SeenSocket {
+    peer: Option<u32>,
+    pid: pid_t,
+    fd: i32,
+    link: String,
+}
+
+/// Unix sockets dumped so far, by inode, and their queues.
+#[derive(Default)]
+pub struct UnixDump {
+    sockets: BTreeMap<u32, SeenSocket>,
+    queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+}
+
+impl UnixDump {
+    /// Every connected socket's peer must have been dumped too and be connected back to it: a
+    /// peer outside the dumped tasks cannot be reconnected on restore.
+    pub fn check_peers(&self) -> Result<()> {
+        for (&ino, s) in &self.sockets {
+            let Some(peer) = s.peer else { continue };
+            match self.sockets.get(&peer) {
+                None => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} is connected to socket:[{peer}], which no dumped \
+                             task holds (a peer outside the dump cannot be reconnected)",
+                            s.fd, s.link
+                        ),
+                    ))
+                }
+                Some(p) if p.peer != Some(ino) => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} is connected to socket:[{peer}], which is connected \
+                             elsewhere (one-way connections are not supported yet)",
+                            s.fd, s.link
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+        if self.queues.is_empty() {
+            return Ok(());
+        }
+        let mut w = dir.create(Kind::SkQueues, "")?;
+        for (e, bytes) in &self.queues {
+            w.write(e)?;
+            w.write_raw(bytes)?;
+        }
+        w.finish()
+    }
+}
+
+/// `socket:[ino]`: a unix socket, or an error naming what it is.
+pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Result<pb::FileEntry> {
+    let copy = fd.copy()?;
+    let sock = copy.as_fd();
+    let family = sockopt::get_int(sock, libc::SO_DOMAIN)?;
+    if family != libc::AF_UNIX {
+        return Err(fd.unsupported(format!(
+            "{}: {} (only unix sockets are supported yet)",
+            fd.link,
+            describe_other(sock, family)
+        )));
+    }
+    let ino = u32::try_from(ino)
+        .map_err(|_| fd.unsupported(format!("{}: inode above 32 bits", fd.link)))?;
+    let info = unix_diag::query(ino)?.ok_or_else(|| {
+        fd.unsupported(format!(
+            "{}: sock_diag does not know this unix socket (in another network namespace?)",
+            fd.link
+        ))
+    })?;
+    let kind = type_name(info.sock_type);
+    let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
+    if info.state == STATE_LISTEN {
+        return Err(bad(format!(
+            "listening{} (not supported yet)",
+            name_suffix(&info)
+        )));
+    }
+    if info.name.as_ref().is_some_and(|n| !n.is_empty()) {
+        return Err(bad(format!(
+            "bound to a name{} (not supported yet)",
+            name_suffix(&info)
+        )));
+    }
+    if !matches!(
+        info.sock_type as i32,
+        libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
+    ) {
+        return Err(bad("of an unknown type".into()));
+    }
+    match (info.state, info.peer) {
+        (STATE_ESTABLISHED, Some(_)) | (STATE_CLOSE, None) => {}
+        (STATE_ESTABLISHED, None) => {
+            return Err(bad("whose peer is closed (not supported yet)".to_owned()))
+        }
+        (state, _) => return Err(bad(format!("in state {state} (not supported yet)"))),
+    }
+    if info.shutdown != 0 {
+        let how = match info.shutdown {
+            1 => "for reading",
+            2 => "for writing",
+            _ => "both ways",
+        };
+        return Err(bad(format!("shut down {how} (not supported yet)")));
+    }
+    let in_flight: u32 = fd
+        .info
+        .extra
+        .iter()
+        .find(|(k, _)| k == "scm_fds")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    if in_flight != 0 {
+        return Err(bad(format!(
+            "with {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue \
+             (not supported yet)"
+        )));
+    }
+    if sockopt::filter_len(sock)? != 0 {
+        return Err(bad(
+            "with a socket filter attached (not supported yet)".into()
+        ));
+    }
+    if sockopt::get_int(sock, SO_PEEK_OFF)? != -1 {
+        return Err(bad("with SO_PEEK_OFF in use (not supported yet)".to_owned()));
+    }
+
+    let opts = dump_opts(sock)?;
+    let fown = files::dump_fown(sock)?;
+    let queue = read_queue(fd, sock, &info)?;
+    log::debug!(
+        "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
+        fd.pid,
+        fd.fd,
+        info.peer,
+        queue.len(),
+        queue.iter().map(Vec::len).sum::<usize>()
+    );
+    for bytes in queue {
+        dump.queues.push((
+            pb::SkPacketEntry {
+                id_for: id,
+                length: bytes.len() as u32,
+                scm: Vec::new(),
+            },
+            bytes,
+        ));
+    }
+    dump.sockets.insert(
+        ino,
+        SeenSocket {
+            peer: info.peer,
+            pid: fd.pid,
+            fd: fd.fd,
+            link: fd.link.to_owned(),
+        },
+    );
+    Ok(pb::FileEntry {
+        r#type: pb::FdTypes::Unixsk as i32,
+        id,
+        usk: Some(pb::UnixSkEntry {
+            id,
+            ino,
+            r#type: info.sock_type as u32,
+            state: info.state as u32,
+            flags: fd.flags,
+            uflags: 0,
+            // Only listeners have a backlog.
+            backlog: 0,
+            peer: info.peer.unwrap_or(0),
+            fown,
+            opts,
+            name: Vec::new(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn type_name(ty: u8) -> &'static str {
+    match ty as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "unknown-type",
+    }
+}
+
+fn name_suffix(info: &UnixSockInfo) -> String {
+    match &info.name {
+        Some(n) if n.first() == Some(&0) => {
+            format!(" to @{}", String::from_utf8_lossy(&n[1..]))
+        }
+        Some(n) if !n.is_empty() => format!(" to {}", String::from_utf8_lossy(n)),
+        _ => String::new(),
+    }
+}
+
+/// "listening TCP/IPv4 socket" and the like, for the error about a socket we do not support.
+fn describe_other(sock: BorrowedFd<'_>, family: i32) -> String {
+    let fam = match family {
+        libc::AF_INET => "IPv4".to_owned(),
+        libc::AF_INET6 => "IPv6".to_owned(),
+        libc::AF_NETLINK => "netlink".to_owned(),
+        libc::AF_PACKET => "packet".to_owned(),
+        f => format!("family {f}"),
+    };
+    let ty = sockopt::get_int(sock, libc::SO_TYPE).unwrap_or(-1);
+    let proto = sockopt::get_int(sock, libc::SO_PROTOCOL).unwrap_or(-1);
+    let what = match (family, ty, proto) {
+        (libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_TCP) => format!("TCP/{fam}"),
+        (libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_UDP) => format!("UDP/{fam}"),
+        _ => format!("{fam} {}", type_name(ty as u8)),
+    };
+    let listening = sockopt::get_int(sock, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+    format!("{}{what} socket", if listening { "listening " } else { "" })
+}
+
+fn dump_opts(sock: BorrowedFd<'_>) -> Result<pb::SkOptsEntry> {
+    let int = |opt| sockopt::get_int(sock, opt);
+    let (snd_sec, snd_usec) = sockopt::get_timeout(sock, libc::SO_SNDTIMEO)?;
+    let (rcv_sec, rcv_usec) = sockopt::get_timeout(sock, libc::SO_RCVTIMEO)?;
+    Ok(pb::SkOptsEntry {
+        so_sndbuf: int(libc::SO_SNDBUF)? as u32,
+        so_rcvbuf: int(libc::SO_RCVBUF)? as u32,
+        so_snd_tmo_sec: snd_sec,
+        so_snd_tmo_usec: snd_usec,
+        so_rcv_tmo_sec: rcv_sec,
+        so_rcv_tmo_usec: rcv_usec,
+        so_priority: Some(int(libc::SO_PRIORITY)? as u32),
+        so_rcvlowat: Some(int(libc::SO_RCVLOWAT)? as u32),
+        so_mark: Some(int(libc::SO_MARK)? as u32),
+        so_passcred: Some(int(libc::SO_PASSCRED)? != 0),
+        so_passsec: Some(int(libc::SO_PASSSEC)? != 0),
+        so_buf_lock: Some(int(SO_BUF_LOCK)? as u32),
+        ..Default::default()
+    })
+}
+
+/// The socket's receive queue, oldest first, without consuming it.
+fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<Vec<Vec<u8>>> {
+    if info.sock_type as i32 == libc::SOCK_STREAM {
+        // One peek from the start of the stream reads across all its buffers.
+        if info.rqueue == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; info.rqueue as usize];
+        let got = match sockmsg::peek(sock, &mut buf, 0)? {
+            Some(p) => {
+                check_control(fd, &p)?;
+                p.len
+            }
+            None => 0,
+        };
+        if got != buf.len() {
+            return Err(fd.unsupported(format!(
+                "{}: only {got} of the {} queued bytes could be read (out-of-band data?)",
+                fd.link,
+                buf.len()
+            )));
+        }
+        return Ok(vec![buf]);
+    }
+
+    // Datagrams: walk the queue with a peek offset, each message probed for its length first
+    // (MSG_TRUNC with no buffer), then peeked whole.
+    sockopt::set_int(sock, SO_PEEK_OFF, 0)?;
+    let walked = walk_datagrams(fd, sock);
+    let reset = sockopt::set_int(sock, SO_PEEK_OFF, -1);
+    let messages = walked?;
+    reset?;
+    if info.sock_type as i32 == libc::SOCK_SEQPACKET {
+        // For seqpacket sockets sock_diag counts all queued bytes: check that we saw them.
+        let total: usize = messages.iter().map(Vec::len).sum();
+        if total != info.rqueue as usize {
+            return Err(fd.unsupported(format!(
+                "{}: read {total} of the {} queued bytes",
+                fd.link, info.rqueue
+            )));
+        }
+    }
+    Ok(messages)
+}
+
+fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+    let mut messages = Vec::new();
+    let mut total = 0usize;
+    while let Some(probe) = sockmsg::peek(sock, &mut [], libc::MSG_TRUNC)? {
+        check_control(fd, &probe)?;
+        let len = probe.len;
+        // An empty datagram: the probe has stepped over it already (the kernel marks it
+        // peeked and the next peek at this offset skips it).
+        let mut buf = vec![0u8; len];
+        if len > 0 {
+            let p = sockmsg::peek(sock, &mut buf, 0)?.ok_or_else(|| {
+                Error::task(fd.pid, format!("fd {}: {}: queue changed", fd.fd, fd.link))
+            })?;
+            check_control(fd, &p)?;
+            if p.len != len || p.truncated {
+                return Err(Error::task(
+                    fd.pid,
+                    format!(
+                        "fd {}: {}: a {len}-byte message peeked as {} bytes",
+                        fd.fd, fd.link, p.len
+                    ),
+                ));
+            }
+        }
+        total += len;
+        if total > MAX_QUEUE_BYTES || messages.len() > MAX_QUEUE_BYTES / 64 {
+            return Err(fd.unsupported(format!(
+                "{}: the queue does not end (is something still sending to it?)",
+                fd.link
+            )));
+        }
+        messages.push(buf);
+    }
+    Ok(messages)
+}
+
+fn check_control(fd: &TaskFd, p: &Peeked) -> Result<()> {
+    if p.control.is_empty() && !p.control_truncated {
+        return Ok(());
+    }
+    let has = |ty| p.control.contains(&(libc::SOL_SOCKET, ty));
+    let what = if has(libc::SCM_RIGHTS) {
+        "file descriptors in flight (SCM_RIGHTS)"
+    } else if has(libc::SCM_CREDENTIALS) {
+        "credentials (SCM_CREDENTIALS, SO_PASSCRED)"
+    } else {
+        "control messages"
+    };
+    Err(fd.unsupported(format!(
+        "{}: a queued message carries {what} (not supported yet)",
+        fd.link
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore
+
+/// sk-queues.img: the saved messages of each socket, by its file id, oldest first.
+#[derive(Default)]
+pub struct QueueImages {
+    by_socket: HashMap<u32, Vec<Vec<u8>>>,
+}
+
+impl QueueImages {
+    pub fn load(dir: &ImageDir) -> Result<QueueImages> {
+        let mut by_socket: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        if let Some(mut r) = dir.open_optional(Kind::SkQueues, "")? {
+            while let Some(e) = r.read_entry::<pb::SkPacketEntry>()? {
+                let bytes = r.read_raw(e.length as usize)?;
+                if !e.scm.is_empty() {
+                    return Err(Error::image(
+                        r.path().to_owned(),
+                        format!(
+                            "a message queued for socket {} carries control data (file \
+                             descriptors), which this build cannot restore",
+                            e.id_for
+                        ),
+                    ));
+                }
+                by_socket.entry(e.id_for).or_default().push(bytes);
+            }
+        }
+        Ok(QueueImages { by_socket })
+    }
+
+    fn of(&self, id: u32) -> &[Vec<u8>] {
+        self.by_socket.get(&id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Creates the socket `sk` and, when it is connected, its peer `peer` with it (one
+/// socketpair), each with its queue refilled from the other.
+pub fn open_socket(
+    sk: &pb::UnixSkEntry,
+    peer: Option<&pb::UnixSkEntry>,
+    queues: &QueueImages,
+) -> Result<Vec<(u32, OwnedFd)>> {
+    check_restorable(sk)?;
+    let ty = SockType::try_from(sk.r#type as i32).map_err(|_| {
+        Error::InvalidOptions(format!(
+            "unix socket {}: unknown type {}",
+            sk.ino, sk.r#type
+        ))
+    })?;
+    let what = |verb: &str| format!("{verb} for unix socket {}", sk.ino);
+    match (sk.state as u8, peer) {
+        (STATE_ESTABLISHED, Some(peer)) => {
+            check_restorable(peer)?;
+            if peer.peer != sk.ino || peer.r#type != sk.r#type {
+                return Err(Error::InvalidOptions(format!(
+                    "unix socket {} and its peer {} do not form a pair",
+                    sk.ino, peer.ino
+                )));
+            }
+            let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| Error::sys(what("socketpair"), e))?;
+            // Each queue is sent by the peer: room for it in the sender's buffer first.
+            make_room(b.as_fd(), &peer.opts, queues.of(sk.id))?;
+            make_room(a.as_fd(), &sk.opts, queues.of(peer.id))?;
+            refill(b.as_fd(), queues.of(sk.id), sk)?;
+            refill(a.as_fd(), queues.of(peer.id), peer)?;
+            for (fd, e) in [(&a, sk), (&b, peer)] {
+                set_buffers(fd.as_fd(), &e.opts)?;
+                set_behaviour(fd.as_fd(), &e.opts)?;
+                files::restore_file_params(fd.as_fd(), e.flags, &e.fown)?;
+            }
+            Ok(vec![(sk.id, a), (peer.id, b)])
+        }
+        (STATE_CLOSE, None) if sk.peer == 0 => {
+            if !queues.of(sk.id).is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "unconnected unix socket {} has queued messages",
+                    sk.ino
+                )));
+            }
+            let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| Error::sys(what("socket"), e))?;
+            set_buffers(s.as_fd(), &sk.opts)?;
+            set_behaviour(s.as_fd(), &sk.opts)?;
+            files::restore_file_params(s.as_fd(), sk.flags, &sk.fown)?;
+            Ok(vec![(sk.id, s)])
+        }
+        (STATE_ESTABLISHED, None) => Err(Error::InvalidOptions(format!(
+            "unix socket {}: its peer {} is not among the files to restore",
+            sk.ino, sk.peer
+        ))),
+        (state, _) => Err(Error::InvalidOptions(format!(
+            "unix socket {} in state {state}, which this build cannot restore",
+            sk.ino
+        ))),
+    }
+}
+
+fn check_restorable(sk: &pb::UnixSkEntry) -> Result<()> {
+    let why = if !sk.name.is_empty() {
+        "bound to a name"
+    } else if sk.uflags != 0 {
+        "external or inherited (uflags)"
+    } else if sk
+        .shutdown
+        .is_some_and(|s| s != pb::SkShutdown::None as i32)
+    {
+        "shut down"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidOptions(format!(
+        "unix socket {} is {why}, which this build cannot restore",
+        sk.ino
+    )))
+}
+
+/// Bytes the kernel charges per queued message beyond its data (the skb), for sizing the
+/// sender's buffer during the refill; generous on purpose.
+const MESSAGE_OVERHEAD: usize = 1024;
+
+/// The refill is bounded by the sender's SO_SNDBUF (and a datagram by SO_SNDBUF - 32), and the
+/// task may have lowered it after its messages were queued: during the refill the sender gets
+/// the saved size or what the queue needs, whichever is larger. `set_buffers` puts the saved
+/// size back afterwards.
+fn make_room(sender: BorrowedFd<'_>, o: &pb::SkOptsEntry, messages: &[Vec<u8>]) -> Result<()> {
+    let needed: usize = messages
+        .iter()
+        .map(|m| m.len() + MESSAGE_OVERHEAD)
+        .sum::<usize>()
+        + 64 * 1024;
+    let want = (o.so_sndbuf as usize).max(needed).min(i32::MAX as usize) as i32;
+    if sockopt::get_int(sender, libc::SO_SNDBUF)? >= want {
+        return Ok(());
+    }
+    // The kernel doubles what it is given. FORCE (CAP_NET_ADMIN) ignores net.core.wmem_max.
+    if sockopt::set_int(sender, libc::SO_SNDBUFFORCE, want / 2 + 1).is_err() {
+        sockopt::set_int(sender, libc::SO_SNDBUF, want / 2 + 1)?;
+    }
+    Ok(())
+}
+
+/// SO_SNDBUF and SO_RCVBUF as saved (this locks them; `set_behaviour` puts the saved locks
+/// back).
+fn set_buffers(sock: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
+    for (value, force, plain) in [
+        (o.so_sndbuf, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (o.so_rcvbuf, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        if value as i32 == sockopt::get_int(sock, plain)? {
+            continue;
+        }
+        // The kernel doubles what it is given; the saved value is the doubled one. The FORCE
+        // variant (CAP_NET_ADMIN) ignores net.core.[wr]mem_max, which the original may have
+        // been allowed to exceed.
+        if sockopt::set_int(sock, force, value as i32 / 2).is_err() {
+            sockopt::set_int(sock, plain, value as i32 / 2)?;
+        }
+    }
+    Ok(())
+}
+
+/// Options that change how the socket behaves for its owner, set after the refill (credentials
+/// passing, for one, would change what the refill sends).
+fn set_behaviour(sock: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
+    sockopt::set_timeout(sock, libc::SO_SNDTIMEO, o.so_snd_tmo_sec, o.so_snd_tmo_usec)?;
+    sockopt::set_timeout(sock, libc::SO_RCVTIMEO, o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)?;
+    let flags = [
+        (o.so_passcred.map(i32::from), libc::SO_PASSCRED),
+        (o.so_passsec.map(i32::from), libc::SO_PASSSEC),
+        (o.so_priority.map(|v| v as i32), libc::SO_PRIORITY),
+        (o.so_rcvlowat.map(|v| v as i32), libc::SO_RCVLOWAT),
+        (o.so_mark.map(|v| v as i32), libc::SO_MARK),
+        // Last: setting the buffer sizes above locked them; put the saved locks back.
+        (o.so_buf_lock.map(|v| v as i32), SO_BUF_LOCK),
+    ];
+    for (value, opt) in flags {
+        if let Some(v) = value {
+            if sockopt::get_int(sock, opt)? != v {
+                sockopt::set_int(sock, opt, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `messages` from `sender` into its peer's queue, one send per saved message.
+fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEntry) -> Result<()> {
+    let stream = receiver.r#type as i32 == libc::SOCK_STREAM;
+    for (i, m) in messages.iter().enumerate() {
+        let mut done = 0;
+        loop {
+            let n = sockmsg::send(sender, &m[done..]).map_err(|e| match e {
+                Error::Sys { what, errno } => Error::sys(
+                    format!(
+                        "refill unix socket {} (message {i} of {}): {what}",
+                        receiver.ino,
+                        messages.len()
+                    ),
+                    errno,
+                ),
+                e => e,
+            })?;
+            done += n;
+            if done == m.len() {
+                break;
+            }
+            if !stream || n == 0 {
+                return Err(Error::sys(
+                    format!(
+                        "refill unix socket {}: message {i} of {} bytes sent as {done}",
+                        receiver.ino,
+                        m.len()
+                    ),
+                    nix::errno::Errno::EMSGSIZE,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn seen(id: u32, peer: Option<u32>) -> SeenSocket {
+        SeenSocket {
+            peer,
+            pid: 42,
+            fd: id as i32,
+            link: format!("socket:[{id}]"),
+        }
+    }
+
+    #[test]
+    fn peers_must_be_dumped_and_connected_back() {
+        let mut d = UnixDump::default();
+        d.sockets.insert(10, seen(1, Some(11)));
+        d.sockets.insert(11, seen(2, Some(10)));
+        d.sockets.insert(12, seen(3, None));
+        d.check_peers().unwrap();
+        d.sockets.insert(13, seen(4, Some(99)));
+        let e = d.check_peers().unwrap_err().to_string();
+        assert!(
+            e.contains("pid 42") && e.contains("fd 4") && e.contains("socket:[99]"),
+            "{e}"
+        );
+        d.sockets.remove(&13);
+        d.sockets.insert(13, seen(4, Some(10)));
+        let e = d.check_peers().unwrap_err().to_string();
+        assert!(e.contains("one-way"), "{e}");
+    }
+
+    fn sk(id: u32, ino: u32, peer: u32, ty: i32) -> pb::UnixSkEntry {
+        pb::UnixSkEntry {
+            id,
+            ino,
+            r#type: ty as u32,
+            state: if peer != 0 {
+                STATE_ESTABLISHED
+            } else {
+                STATE_CLOSE
+            } as u32,
+            flags: libc::O_RDWR as u32,
+            peer,
+            opts: pb::SkOptsEntry {
+                so_sndbuf: 100_000,
+                so_rcvbuf: 100_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Queues written by the dump come back per socket with their boundaries (the empty
+    /// message too), and a restored pair delivers them in order, each whole.
+    #[test]
+    fn datagram_queues_round_trip_and_refill() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::new(tmp.path());
+        let msgs: Vec<Vec<u8>> = vec![b"one".to_vec(), Vec::new(), vec![7u8; 5000], b"x".to_vec()];
+        let mut d = UnixDump::default();
+        for m in &msgs {
+            d.queues.push((
+                pb::SkPacketEntry {
+                    id_for: 1,
+                    length: m.len() as u32,
+                    scm: Vec::new(),
+                },
+                m.clone(),
+            ));
+        }
+        d.write_images(&dir).unwrap();
+        let queues = QueueImages::load(&dir).unwrap();
+        assert_eq!(queues.of(1), &msgs[..]);
+        assert!(queues.of(2).is_empty());
+
+        let a = sk(1, 100, 101, libc::SOCK_DGRAM);
+        let b = sk(2, 101, 100, libc::SOCK_DGRAM);
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            sockopt::get_int(fds[&2].as_fd(), libc::SO_SNDBUF).unwrap(),
+            100_000
+        );
+        let mut buf = vec![0u8; 10_000];
+        for m in &msgs {
+            let n = socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .unwrap();
+            assert_eq!(&buf[..n], &m[..]);
+        }
+        assert_eq!(
+            socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+    }
+
+    /// A task may lower SO_SNDBUF after its messages were queued: the refill still fits, and
+    /// the saved size is what the socket ends up with.
+    #[test]
+    fn lowered_sndbuf_still_refills() {
+        let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 40_000]).collect();
+        let queues = QueueImages {
+            by_socket: HashMap::from([(1, msgs.clone())]),
+        };
+        let a = sk(1, 100, 101, libc::SOCK_SEQPACKET);
+        let mut b = sk(2, 101, 100, libc::SOCK_SEQPACKET);
+        b.opts.so_sndbuf = 8192;
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            sockopt::get_int(fds[&2].as_fd(), libc::SO_SNDBUF).unwrap(),
+            8192
+        );
+        let mut buf = vec![0u8; 50_000];
+        for m in &msgs {
+            let n = socket::recv(
+                fds[&1].as_raw_fd(),
+                &mut buf,
+                socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .unwrap();
+            assert_eq!(&buf[..n], &m[..]);
+        }
+    }
+
+    #[test]
+    fn named_or_half_pairs_are_not_restored() {
+        let queues = QueueImages::default();
+        let mut named = sk(1, 100, 0, libc::SOCK_STREAM);
+        named.name = b"/tmp/x".to_vec();
+        assert!(open_socket(&named, None, &queues).is_err());
+        let lonely = sk(1, 100, 101, libc::SOCK_STREAM);
+        let e = open_socket(&lonely, None, &queues).unwrap_err().to_string();
+        assert!(e.contains("peer 101"), "{e}");
+    }
+}
