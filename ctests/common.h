@@ -81,7 +81,8 @@ static inline void check_our_library(const void *symbol)
 		exit(2);
 	while (fgets(line, sizeof(line), maps)) {
 		char *path = strchr(line, '/');
-		if (path && strstr(path, "libcriu") && strncmp(path, want, strlen(want)) != 0) {
+		/* The file's name, not its directories: a checkout may live under ".../libcriu/". */
+		if (path && strstr(strrchr(path, '/'), "libcriu") && strncmp(path, want, strlen(want)) != 0) {
 			fprintf(stderr, "another libcriu is mapped: %s", path);
 			exit(2);
 		}
