@@ -86,10 +86,12 @@ fn is_tty(meta: &std::fs::Metadata) -> bool {
 }
 
 /// One task's fd table, dumped: fdinfo entries (fd number, FD_CLOEXEC, file id).
+/// `service_sk_ino`: the RPC server's socket when an RPC client dumps itself (`rpcsk`).
 pub fn dump_fds(
     pid: pid_t,
     files: &mut FileTable,
     shell_job: bool,
+    service_sk_ino: Option<u64>,
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
     // (fd, id) of descriptions seen so far in this task, to find dup()s with kcmp.
@@ -133,7 +135,7 @@ pub fn dump_fds(
         let meta = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
         let ft = meta.file_type();
         let unsupported = |what: String| Err(Error::unsupported(pid, format!("fd {fd}: {what}")));
-        if !target.starts_with('/') {
+        if !target.starts_with('/') && !ft.is_socket() {
             // pipe:[N], socket:[N], anon_inode:[eventfd]...
             return unsupported(format!("{target} (not supported yet)"));
         }
@@ -170,6 +172,11 @@ pub fn dump_fds(
             pb::FdTypes::Reg
         } else if ft.is_fifo() {
             return unsupported(format!("fifo {target} (not supported yet)"));
+        } else if let Some(e) =
+            crate::rpcsk::dump_service_socket(pid, fd, &meta, id, file_flags, service_sk_ino)?
+        {
+            files.entries.push(e);
+            pb::FdTypes::Unixsk
         } else if ft.is_socket() {
             return unsupported(format!("socket {target} (not supported yet)"));
         } else {
@@ -280,6 +287,9 @@ fn open_description(
             })?;
             let fd = nix::unistd::dup(t).map_err(|err| Error::sys("dup terminal", err))?;
             Ok(fd)
+        }
+        (Ok(pb::FdTypes::Unixsk), _) if crate::rpcsk::is_service_socket(e) => {
+            crate::rpcsk::open_service_socket(e)
         }
         _ => Err(Error::InvalidOptions(format!(
             "file {} has type {} which this build cannot restore",

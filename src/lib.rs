@@ -27,6 +27,7 @@ pub mod mem;
 pub mod regs;
 pub mod remote;
 pub mod rpc;
+pub mod rpcsk;
 pub mod signals;
 pub mod sys;
 pub mod timers;

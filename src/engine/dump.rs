@@ -235,7 +235,7 @@ fn dump_task(
     deferred?;
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
-    let fdinfo = files::dump_fds(pid, files, opts.shell_job)?;
+    let fdinfo = files::dump_fds(pid, files, opts.shell_job, opts.rpc_server_socket_ino)?;
 
     // Memory, now that our scratch page is gone again.
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files)?;

@@ -122,6 +122,12 @@ impl Connection {
         let self_dump = req.pid.unwrap_or(0) == 0;
         let leave_running = req.leave_running();
         let result = self.prepare(&req, Purpose::Dump).and_then(|opts| {
+            if self_dump && req.notify_scripts() {
+                // post-dump is sent while the client is frozen: it could never answer.
+                return Err(Error::InvalidOptions(
+                    "notifications cannot be delivered to a process that dumps itself".into(),
+                ));
+            }
             let sk = self.sk.as_fd();
             run_engine(|| engine::dump(&opts, notifier(sk, &req).as_mut()))
         });

@@ -17,3 +17,4 @@ pub mod ptrace;
 pub mod signal;
 pub mod sock;
 pub mod task;
+pub mod unix_diag;

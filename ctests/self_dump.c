@@ -1,0 +1,154 @@
+/*
+ * Self-dump: a process calls criu_dump() without a pid and is dumped, inside that call.
+ *
+ * A child of ours (its own session, stdio on files) fills a buffer with a pattern and calls
+ * criu_dump(). With leave_running the call returns 0 and the child exits 10. Without it the
+ * dump kills the child. Then we restore the images with criu_restore_child(): the restored
+ * process is back inside the same criu_dump() call, which now returns 1 (its socket to the
+ * dumper was rebuilt holding a "restored" answer); it checks its pattern, its pid and its
+ * images-dir fd and exits 11 when all hold. Both with the embedded engine and with the criu
+ * binary given on the command line (criu_set_service_binary), for which the dumper is an exec'd
+ * `criu swrk` detached from the child.
+ *
+ * Usage: self_dump /absolute/path/to/criu
+ */
+#define _GNU_SOURCE
+#include <criu.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "common.h"
+
+#define PATTERN_WORDS (1 << 20)
+
+static char dir[] = "/tmp/criu-rs-selfdump-XXXXXX";
+
+/* The dumped process. Exit codes: 10 first return (0), 11 restored return (1) with intact
+ * state, 12 restored with broken state, 20 + n: criu_dump returned -n. */
+static void self_dumper(const char *img, const char *binary, bool leave_running)
+{
+	uint64_t *pattern = malloc(PATTERN_WORDS * sizeof(uint64_t));
+	pid_t me;
+	int fd, ret, i;
+
+	setsid();
+	fd = open("/dev/null", O_RDWR);
+	dup2(fd, 0);
+	char out[PATH_MAX];
+	snprintf(out, sizeof out, "%s/out", img);
+	fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	close_range(3, ~0U, 0);
+	int images = open(img, O_DIRECTORY);
+	if (!pattern || images < 0)
+		_exit(2);
+	for (i = 0; i < PATTERN_WORDS; i++)
+		pattern[i] = (uint64_t)i * 0x9e3779b97f4a7c15ULL;
+	me = getpid();
+	/* Should the restored process never get its answer, it dies instead of hanging the test
+	 * (the timer is part of what is dumped and restored). */
+	alarm(60);
+
+	if (criu_init_opts())
+		_exit(3);
+	criu_set_images_dir_fd(images);
+	criu_set_log_level(4);
+	criu_set_log_file("dump.log");
+	criu_set_leave_running(leave_running);
+	if (binary)
+		criu_set_service_binary(binary);
+
+	ret = criu_dump();
+
+	if (ret == 0)
+		_exit(10);
+	if (ret != 1)
+		_exit(20 + (-ret & 0x3f));
+	/* Restored: same pid, same memory, and the images fd still names the images dir. */
+	for (i = 0; i < PATTERN_WORDS; i++)
+		if (pattern[i] != (uint64_t)i * 0x9e3779b97f4a7c15ULL)
+			_exit(12);
+	struct stat a, b;
+	if (getpid() != me || fstat(images, &a) || stat(img, &b) || a.st_ino != b.st_ino)
+		_exit(12);
+	_exit(11);
+}
+
+static int exit_code(int status)
+{
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void show_logs(const char *img)
+{
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof cmd, "tail -n 30 %s/dump.log %s/restore.log %s/out", img, img, img);
+	if (system(cmd)) {}
+}
+
+static void run(const char *what, const char *binary, bool leave_running)
+{
+	char img[PATH_MAX];
+	int status, before = failures;
+
+	snprintf(img, sizeof img, "%s/%s-%s", dir, binary ? "binary" : "embedded",
+		 leave_running ? "leave-running" : "killed");
+	mkdir(img, 0755);
+	printf("%s\n", img);
+
+	pid_t pid = fork();
+	if (pid == 0)
+		self_dumper(img, binary, leave_running);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	if (leave_running)
+		CHECK_EQ(exit_code(status), 10); /* criu_dump() returned 0 and it went on */
+	else
+		CHECK_EQ(exit_code(status), 128 + SIGKILL); /* the dump ended it */
+
+	int images = open(img, O_DIRECTORY);
+	CHECK(images >= 0);
+	CHECK_EQ(criu_init_opts(), 0);
+	criu_set_images_dir_fd(images);
+	criu_set_log_level(4);
+	criu_set_log_file("restore.log");
+	if (binary)
+		criu_set_service_binary(binary);
+	pid_t restored = criu_restore_child();
+	CHECK_EQ(restored, pid);
+	if (restored > 0) {
+		CHECK_EQ(waitpid(restored, &status, 0), restored);
+		/* 11: inside the restored process criu_dump() returned 1 and its state held. */
+		CHECK_EQ(exit_code(status), 11);
+	}
+	close(images);
+	if (failures != before) {
+		fprintf(stderr, "%s failed; images and logs in %s\n", what, img);
+		show_logs(img);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	check_our_library((void *)criu_dump);
+	if (argc != 2 || argv[1][0] != '/') {
+		fprintf(stderr, "usage: %s /absolute/path/to/criu\n", argv[0]);
+		return 2;
+	}
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 2;
+	}
+	run("embedded, leave running", NULL, true);
+	run("embedded, killed", NULL, false);
+	run("criu swrk, leave running", argv[1], true);
+	run("criu swrk, killed", argv[1], false);
+	if (!failures) {
+		char cmd[PATH_MAX + 16];
+		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+		if (system(cmd)) {}
+	}
+	return finish("self_dump");
+}
