@@ -477,6 +477,8 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     timing.freezing = t0.elapsed();
     log::info!("froze pid {pid} in {:?}", timing.freezing);
     check_tree(pid, &frozen, opts)?;
+    // CRIU asks an RPC client for external resources once the tree is frozen.
+    notify.notify("query-ext-files", pid, None)?;
 
     let mut files = FileTable::new();
     let mut seccomp = Vec::new();

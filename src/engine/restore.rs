@@ -259,7 +259,10 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             nix::sys::signal::Signal::try_from(sig as i32).ok(),
         );
     }
-    notify.notify("post-resume", child, None)?;
+    // The task runs: like CRIU, a failing post-resume (or pre-resume) is only reported.
+    if let Err(e) = notify.notify("post-resume", child, None) {
+        log::error!("post-resume: {e}");
+    }
     if let Some(p) = &opts.pidfile {
         let path = if p.is_absolute() {
             p.clone()
@@ -756,7 +759,9 @@ fn finalize(
         .and_then(|t| t.blk_sigset)
         .unwrap_or(tc.blk_sigset);
     tracee.set_sigmask(blocked)?;
-    notify.notify("pre-resume", pid, None)?;
+    if let Err(e) = notify.notify("pre-resume", pid, None) {
+        log::error!("pre-resume: {e}");
+    }
     tracee.set_options(PTRACE_O_TRACESYSGOOD)?; // drop EXITKILL: the task is complete
     Tracee::attached(pid).detach(0)?;
     Ok(())
