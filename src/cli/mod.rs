@@ -26,6 +26,7 @@ use crate::kerndat::Caps;
 
 /// Runs the command with `args` (argv without argv[0]) and returns the exit code.
 pub fn run(args: Vec<String>) -> i32 {
+    crate::sys::fd::ensure_std_fds();
     let inv = match parse(&args) {
         Ok(Command::Help) => {
             print_stdout(&help_text());
