@@ -112,7 +112,11 @@ impl Frozen {
             released: false,
         };
         let deadline = Instant::now() + timeout;
-        let state = procfs::stat(pid, None)?.state;
+        // A missing task is CRIU's ESRCH (pycriu: "No process with such pid").
+        let state = match procfs::stat(pid, None) {
+            Err(e) if e.errno() == libc::ENOENT => return Err(Error::task(pid, "no such process")),
+            r => r?.state,
+        };
         if state == 'Z' {
             return Err(Error::task(pid, "is a zombie"));
         }

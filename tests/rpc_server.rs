@@ -263,7 +263,11 @@ fn dump_failure_is_reported_with_errno_and_message() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Dump as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::ENOENT));
+    assert_eq!(
+        resp.cr_errno,
+        Some(libc::ESRCH),
+        "CRIU's errno for a missing task"
+    );
     assert!(resp.cr_errmsg.unwrap().contains("99999999"));
     assert_eq!(resp.dump.unwrap().restored, Some(false));
     assert_eq!(s.finish(), 1);
@@ -283,7 +287,11 @@ fn bad_options_fail_the_request_not_the_server() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Restore as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::EINVAL));
+    assert_eq!(
+        resp.cr_errno,
+        Some(libc::EBADRQC),
+        "CRIU's errno for bad options"
+    );
     assert!(resp.cr_errmsg.unwrap().contains("log_file"));
     assert_eq!(resp.restore.unwrap().pid, -1);
     assert_eq!(s.finish(), 1);

@@ -124,7 +124,7 @@ impl Connection {
         let result = self.prepare(&req, Purpose::Dump).and_then(|opts| {
             if self_dump && req.notify_scripts() {
                 // post-dump is sent while the client is frozen: it could never answer.
-                return Err(Error::InvalidOptions(
+                return Err(Error::BadRequest(
                     "notifications cannot be delivered to a process that dumps itself".into(),
                 ));
             }
@@ -265,7 +265,16 @@ impl Connection {
     /// Request options to engine options, plus what only the server knows, and the log opened
     /// in the work dir. Unlike CRIU we do not chdir there: every path handed to the engine is
     /// absolute already, and the embedded helper and tests share no cwd assumptions.
+    /// Failures are CRIU's EBADRQC, except options this build does not implement yet.
     fn prepare(&self, req: &CriuOpts, purpose: Purpose) -> Result<Options> {
+        self.prepare_options(req, purpose).map_err(|e| match e {
+            Error::OptionNotSupported(_) => e,
+            Error::InvalidOptions(msg) => Error::BadRequest(msg),
+            e => Error::BadRequest(e.to_string()),
+        })
+    }
+
+    fn prepare_options(&self, req: &CriuOpts, purpose: Purpose) -> Result<Options> {
         let client = Client {
             fds: ClientFds::Peer(self.peer_pid),
             is_parent: self.is_parent,
