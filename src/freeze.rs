@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::inject::restart_adjusted;
 use crate::sys::ptrace::{
-    wait_tid, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
 };
 
 pub struct FrozenThread {
@@ -80,10 +80,18 @@ fn seize_thread(tid: pid_t) -> Result<Option<Tracee>> {
 }
 
 /// Waits for the interrupt stop of a freshly seized thread, re-delivering signals that arrive
-/// first. Returns the group-stop signal when the thread was in a job-control stop.
-fn wait_frozen(t: &Tracee) -> Result<Option<i32>> {
+/// first. Returns the group-stop signal when the thread was in a job-control stop. Past
+/// `deadline` (the --timeout, criu_set_timeout) it fails with ETIMEDOUT; the thread then stays
+/// attached until we exit (ptrace cannot detach a thread that is not stopped).
+fn wait_frozen(t: &Tracee, deadline: Instant) -> Result<Option<i32>> {
     loop {
-        match t.wait()? {
+        let stop = wait_tid_until(t.tid, deadline)?.ok_or_else(|| {
+            Error::sys(
+                format!("pid {} did not stop before the freeze timeout", t.tid),
+                Errno::ETIMEDOUT,
+            )
+        })?;
+        match stop {
             Stop::Event(sig) => {
                 return Ok(match sig {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Some(sig),
@@ -144,7 +152,7 @@ impl Frozen {
             if Instant::now() > deadline {
                 // Detach what we have; dropping Tracees does not detach, so do it here.
                 for t in attached {
-                    let _ = wait_frozen(&t);
+                    let _ = wait_frozen(&t, Instant::now() + Duration::from_secs(1));
                     let _ = t.detach(0);
                 }
                 return Err(Error::task(
@@ -162,11 +170,11 @@ impl Frozen {
         for t in attached {
             if result.is_err() {
                 // Already failing: still wait for the stop so that detaching works.
-                let _ = wait_frozen(&t);
+                let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
                 let _ = t.detach(0);
                 continue;
             }
-            match wait_frozen(&t).and_then(|stop| {
+            match wait_frozen(&t, deadline).and_then(|stop| {
                 let regs = t.get_regs()?;
                 let sigmask = t.get_sigmask()?;
                 Ok((stop, regs, sigmask))
