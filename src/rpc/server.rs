@@ -199,10 +199,12 @@ impl Connection {
         result.is_ok()
     }
 
-    /// CHECK: the options (and log file) must be usable. The engine has no kernel check of its
-    /// own yet; when it gets one, it is called here.
+    /// CHECK: the options (and log file) must be usable, and this kernel must offer what dump
+    /// and restore need (CRIU runs its `criu check` here).
     fn check(&mut self, req: CriuOpts) -> bool {
-        let result = self.prepare(&req, Purpose::Check).map(|_| ());
+        let result = self
+            .prepare(&req, Purpose::Check)
+            .and_then(|_| run_engine(kernel_check));
         self.send(&outcome(CriuReqType::Check, result.as_ref().err()));
         result.is_ok()
     }
@@ -318,6 +320,22 @@ impl Connection {
             }
         }
     }
+}
+
+/// What `criu check` reports as missing for dump or restore, as one error.
+fn kernel_check() -> Result<()> {
+    let k = crate::kerndat::get();
+    let mut missing = k.missing_for_dump();
+    missing.extend(k.missing_for_restore());
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::sys(
+        format!("this kernel lacks {}", missing.join(", ")),
+        Errno::ENOSYS,
+    ))
 }
 
 /// The notifier for a request: round trips with the client if it asked for notifications.
