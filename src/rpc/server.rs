@@ -298,6 +298,12 @@ impl Connection {
             self.peer_pid,
             opts.images_dir.display()
         );
+        if purpose != Purpose::Check {
+            if let Some(why) = crate::kerndat::privilege_problem(opts.unprivileged) {
+                log::error!("{why}");
+                return Err(Error::BadRequest(why));
+            }
+        }
         Ok(opts)
     }
 
@@ -333,7 +339,10 @@ fn kernel_check() -> Result<()> {
         return Ok(());
     }
     Err(Error::sys(
-        format!("this kernel lacks {}", missing.join(", ")),
+        format!(
+            "dump and restore cannot work here: no {}",
+            missing.join(", ")
+        ),
         Errno::ENOSYS,
     ))
 }
