@@ -5,7 +5,9 @@
  *   criu_restore_child(), which makes the task our child again;
  * - criu_set_service_binary(our criu): the same through `criu swrk`;
  * - criu_set_service_address(): a `criu service --address` we start; criu_restore() restores
- *   the task detached (a child of the service's worker, reparented to us, a subreaper).
+ *   the task detached (a child of the service's worker, reparented to us, a subreaper);
+ * - criu_set_service_fd(): a socket to a `criu swrk` we start ourselves, one per operation (the
+ *   library closes it after each); criu_restore() again.
  *
  * Each time a child running the basic workload (ctests/workloads/basic.c) is dumped (which
  * kills it) and restored under its pid; the restored task checks its own state on SIGUSR1 and
@@ -16,44 +18,37 @@
 #define _GNU_SOURCE
 #include <criu.h>
 #include <sys/prctl.h>
-#include <sys/un.h>
 
 #include "common.h"
 #include "workload.h"
 
 static char top[] = "/tmp/criu-rs-ctest-XXXXXX";
 
-enum way { EMBEDDED, BINARY, SERVICE };
-static const char *way_name[] = { "embedded", "criu swrk", "criu service" };
+enum way { EMBEDDED, BINARY, SERVICE, FD };
+static const char *way_name[] = { "embedded", "criu swrk", "criu service", "service fd" };
 
-/* Starts `criu service --address DIR/criu.sock` and waits until it accepts connections. */
-static pid_t start_service(const char *criu, const char *sock_path)
+/* Starts `criu swrk` on one end of a new socket pair; returns the other end. */
+static int start_swrk(const char *criu, pid_t *pid)
 {
-	pid_t pid = fork();
-	if (pid == 0) {
-		close_range(3, ~0U, 0);
-		execl(criu, criu, "service", "--address", sock_path, (char *)NULL);
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv))
+		return -1;
+	*pid = fork();
+	if (*pid == 0) {
+		char fd[16];
+		snprintf(fd, sizeof fd, "%d", sv[1]);
+		close(sv[0]);
+		execl(criu, criu, "swrk", fd, (char *)NULL);
 		_exit(127);
 	}
-	for (int i = 0; i < 10000; i++) {
-		int sk = socket(AF_UNIX, SOCK_SEQPACKET, 0);
-		struct sockaddr_un addr = { .sun_family = AF_UNIX };
-		strncpy(addr.sun_path, sock_path, sizeof addr.sun_path - 1);
-		int ok = connect(sk, (struct sockaddr *)&addr, sizeof addr) == 0;
-		close(sk);
-		if (ok)
-			return pid;
-		usleep(1000);
-	}
-	fprintf(stderr, "criu service did not start\n");
-	kill(pid, SIGKILL);
-	exit(1);
+	close(sv[1]);
+	return sv[0];
 }
 
 static void round_trip(enum way way, const char *workload, const char *criu)
 {
 	char dir[256], img[PATH_MAX], sock_path[PATH_MAX];
-	pid_t service = -1;
+	pid_t service = -1, swrk = -1;
 	int before = failures, status;
 
 	snprintf(dir, sizeof dir, "%s/%d", top, way);
@@ -76,6 +71,9 @@ static void round_trip(enum way way, const char *workload, const char *criu)
 		service = start_service(criu, sock_path);
 		CHECK_EQ(criu_set_service_address(sock_path), 0);
 		break;
+	case FD:
+		criu_set_service_fd(start_swrk(criu, &swrk));
+		break;
 	}
 	criu_set_pid(pid);
 	criu_set_images_dir_fd(img_fd);
@@ -92,11 +90,20 @@ static void round_trip(enum way way, const char *workload, const char *criu)
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 
+	if (way == FD) {
+		/* That swrk served its one request and is gone; the restore gets a new one. */
+		CHECK_EQ(waitpid(swrk, &status, 0), swrk);
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		criu_set_service_fd(start_swrk(criu, &swrk));
+	}
 	CHECK_EQ(criu_set_log_file("restore.log"), 0);
-	pid_t restored = way == SERVICE ? criu_restore() : criu_restore_child();
+	bool detached = way == SERVICE || way == FD;
+	pid_t restored = detached ? criu_restore() : criu_restore_child();
 	CHECK_EQ(restored, pid);
+	if (way == FD)
+		CHECK_EQ(waitpid(swrk, &status, 0), swrk);
 	if (restored > 0) {
-		if (way != SERVICE) {
+		if (!detached) {
 			/* A child of ours at once: waitpid works on it. */
 			CHECK_EQ(waitpid(restored, &status, WNOHANG), 0);
 		}
@@ -134,6 +141,7 @@ int main(int argc, char **argv)
 	round_trip(EMBEDDED, argv[1], argv[2]);
 	round_trip(BINARY, argv[1], argv[2]);
 	round_trip(SERVICE, argv[1], argv[2]);
+	round_trip(FD, argv[1], argv[2]);
 	if (!failures) {
 		char cmd[PATH_MAX + 16];
 		snprintf(cmd, sizeof cmd, "rm -rf %s", top);

@@ -6,9 +6,10 @@
  * dump kills the child. Then we restore the images with criu_restore_child(): the restored
  * process is back inside the same criu_dump() call, which now returns 1 (its socket to the
  * dumper was rebuilt holding a "restored" answer); it checks its pattern, its pid and its
- * images-dir fd and exits 11 when all hold. Both with the embedded engine and with the criu
- * binary given on the command line (criu_set_service_binary), for which the dumper is an exec'd
- * `criu swrk` detached from the child.
+ * images-dir fd and exits 11 when all hold. With the embedded engine, with the criu binary given
+ * on the command line (criu_set_service_binary: the dumper is an exec'd `criu swrk` detached
+ * from the child), and with a `criu service` we start (criu_set_service_address; the restore is
+ * then criu_restore(), detached, and the restored process comes to us, a subreaper).
  *
  * Usage: self_dump /absolute/path/to/criu
  */
@@ -16,18 +17,35 @@
 #include <criu.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "common.h"
+#include "workload.h"
 
 #define PATTERN_WORDS (1 << 20)
 
 static char dir[] = "/tmp/criu-rs-selfdump-XXXXXX";
 
+/* How the library reaches a server: nothing set (embedded), a binary, or a service address. */
+struct way {
+	const char *name;
+	const char *binary;
+	const char *address;
+};
+
+static void use(const struct way *way)
+{
+	if (way->binary)
+		criu_set_service_binary(way->binary);
+	if (way->address)
+		criu_set_service_address(way->address);
+}
+
 /* The dumped process. Exit codes: 10 first return (0), 11 restored return (1) with intact
  * state, 12 restored with broken state, 20 + n: criu_dump returned -n. */
-static void self_dumper(const char *img, const char *binary, bool leave_running)
+static void self_dumper(const char *img, const struct way *way, bool leave_running)
 {
 	uint64_t *pattern = malloc(PATTERN_WORDS * sizeof(uint64_t));
 	pid_t me;
@@ -58,8 +76,7 @@ static void self_dumper(const char *img, const char *binary, bool leave_running)
 	criu_set_log_level(4);
 	criu_set_log_file("dump.log");
 	criu_set_leave_running(leave_running);
-	if (binary)
-		criu_set_service_binary(binary);
+	use(way);
 
 	ret = criu_dump();
 
@@ -89,19 +106,19 @@ static void show_logs(const char *img)
 	if (system(cmd)) {}
 }
 
-static void run(const char *what, const char *binary, bool leave_running)
+static void run(const struct way *way, bool leave_running)
 {
 	char img[PATH_MAX];
 	int status, before = failures;
 
-	snprintf(img, sizeof img, "%s/%s-%s", dir, binary ? "binary" : "embedded",
+	snprintf(img, sizeof img, "%s/%s-%s", dir, way->name,
 		 leave_running ? "leave-running" : "killed");
 	mkdir(img, 0755);
 	printf("%s\n", img);
 
 	pid_t pid = fork();
 	if (pid == 0)
-		self_dumper(img, binary, leave_running);
+		self_dumper(img, way, leave_running);
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
 	if (leave_running)
 		CHECK_EQ(exit_code(status), 10); /* criu_dump() returned 0 and it went on */
@@ -114,18 +131,19 @@ static void run(const char *what, const char *binary, bool leave_running)
 	criu_set_images_dir_fd(images);
 	criu_set_log_level(4);
 	criu_set_log_file("restore.log");
-	if (binary)
-		criu_set_service_binary(binary);
-	pid_t restored = criu_restore_child();
+	use(way);
+	/* A service cannot make the task our child: it restores detached, and we reap it as
+	 * the subreaper once its worker is gone. */
+	pid_t restored = way->address ? criu_restore() : criu_restore_child();
 	CHECK_EQ(restored, pid);
 	if (restored > 0) {
-		CHECK_EQ(waitpid(restored, &status, 0), restored);
 		/* 11: inside the restored process criu_dump() returned 1 and its state held. */
-		CHECK_EQ(exit_code(status), 11);
+		CHECK_EQ(wait_code(restored), 11);
 	}
 	close(images);
 	if (failures != before) {
-		fprintf(stderr, "%s failed; images and logs in %s\n", what, img);
+		fprintf(stderr, "%s, %s failed; images and logs in %s\n", way->name,
+			leave_running ? "leave running" : "killed", img);
 		show_logs(img);
 	}
 }
@@ -141,10 +159,24 @@ int main(int argc, char **argv)
 		perror("mkdtemp");
 		return 2;
 	}
-	run("embedded, leave running", NULL, true);
-	run("embedded, killed", NULL, false);
-	run("criu swrk, leave running", argv[1], true);
-	run("criu swrk, killed", argv[1], false);
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1)) {
+		perror("PR_SET_CHILD_SUBREAPER");
+		return 2;
+	}
+	char sock_path[PATH_MAX];
+	snprintf(sock_path, sizeof sock_path, "%s/criu.sock", dir);
+	pid_t service = start_service(argv[1], sock_path);
+	const struct way ways[] = {
+		{ "embedded", NULL, NULL },
+		{ "swrk", argv[1], NULL },
+		{ "service", NULL, sock_path },
+	};
+	for (size_t i = 0; i < sizeof ways / sizeof ways[0]; i++) {
+		run(&ways[i], true);
+		run(&ways[i], false);
+	}
+	kill(service, SIGTERM);
+	waitpid(service, NULL, 0);
 	if (!failures) {
 		char cmd[PATH_MAX + 16];
 		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
