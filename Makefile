@@ -58,6 +58,10 @@ demo:
 	$(CARGO) build --release --bin criu
 	CRIU=$(RELEASE)/criu ./scripts/demo.sh
 
+bench:
+	$(CARGO) build --release --bin criu --example bench
+	$(RELEASE)/examples/bench
+
 # Debian's crit, to prove our images are CRIU images (tests/crit_images.rs).
 crit:
 	./scripts/get-crit.sh

@@ -11,13 +11,9 @@ fn cap_words(v: u64) -> Vec<u32> {
     vec![v as u32, (v >> 32) as u32]
 }
 
-pub fn dump(remote: &Remote, st: &Status) -> Result<pb::CredsEntry> {
-    let secbits = remote.syscall(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )?;
-    Ok(pb::CredsEntry {
+/// The credentials /proc shows; securebits (which it does not) are filled in by the caller.
+pub fn from_status(st: &Status) -> pb::CredsEntry {
+    pb::CredsEntry {
         uid: st.uids[0],
         euid: st.uids[1],
         suid: st.uids[2],
@@ -31,11 +27,11 @@ pub fn dump(remote: &Remote, st: &Status) -> Result<pb::CredsEntry> {
         cap_eff: cap_words(st.cap_eff),
         cap_bnd: cap_words(st.cap_bnd),
         cap_amb: cap_words(st.cap_amb),
-        secbits: secbits as u32,
+        secbits: 0,
         groups: st.groups.clone(),
         no_new_privs: Some(u32::from(st.no_new_privs)),
         ..Default::default()
-    })
+    }
 }
 
 pub fn dump_rlimits(remote: &Remote) -> Result<pb::TaskRlimitsEntry> {

@@ -21,6 +21,9 @@ pub struct FileTable {
     next_id: u32,
     /// Regular files referenced by path only (mappings, cwd, root, exe): path+flags → id.
     by_path: HashMap<(String, u32), u32>,
+    /// Open file descriptions already dumped, by inode: (pid, fd, id). Another fd on the same
+    /// inode may be the same description (dup, fork, SCM_RIGHTS): kcmp tells.
+    by_ino: HashMap<u64, Vec<(pid_t, i32, u32)>>,
 }
 
 impl FileTable {
@@ -94,8 +97,6 @@ pub fn dump_fds(
     service_sk_ino: Option<u64>,
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
-    // (fd, id) of descriptions seen so far in this task, to find dup()s with kcmp.
-    let mut seen: Vec<(i32, u32)> = Vec::new();
     for fd in procfs::fds(pid)? {
         let link = format!("/proc/{pid}/fd/{fd}");
         let target = match procfs::readlink(&link) {
@@ -111,8 +112,13 @@ pub fn dump_fds(
         let file_flags = info.flags & !(libc::O_CLOEXEC as u32);
 
         let mut shared_id = None;
-        for &(other_fd, id) in &seen {
-            if kcmp::same_file(pid, fd, pid, other_fd)? {
+        for &(other_pid, other_fd, id) in files
+            .by_ino
+            .get(&info.ino)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            if kcmp::same_file(pid, fd, other_pid, other_fd)? {
                 shared_id = Some(id);
                 break;
             }
@@ -182,7 +188,11 @@ pub fn dump_fds(
         } else {
             return unsupported(format!("{target} of an unsupported file type"));
         };
-        seen.push((fd, id));
+        files
+            .by_ino
+            .entry(info.ino)
+            .or_default()
+            .push((pid, fd, id));
         out.push(pb::FdinfoEntry {
             id,
             flags: fd_flags,

@@ -27,6 +27,8 @@ pub struct FrozenThread {
 
 pub struct FrozenTask {
     pub pid: pid_t,
+    /// Parent in the dumped tree (0 for the root).
+    pub ppid: pid_t,
     /// Leader first.
     pub threads: Vec<FrozenThread>,
     /// The job-control stop the task was in before we came, if any (restored stopped).
@@ -39,8 +41,28 @@ impl FrozenTask {
     }
 }
 
+/// A dead child nobody has waited for yet: it stays a zombie through dump and restore.
+#[derive(Clone, Debug)]
+pub struct Zombie {
+    pub pid: pid_t,
+    pub ppid: pid_t,
+    pub stat: procfs::Stat,
+}
+
+/// Where each process of the tree stands in CRIU's pstree order (a parent before its children).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Member {
+    /// Index into `Frozen::tasks`.
+    Alive(usize),
+    /// Index into `Frozen::zombies`.
+    Zombie(usize),
+}
+
 pub struct Frozen {
     pub tasks: Vec<FrozenTask>,
+    pub zombies: Vec<Zombie>,
+    /// Every process of the tree, parents before children (depth first, as CRIU writes them).
+    pub order: Vec<Member>,
     pub frozen_at: Instant,
     released: bool,
 }
@@ -110,99 +132,156 @@ fn wait_frozen(t: &Tracee, deadline: Instant) -> Result<Option<i32>> {
     }
 }
 
+/// Freezes one process and all its threads; None when it is a zombie or gone.
+fn freeze_one(pid: pid_t, ppid: pid_t, deadline: Instant) -> Result<Option<FrozenTask>> {
+    match procfs::stat(pid, None) {
+        Ok(s) if s.state == 'Z' || s.state == 'X' => {
+            if procfs::threads(pid).map(|t| t.len()).unwrap_or(0) > 1 {
+                return Err(Error::unsupported(
+                    pid,
+                    "a dead thread-group leader with live threads",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(_) => {}
+        Err(_) => return Ok(None),
+    }
+    let mut task = FrozenTask {
+        pid,
+        ppid,
+        threads: Vec::new(),
+        stop_signo: None,
+    };
+    let mut attached: Vec<Tracee> = Vec::new();
+    let give_up = |attached: Vec<Tracee>| {
+        // Dropping Tracees does not detach: do it here.
+        for t in attached {
+            let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
+            let _ = t.detach(0);
+        }
+    };
+    loop {
+        let tids = match procfs::threads(pid) {
+            Ok(t) => t,
+            Err(e) => {
+                give_up(attached);
+                return Err(e);
+            }
+        };
+        let mut new = 0;
+        for tid in tids {
+            if attached.iter().any(|t| t.tid == tid) {
+                continue;
+            }
+            match seize_thread(tid) {
+                Ok(Some(t)) => {
+                    attached.push(t);
+                    new += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    give_up(attached);
+                    return Err(e);
+                }
+            }
+        }
+        if new == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            give_up(attached);
+            return Err(Error::task(
+                pid,
+                "threads kept appearing: could not freeze in time",
+            ));
+        }
+    }
+    if !attached.iter().any(|t| t.tid == pid) {
+        // The leader died meanwhile.
+        give_up(attached);
+        return Ok(None);
+    }
+    // Leader first.
+    attached.sort_by_key(|t| (t.tid != pid, t.tid));
+    let mut result = Ok(());
+    for t in attached {
+        if result.is_err() {
+            // Already failing: still wait for the stop so that detaching works.
+            let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
+            let _ = t.detach(0);
+            continue;
+        }
+        match wait_frozen(&t, deadline).and_then(|stop| Ok((stop, t.get_regs()?, t.get_sigmask()?)))
+        {
+            Ok((stop, regs, sigmask)) => {
+                if t.tid == pid {
+                    task.stop_signo = stop;
+                }
+                task.threads.push(FrozenThread {
+                    tracee: t,
+                    regs,
+                    sigmask,
+                    deferred: Vec::new(),
+                });
+            }
+            Err(e) => {
+                let _ = t.detach(0);
+                result = Err(e);
+            }
+        }
+    }
+    if let Err(e) = result {
+        for th in task.threads {
+            let _ = release_thread(th);
+        }
+        return Err(e);
+    }
+    Ok(Some(task))
+}
+
 impl Frozen {
-    /// Freezes `pid` and all its threads. Threads created while we attach are picked up by
-    /// listing until the set is stable (a stopped thread cannot clone).
-    pub fn freeze_process(pid: pid_t, timeout: Duration) -> Result<Frozen> {
+    /// Freezes the tree below `root`: each process with all its threads, then its children.
+    /// A process frozen cannot fork, so listing its children after freezing it finds them all;
+    /// threads created while we attach are picked up by listing until the set is stable.
+    pub fn freeze_tree(root: pid_t, timeout: Duration) -> Result<Frozen> {
         let mut frozen = Frozen {
             tasks: Vec::new(),
+            zombies: Vec::new(),
+            order: Vec::new(),
             frozen_at: Instant::now(),
             released: false,
         };
         let deadline = Instant::now() + timeout;
-        // A missing task is CRIU's ESRCH (pycriu: "No process with such pid").
-        let state = match procfs::stat(pid, None) {
-            Err(e) if e.errno() == libc::ENOENT => return Err(Error::task(pid, "no such process")),
-            r => r?.state,
-        };
-        if state == 'Z' {
-            return Err(Error::task(pid, "is a zombie"));
-        }
-        let mut task = FrozenTask {
-            pid,
-            threads: Vec::new(),
-            stop_signo: None,
-        };
-        let mut attached: Vec<Tracee> = Vec::new();
-        loop {
-            let tids = procfs::threads(pid)?;
-            let mut new = 0;
-            for tid in tids {
-                if attached.iter().any(|t| t.tid == tid) {
-                    continue;
+        let mut todo = vec![(root, 0)];
+        while let Some((pid, ppid)) = todo.pop() {
+            // On error `frozen` is dropped, which resumes every task already stopped.
+            match freeze_one(pid, ppid, deadline)? {
+                Some(task) => {
+                    let children = procfs::children(pid)?;
+                    frozen.order.push(Member::Alive(frozen.tasks.len()));
+                    frozen.tasks.push(task);
+                    todo.extend(children.into_iter().rev().map(|c| (c, pid)));
                 }
-                if let Some(t) = seize_thread(tid)? {
-                    attached.push(t);
-                    new += 1;
-                }
-            }
-            if new == 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                // Detach what we have; dropping Tracees does not detach, so do it here.
-                for t in attached {
-                    let _ = wait_frozen(&t, Instant::now() + Duration::from_secs(1));
-                    let _ = t.detach(0);
-                }
-                return Err(Error::task(
-                    pid,
-                    "threads kept appearing: could not freeze in time",
-                ));
-            }
-        }
-        if !attached.iter().any(|t| t.tid == pid) {
-            return Err(Error::task(pid, "no such process"));
-        }
-        // Leader first.
-        attached.sort_by_key(|t| (t.tid != pid, t.tid));
-        let mut result = Ok(());
-        for t in attached {
-            if result.is_err() {
-                // Already failing: still wait for the stop so that detaching works.
-                let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
-                let _ = t.detach(0);
-                continue;
-            }
-            match wait_frozen(&t, deadline).and_then(|stop| {
-                let regs = t.get_regs()?;
-                let sigmask = t.get_sigmask()?;
-                Ok((stop, regs, sigmask))
-            }) {
-                Ok((stop, regs, sigmask)) => {
-                    if t.tid == pid {
-                        task.stop_signo = stop;
+                None => match procfs::stat(pid, None) {
+                    Ok(stat) if stat.state == 'Z' && pid != root => {
+                        frozen.order.push(Member::Zombie(frozen.zombies.len()));
+                        frozen.zombies.push(Zombie { pid, ppid, stat });
                     }
-                    task.threads.push(FrozenThread {
-                        tracee: t,
-                        regs,
-                        sigmask,
-                        deferred: Vec::new(),
-                    });
-                }
-                Err(e) => {
-                    let _ = t.detach(0);
-                    result = Err(e);
-                }
+                    Ok(stat) if stat.state == 'Z' => return Err(Error::task(pid, "is a zombie")),
+                    _ if pid == root => return Err(Error::task(pid, "no such process")),
+                    // Gone before we got to it: it exited with SIGCHLD ignored, nobody waits.
+                    _ => {}
+                },
             }
         }
-        frozen.tasks.push(task);
         frozen.frozen_at = Instant::now();
-        if let Err(e) = result {
-            drop(frozen); // resumes the threads already stopped
-            return Err(e);
-        }
         Ok(frozen)
+    }
+
+    /// Every task of the tree, in pstree order, with its pstree parent.
+    pub fn alive(&self) -> impl Iterator<Item = &FrozenTask> {
+        self.tasks.iter()
     }
 
     /// Lets every task run on as if nothing happened.
@@ -232,7 +311,8 @@ impl Frozen {
                 nix::unistd::Pid::from_raw(task.pid),
                 nix::sys::signal::SIGKILL,
             );
-            for th in task.threads {
+            // Other threads first: the leader is only reported once they are all gone.
+            for th in task.threads.into_iter().rev() {
                 // The exit is reported to us as tracer; the real parent still reaps.
                 loop {
                     match wait_tid(th.tracee.tid) {

@@ -4,7 +4,6 @@
 //! task, fills it from the pages file, and the tracer moves it into place with mremap.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
 use libc::pid_t;
@@ -96,6 +95,7 @@ pub fn collect_vmas(
     skip: (u64, u64),
     start_stack: u64,
     files: &mut FileTable,
+    shared: &mut Vec<SharedObject>,
 ) -> Result<Vec<pb::VmaEntry>> {
     let mut out: Vec<pb::VmaEntry> = Vec::new();
     for m in maps {
@@ -141,6 +141,24 @@ pub fn collect_vmas(
                 e.status |= VMA_AREA_VVAR;
             }
             "[uprobes]" => return Err(unsupported("uprobes are not supported")),
+            // MAP_SHARED|MAP_ANONYMOUS memory: a shmem object, identified by its inode.
+            _ if m.shared
+                && (m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:")) =>
+            {
+                let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let meta = std::fs::metadata(&map_file)
+                    .map_err(|err| Error::io(format!("stat {map_file}"), err))?;
+                e.flags |= libc::MAP_ANONYMOUS as u32;
+                e.status |= VMA_ANON_SHARED;
+                e.shmid = meta.ino();
+                shared.push(SharedObject {
+                    shmid: meta.ino(),
+                    size: meta.size(),
+                    pid,
+                    start: m.start,
+                    end: m.end,
+                });
+            }
             _ if m.is_file() && !m.name.starts_with('[') => {
                 if m.name.ends_with(" (deleted)") {
                     return Err(unsupported("mapped deleted files are not supported yet"));
@@ -214,12 +232,79 @@ pub fn collect_vmas(
     Ok(out)
 }
 
+/// A shared anonymous memory object (one shmem inode) seen in some task's VMA.
+#[derive(Clone, Debug)]
+pub struct SharedObject {
+    pub shmid: u64,
+    pub size: u64,
+    /// A task and VMA through which its contents can be read.
+    pub pid: pid_t,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Writes the contents of each distinct shared object once: pagemap-shmem-SHMID.img (offsets in
+/// the object as vaddr, as CRIU does) and a pages file. Holes stay holes (SEEK_DATA/SEEK_HOLE on
+/// the object itself, which also finds pages no task has mapped right now).
+pub fn dump_shared(
+    objects: &[SharedObject],
+    dir: &crate::images::ImageDir,
+    first_pages_id: u32,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut done: Vec<u64> = Vec::new();
+    let mut pages_id = first_pages_id;
+    let mut written = 0;
+    for o in objects {
+        if done.contains(&o.shmid) {
+            continue;
+        }
+        done.push(o.shmid);
+        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
+        let obj = File::open(&path).map_err(|e| Error::io(format!("open {path}"), e))?;
+        let mut pm = dir.create(crate::images::Kind::ShmemPagemap, o.shmid)?;
+        pm.write(&pb::PagemapHead { pages_id })?;
+        let pages_path = dir.file(&crate::images::pages_file_name(pages_id));
+        let out = File::create(&pages_path)
+            .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
+        let size = o.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let mut out_off = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        for (start, end) in crate::sys::fd::data_ranges(&obj, size)? {
+            let nr = (end - start) / PAGE_SIZE;
+            pm.write(&pb::PagemapEntry {
+                vaddr: start,
+                compat_nr_pages: u32::try_from(nr).unwrap_or(0),
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(nr),
+            })?;
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(CHUNK);
+                obj.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| Error::io(format!("read {path}"), e))?;
+                out.write_all_at(&buf[..n], out_off)
+                    .map_err(|e| Error::io("write pages image", e))?;
+                out_off += n as u64;
+                at += n as u64;
+            }
+            written += nr;
+        }
+        pm.finish()?;
+        pages_id += 1;
+    }
+    Ok(written)
+}
+
 /// Page counts for stats-dump.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageStats {
     pub scanned: u64,
     pub written: u64,
     pub skipped_parent: u64,
+    /// Pages recorded as the parent task's (PE_COW), not written again.
+    pub cow: u64,
 }
 
 /// A run of pages to save: (vma index, start, end).
@@ -269,29 +354,197 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
     Ok((runs, scanned))
 }
 
-/// Copies the private pages of a frozen task into `out` (pages-N.img) and returns the
-/// pagemap entries describing them, in file order.
-pub fn dump_pages(
+/// Threads that copy a frozen task's memory into the image: a copy into new page-cache pages
+/// costs more in page allocation than in the copy, and two cores allocate twice as fast.
+const COPY_THREADS: usize = 2;
+
+/// A piece of memory to copy: source address, length, offset in the pages file, and whether to
+/// read it through /proc/PID/mem (pages without PROT_READ, and pages shared copy-on-write:
+/// process_vm_readv pins pages, and pinning a shared anonymous page unshares it, which would
+/// copy the task's memory under it).
+type Piece = (u64, u64, u64, bool);
+
+/// How a page is saved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Save {
+    /// The parent task's page: recorded, not written (PE_COW).
+    Cow,
+    /// Written, read with process_vm_readv.
+    Pinned,
+    /// Written, read through /proc/PID/mem.
+    Unpinned,
+}
+
+/// What a task's memory dump will write, decided while every task of the tree is frozen and
+/// before any page of any task is read (reading can unshare pages and so hide sharing).
+pub struct PagePlan {
+    pid: pid_t,
+    pub entries: Vec<pb::PagemapEntry>,
+    pieces: Vec<Piece>,
+    bytes: u64,
+    pub stats: PageStats,
+}
+
+/// Plans a task's memory dump. With `parent` (its parent task and that one's VMAs), pages
+/// still shared with the parent are recorded as the parent's.
+pub fn plan_pages(
     pid: pid_t,
     vmas: &[pb::VmaEntry],
-    out: &mut File,
-) -> Result<(Vec<pb::PagemapEntry>, PageStats)> {
+    parent: Option<(pid_t, &[pb::VmaEntry])>,
+) -> Result<PagePlan> {
+    use crate::sys::pagemap::{exclusive_or_swapped, same_frame, PagemapEntries};
     let pagemap = Pagemap::open(pid)?;
     let (runs, scanned) = pages_to_save(pid, &pagemap, vmas)?;
-    let mut entries = Vec::with_capacity(runs.len());
-    let mut stats = PageStats {
-        scanned,
-        ..Default::default()
+    let inherited = match parent {
+        Some((_, pv)) => inherited_from(vmas, pv),
+        None => vec![None; vmas.len()],
     };
+    let mine = PagemapEntries::open(pid)?;
+    let theirs = match parent {
+        Some((ppid, _)) => Some(PagemapEntries::open(ppid)?),
+        None => None,
+    };
+    // Runs of pages saved the same way: (vma, start, end, how).
+    let mut parts: Vec<(usize, u64, u64, Save)> = Vec::with_capacity(runs.len());
+    for (i, start, end) in runs {
+        let readable = vmas[i].prot & libc::PROT_READ as u32 != 0;
+        let own = mine.read(start, end)?;
+        let parents = match (&theirs, inherited[i]) {
+            (Some(t), Some(_)) => Some(t.read(start, end)?),
+            _ => None,
+        };
+        for (k, e) in own.iter().enumerate() {
+            let addr = start + k as u64 * PAGE_SIZE;
+            let how = if parents.as_ref().is_some_and(|p| same_frame(*e, p[k])) {
+                Save::Cow
+            } else if readable && exclusive_or_swapped(*e) {
+                Save::Pinned
+            } else {
+                Save::Unpinned
+            };
+            match parts.last_mut() {
+                Some(last) if last.0 == i && last.2 == addr && last.3 == how => {
+                    last.2 = addr + PAGE_SIZE
+                }
+                _ => parts.push((i, addr, addr + PAGE_SIZE, how)),
+            }
+        }
+    }
+    let mut plan = PagePlan {
+        pid,
+        entries: Vec::with_capacity(parts.len()),
+        pieces: Vec::with_capacity(parts.len()),
+        bytes: 0,
+        stats: PageStats {
+            scanned,
+            ..Default::default()
+        },
+    };
+    for (_, start, end, how) in parts {
+        let nr = (end - start) / PAGE_SIZE;
+        let flags = if how == Save::Cow {
+            crate::images::PE_COW
+        } else {
+            PE_PRESENT
+        };
+        match plan.entries.last_mut() {
+            // Adjacent pages written either way share one entry.
+            Some(last)
+                if flags == PE_PRESENT
+                    && last.flags == Some(PE_PRESENT)
+                    && last.vaddr + last.nr_pages.unwrap_or(0) * PAGE_SIZE == start =>
+            {
+                let n = last.nr_pages.unwrap_or(0) + nr;
+                last.nr_pages = Some(n);
+                last.compat_nr_pages = u32::try_from(n).unwrap_or(0);
+            }
+            _ => plan.entries.push(pb::PagemapEntry {
+                vaddr: start,
+                // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
+                compat_nr_pages: u32::try_from(nr).unwrap_or(0),
+                in_parent: None,
+                flags: Some(flags),
+                nr_pages: Some(nr),
+            }),
+        }
+        if how == Save::Cow {
+            plan.stats.cow += nr;
+            continue;
+        }
+        plan.stats.written += nr;
+        plan.pieces
+            .push((start, end - start, plan.bytes, how == Save::Unpinned));
+        plan.bytes += end - start;
+    }
+    Ok(plan)
+}
+
+/// Copies the planned pages of a frozen task into `out` (its pages-N.img).
+pub fn copy_pages(plan: &PagePlan, out: &File) -> Result<()> {
+    let pid = plan.pid;
+    out.set_len(plan.bytes)
+        .map_err(|e| Error::io("size the pages image", e))?;
+    let parts = split_by_bytes(&plan.pieces, plan.bytes, COPY_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| scope.spawn(move || copy_pieces(pid, p, out)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::task(pid, "memory copy thread panicked")))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
+
+/// Splits pieces into `n` parts of about equal bytes, cutting pieces at page boundaries.
+fn split_by_bytes(pieces: &[Piece], total: u64, n: usize) -> Vec<Vec<Piece>> {
+    let share = (total / n as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut parts: Vec<Vec<Piece>> = vec![Vec::new(); n];
+    let (mut part, mut used) = (0usize, 0u64);
+    for &(addr, len, off, via_mem) in pieces {
+        let (mut a, mut l, mut o) = (addr, len, off);
+        while l > 0 {
+            let room = if part + 1 == n {
+                l
+            } else {
+                share.saturating_sub(used).min(l)
+            };
+            if room == 0 {
+                part += 1;
+                used = 0;
+                continue;
+            }
+            parts[part].push((a, room, o, via_mem));
+            (a, l, o) = (a + room, l - room, o + room);
+            used += room;
+        }
+    }
+    parts
+}
+
+/// Copies pieces from the task into the pages file at their offsets, CHUNK bytes per
+/// process_vm_readv (pages without PROT_READ through /proc/PID/mem).
+fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &File) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; CHUNK];
     let mut proc_mem: Option<ProcMem> = None;
-    // Batch readable runs into CHUNK-sized process_vm_readv calls.
+    let write = |buf: &[u8], off: u64| {
+        out.write_all_at(buf, off)
+            .map_err(|e| Error::io("write pages image", e))
+    };
+    // Consecutive readable pieces are batched into one call, up to CHUNK bytes.
     let mut batch: Vec<(u64, usize)> = Vec::new();
-    let mut batch_len = 0usize;
+    let (mut batch_len, mut batch_off) = (0usize, 0u64);
     let flush = |batch: &mut Vec<(u64, usize)>,
                  batch_len: &mut usize,
-                 buf: &mut [u8],
-                 out: &mut File|
+                 batch_off: u64,
+                 buf: &mut [u8]|
      -> Result<()> {
         if *batch_len == 0 {
             return Ok(());
@@ -303,49 +556,39 @@ pub fn dump_pages(
                 format!("memory changed while frozen: read {n} of {batch_len} bytes"),
             ));
         }
-        out.write_all(&buf[..*batch_len])
-            .map_err(|e| Error::io("write pages image", e))?;
+        write(&buf[..*batch_len], batch_off)?;
         batch.clear();
         *batch_len = 0;
         Ok(())
     };
-    for (i, start, end) in runs {
-        let v = &vmas[i];
-        let nr = (end - start) / PAGE_SIZE;
-        entries.push(pb::PagemapEntry {
-            vaddr: start,
-            // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
-            compat_nr_pages: u32::try_from(nr).unwrap_or(0),
-            in_parent: None,
-            flags: Some(PE_PRESENT),
-            nr_pages: Some(nr),
-        });
-        stats.written += nr;
-        let readable = v.prot & libc::PROT_READ as u32 != 0;
-        let mut addr = start;
-        while addr < end {
-            let len = ((end - addr) as usize).min(CHUNK);
-            if readable {
-                if batch_len + len > CHUNK {
-                    flush(&mut batch, &mut batch_len, &mut buf, out)?;
+    for &(start, len, off, via_mem) in pieces {
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(CHUNK);
+            let (addr, at) = (start + done, off + done);
+            if !via_mem {
+                // A batch must be contiguous in the file.
+                if batch_len + n > CHUNK || (batch_len > 0 && batch_off + batch_len as u64 != at) {
+                    flush(&mut batch, &mut batch_len, batch_off, &mut buf)?;
                 }
-                batch.push((addr, len));
-                batch_len += len;
+                if batch_len == 0 {
+                    batch_off = at;
+                }
+                batch.push((addr, n));
+                batch_len += n;
             } else {
-                flush(&mut batch, &mut batch_len, &mut buf, out)?;
+                flush(&mut batch, &mut batch_len, batch_off, &mut buf)?;
                 let pm = match &proc_mem {
                     Some(p) => p,
                     None => proc_mem.insert(ProcMem::open(pid, false)?),
                 };
-                pm.read_exact_at(&mut buf[..len], addr)?;
-                out.write_all(&buf[..len])
-                    .map_err(|e| Error::io("write pages image", e))?;
+                pm.read_exact_at(&mut buf[..n], addr)?;
+                write(&buf[..n], at)?;
             }
-            addr += len as u64;
+            done += n as u64;
         }
     }
-    flush(&mut batch, &mut batch_len, &mut buf, out)?;
-    Ok((entries, stats))
+    flush(&mut batch, &mut batch_len, batch_off, &mut buf)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,12 +608,16 @@ const HIGH_LIMIT: u64 = 0x7fff_ff00_0000;
 /// final layout of the task.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The whole reserved region (shared by every task of the tree).
     pub base: u64,
     pub len: u64,
     /// `syscall; int3` page the tracer runs syscalls from, followed by CTRL_DATA_SIZE of data.
     pub ctrl: u64,
     /// A free stretch for moving the vdso when its old and new places overlap.
     pub bounce: u64,
+    /// Stacks of the threads the new task starts before the tracer takes over
+    /// (THREAD_STACK bytes each).
+    pub stacks: u64,
     /// Temporary address of each VMA that is built and moved (index into the VMA list).
     pub temps: Vec<(usize, u64)>,
 }
@@ -381,9 +628,10 @@ impl Layout {
     }
 }
 
-/// VMAs the restored task builds itself (everything but vdso, vvar and vsyscall).
+/// VMAs built at their own temporary address (everything but vdso, vvar, vsyscall, and shared
+/// anonymous memory, which is built once per object and mapped into each VMA).
 pub fn is_built(e: &pb::VmaEntry) -> bool {
-    e.status & VMA_AREA_REGULAR != 0 && !is_vdso_or_vvar(e)
+    e.status & VMA_AREA_REGULAR != 0 && !is_vdso_or_vvar(e) && e.status & VMA_ANON_SHARED == 0
 }
 
 fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
@@ -398,16 +646,50 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Result<Layout> {
+/// A parked thread only sits in pause(): it never touches its stack.
+pub const THREAD_STACK: u64 = PAGE_SIZE;
+
+/// One task to lay out: its VMAs and how many threads it has besides the leader.
+pub struct LayoutRequest<'a> {
+    pub vmas: &'a [pb::VmaEntry],
+    pub threads: usize,
+    /// VMAs the task inherits from its parent: they use the parent's build address.
+    pub inherited: &'a [bool],
+}
+
+/// Plans the build areas of every task of a tree inside one reserved region, free in the
+/// restorer (whose address space each task starts with) and in every task's final layout (each
+/// task carries the others' build areas until it drops the whole region at the end).
+/// Also places the shared objects (`shared`: sizes), returning their temporary addresses.
+pub fn plan_layouts(
+    tasks: &[LayoutRequest],
+    shared: &[u64],
+    own: &[MapEntry],
+    vdso_len: u64,
+) -> Result<(Vec<Layout>, Vec<u64>)> {
     // Size: each VMA at an address congruent to its final one modulo 2 MiB (so transparent
     // huge pages stay huge and mremap can move whole page tables), plus a guard page between.
-    let mut need = PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
-    for e in vmas.iter().filter(|e| is_built(e)) {
-        need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
+    let mut need: u64 = shared
+        .iter()
+        .map(|s| s.div_ceil(PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE)
+        .sum();
+    for t in tasks {
+        need += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE + vdso_len + PAGE_SIZE;
+        need += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
+        for (_, e) in t
+            .vmas
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| is_built(e) && !t.inherited[*i])
+        {
+            need += (e.end - e.start) + TWO_MB + PAGE_SIZE;
+        }
     }
     need = need.div_ceil(TWO_MB) * TWO_MB;
     let mut busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
-    busy.extend(vmas.iter().map(|e| (e.start, e.end)));
+    for t in tasks {
+        busy.extend(t.vmas.iter().map(|e| (e.start, e.end)));
+    }
     busy.push((0, LOW_LIMIT));
     busy.push((HIGH_LIMIT, u64::MAX));
     let busy = merge(busy);
@@ -423,33 +705,103 @@ pub fn plan_layout(vmas: &[pb::VmaEntry], own: &[MapEntry], vdso_len: u64) -> Re
     }
     let base = base.ok_or_else(|| {
         Error::InvalidOptions(format!(
-            "no free address range of {need:#x} bytes to build the task in"
+            "no free address range of {need:#x} bytes to build the tasks in"
         ))
     })?;
     let mut at = base;
-    let ctrl = at;
-    at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
-    let bounce = at;
-    at += vdso_len + PAGE_SIZE;
-    let mut temps = Vec::new();
-    for (i, e) in vmas.iter().enumerate().filter(|(_, e)| is_built(e)) {
-        // Next address >= at with the same offset in a 2 MiB frame as e.start.
-        let want = e.start % TWO_MB;
-        let mut t = (at / TWO_MB) * TWO_MB + want;
-        if t < at {
-            t += TWO_MB;
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let ctrl = at;
+        at += PAGE_SIZE + CTRL_DATA_SIZE + PAGE_SIZE;
+        let bounce = at;
+        at += vdso_len + PAGE_SIZE;
+        let stacks = at;
+        at += t.threads as u64 * THREAD_STACK + PAGE_SIZE;
+        let mut temps = Vec::new();
+        for (i, e) in t
+            .vmas
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| is_built(e) && !t.inherited[*i])
+        {
+            // Next address >= at with the same offset in a 2 MiB frame as e.start.
+            let want = e.start % TWO_MB;
+            let mut tmp = (at / TWO_MB) * TWO_MB + want;
+            if tmp < at {
+                tmp += TWO_MB;
+            }
+            temps.push((i, tmp));
+            at = tmp + (e.end - e.start) + PAGE_SIZE;
         }
-        temps.push((i, t));
-        at = t + (e.end - e.start) + PAGE_SIZE;
+        out.push(Layout {
+            base,
+            len: need,
+            ctrl,
+            bounce,
+            stacks,
+            temps,
+        });
+    }
+    let mut shared_at = Vec::with_capacity(shared.len());
+    for s in shared {
+        shared_at.push(at);
+        at += s.div_ceil(PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE;
     }
     debug_assert!(at <= base + need);
-    Ok(Layout {
-        base,
-        len: need,
-        ctrl,
-        bounce,
-        temps,
-    })
+    Ok((out, shared_at))
+}
+
+/// Builds a shared anonymous object at `addr` (`size` bytes) and fills it from its pages.
+pub fn premap_shared(
+    addr: u64,
+    size: u64,
+    pagemap: &[pb::PagemapEntry],
+    pages: &File,
+) -> Result<u64> {
+    use crate::sys::mm;
+    let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    mm::mmap_fixed(
+        addr,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        None,
+        0,
+    )?;
+    let mut segments = Vec::new();
+    let mut off = 0;
+    for pe in pagemap {
+        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
+        if pe.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        if pe.vaddr + nr * PAGE_SIZE > len {
+            return Err(Error::InvalidOptions(format!(
+                "shared memory pages at {:#x} beyond its size {len:#x}",
+                pe.vaddr
+            )));
+        }
+        segments.push((addr + pe.vaddr, nr * PAGE_SIZE, off));
+        off += nr * PAGE_SIZE;
+    }
+    fill_parallel(&segments, pages)?;
+    Ok(off / PAGE_SIZE)
+}
+
+/// The madvise() calls a saved madv bitmap stands for.
+pub fn madvise_list(madv: u64) -> impl Iterator<Item = i32> {
+    [
+        libc::MADV_SEQUENTIAL,
+        libc::MADV_RANDOM,
+        libc::MADV_DONTFORK,
+        libc::MADV_DONTDUMP,
+        libc::MADV_MERGEABLE,
+        libc::MADV_HUGEPAGE,
+        libc::MADV_NOHUGEPAGE,
+        libc::MADV_WIPEONFORK,
+    ]
+    .into_iter()
+    .filter(move |a| madv & (1 << a) != 0)
 }
 
 fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {
@@ -470,7 +822,69 @@ fn madvise_bits(addr: u64, len: u64, madv: u64) -> Result<()> {
     Ok(())
 }
 
-/// In the new task: maps every VMA at its temporary address and fills the saved pages.
+/// The saved pages of a task in pagemap order: (VMA index, address, length, offset in the pages
+/// file). Runs are cut at VMA boundaries.
+pub fn page_segments(
+    vmas: &[pb::VmaEntry],
+    pagemap: &[pb::PagemapEntry],
+) -> Result<Vec<(usize, u64, u64, u64)>> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    for pe in pagemap {
+        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
+        let flags = pe.flags.unwrap_or(PE_PRESENT);
+        if flags & PE_PRESENT == 0 {
+            if flags & crate::images::PE_PARENT != 0 {
+                return Err(Error::InvalidOptions(
+                    "pages in a parent image are not supported yet".into(),
+                ));
+            }
+            continue;
+        }
+        let mut addr = pe.vaddr;
+        let end = pe.vaddr + nr * PAGE_SIZE;
+        while addr < end {
+            let i = vmas
+                .iter()
+                .position(|v| v.start <= addr && addr < v.end)
+                .ok_or_else(|| {
+                    Error::InvalidOptions(format!(
+                        "page {addr:#x} of the pagemap is outside every VMA"
+                    ))
+                })?;
+            let n = end.min(vmas[i].end) - addr;
+            out.push((i, addr, n, off));
+            off += n;
+            addr += n;
+        }
+    }
+    Ok(out)
+}
+
+/// Ranges the pagemap marks as the parent task's pages (PE_COW).
+pub fn cow_ranges(pagemap: &[pb::PagemapEntry]) -> Vec<(u64, u64)> {
+    pagemap
+        .iter()
+        .filter(|pe| pe.flags.unwrap_or(PE_PRESENT) & crate::images::PE_COW != 0)
+        .map(|pe| {
+            (
+                pe.vaddr,
+                pe.vaddr + pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64) * PAGE_SIZE,
+            )
+        })
+        .collect()
+}
+
+/// madvise bits that must not be set before the fork that hands the memory to the task
+/// (MADV_DONTFORK would keep it from the task, MADV_WIPEONFORK would empty it): the tracer sets
+/// them in the task itself.
+pub const MADV_AFTER_FORK: u64 = (1 << libc::MADV_DONTFORK) | (1 << libc::MADV_WIPEONFORK);
+
+/// Maps every VMA at its temporary address and fills the saved pages. The restorer does this in
+/// its own address space before it forks the tasks, which inherit the result: the filling can
+/// use several threads (fresh pages cost more than the copy into them). VMAs a task inherits
+/// from its parent (`inherited[i]`) are not built here: the task gets its parent's copy and
+/// patches it itself (`apply_inherited`), so pages still shared stay shared.
 /// `open_file` opens the file behind a file mapping (by files.img id) with the given flags.
 pub fn premap(
     vmas: &[pb::VmaEntry],
@@ -478,25 +892,30 @@ pub fn premap(
     pagemap: &[pb::PagemapEntry],
     pages: &File,
     open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
+    inherited: &[bool],
 ) -> Result<u64> {
     use crate::sys::mm;
     use std::os::fd::AsFd;
 
-    // Which VMAs receive pages: they need PROT_WRITE while we fill them.
     let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
-    let mut filled = vec![false; vmas.len()];
-    for pe in pagemap {
-        if pe.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
-            continue;
-        }
-        let end = pe.vaddr + pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64) * PAGE_SIZE;
-        for (i, v) in vmas.iter().enumerate() {
-            if v.start < end && pe.vaddr < v.end {
-                filled[i] = true;
-            }
+    let segments = page_segments(vmas, pagemap)?;
+    for (s, e) in cow_ranges(pagemap) {
+        let inside = vmas
+            .iter()
+            .enumerate()
+            .any(|(i, v)| inherited[i] && v.start <= s && e <= v.end);
+        if !inside {
+            return Err(Error::InvalidOptions(format!(
+                "pages {s:#x}-{e:#x} are recorded as the parent's, but the parent has no such memory"
+            )));
         }
     }
-    for &(i, temp) in &layout.temps {
+    // VMAs that receive pages need PROT_WRITE while we fill them.
+    let mut filled = vec![false; vmas.len()];
+    for s in &segments {
+        filled[s.0] = true;
+    }
+    for &(i, temp) in layout.temps.iter().filter(|t| !inherited[t.0]) {
         let v = &vmas[i];
         let len = v.end - v.start;
         let prot = v.prot as i32;
@@ -543,51 +962,191 @@ pub fn premap(
             )));
         }
     }
-    // Fill from the pages file, in pagemap order.
-    let mut off = 0u64;
-    let mut restored = 0u64;
-    for pe in pagemap {
-        let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
-        let flags = pe.flags.unwrap_or(PE_PRESENT);
-        if flags & PE_PRESENT == 0 {
-            if flags & crate::images::PE_PARENT != 0 {
-                return Err(Error::InvalidOptions(
-                    "pages in a parent image are not supported yet".into(),
-                ));
-            }
-            continue;
-        }
-        let mut addr = pe.vaddr;
-        let end = pe.vaddr + nr * PAGE_SIZE;
-        while addr < end {
-            let i = vmas
-                .iter()
-                .position(|v| v.start <= addr && addr < v.end)
-                .ok_or_else(|| {
-                    Error::InvalidOptions(format!(
-                        "page {addr:#x} of the pagemap is outside every VMA"
-                    ))
-                })?;
-            let temp = temp_of(i).ok_or_else(|| {
-                Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages"))
-            })?;
-            let v = &vmas[i];
-            let n = end.min(v.end) - addr;
-            mm::pread_to(pages.as_fd(), temp + (addr - v.start), n, off)?;
-            off += n;
-            addr += n;
-            restored += n / PAGE_SIZE;
-        }
+    let mut fill = Vec::with_capacity(segments.len());
+    let mut restored = 0;
+    for &(i, addr, len, off) in segments.iter().filter(|s| !inherited[s.0]) {
+        let temp = temp_of(i).ok_or_else(|| {
+            Error::InvalidOptions(format!("page {addr:#x} lies in a VMA that holds no pages"))
+        })?;
+        fill.push((temp + (addr - vmas[i].start), len, off));
+        restored += len / PAGE_SIZE;
     }
-    for &(i, temp) in &layout.temps {
+    fill_parallel(&fill, pages)?;
+    for &(i, temp) in layout.temps.iter().filter(|t| !inherited[t.0]) {
         let v = &vmas[i];
         let len = v.end - v.start;
         if filled[i] && v.status & VMA_FILE_SHARED == 0 {
             mm::mprotect(temp, len, v.prot as i32)?;
         }
         if let Some(m) = v.madv {
-            madvise_bits(temp, len, m)?;
+            madvise_bits(temp, len, m & !MADV_AFTER_FORK)?;
         }
     }
     Ok(restored)
+}
+
+/// Counts for stats-restore.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CowStats {
+    pub compared: u64,
+    pub shared: u64,
+    pub restored: u64,
+}
+
+/// In a task, after its fork: turns the copies of its parent's VMAs it inherited into its own
+/// (`inherited[i]`): pages whose saved content equals what was inherited stay shared with the
+/// parent (copy-on-write, as before the checkpoint), others are written, and pages the parent
+/// has but the task had not are dropped.
+pub fn apply_inherited(
+    vmas: &[pb::VmaEntry],
+    layout: &Layout,
+    pagemap: &[pb::PagemapEntry],
+    parent_vmas: &[pb::VmaEntry],
+    parent_pagemap: &[pb::PagemapEntry],
+    pages: &File,
+    inherited: &[bool],
+) -> Result<CowStats> {
+    use crate::sys::mm;
+    use std::os::unix::fs::FileExt;
+    let mut stats = CowStats::default();
+    if !inherited.iter().any(|&x| x) {
+        return Ok(stats);
+    }
+    let temp_of = |i: usize| {
+        layout
+            .temps
+            .iter()
+            .find(|t| t.0 == i)
+            .map(|t| t.1)
+            .expect("planned")
+    };
+    let mine = page_segments(vmas, pagemap)?;
+    let theirs = page_segments(parent_vmas, parent_pagemap)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, v) in vmas.iter().enumerate().filter(|(i, _)| inherited[*i]) {
+        let temp = temp_of(i);
+        let len = v.end - v.start;
+        let writable = v.prot & libc::PROT_WRITE as u32 != 0;
+        if !writable {
+            mm::mprotect(
+                temp,
+                len,
+                v.prot as i32 | libc::PROT_READ | libc::PROT_WRITE,
+            )?;
+        }
+        let mut have: Vec<(u64, u64)> = Vec::new();
+        for &(_, addr, n, off) in mine.iter().filter(|s| s.0 == i) {
+            have.push((addr, addr + n));
+            let mut done = 0;
+            while done < n {
+                let chunk = (n - done).min(buf.len() as u64) as usize;
+                pages
+                    .read_exact_at(&mut buf[..chunk], off + done)
+                    .map_err(|e| Error::io("read pages image", e))?;
+                for page in buf[..chunk].chunks_exact(PAGE_SIZE as usize).enumerate() {
+                    let at = temp + (addr - v.start) + done + page.0 as u64 * PAGE_SIZE;
+                    stats.compared += 1;
+                    if mm::equals(at, page.1) {
+                        stats.shared += 1;
+                    } else {
+                        mm::write_to(at, page.1);
+                        stats.restored += 1;
+                    }
+                }
+                done += chunk as u64;
+            }
+        }
+        // Pages that stay the parent's, as they were at checkpoint time.
+        let within = |r: &(u64, u64)| v.start <= r.0 && r.1 <= v.end;
+        have.extend(cow_ranges(pagemap).into_iter().filter(within));
+        have.sort_unstable();
+        // Pages the parent had here and we did not: ours were empty.
+        let mut had: Vec<(u64, u64)> = theirs
+            .iter()
+            .filter(|s| parent_vmas[s.0].start == v.start)
+            .map(|&(_, a, n, _)| (a, a + n))
+            .collect();
+        had.extend(cow_ranges(parent_pagemap).into_iter().filter(within));
+        for r in had {
+            for (s, e) in subtract(r, &have) {
+                mm::madvise(temp + (s - v.start), e - s, libc::MADV_DONTNEED)?;
+            }
+        }
+        if !writable {
+            mm::mprotect(temp, len, v.prot as i32)?;
+        }
+    }
+    Ok(stats)
+}
+
+/// Parts of range `r` not covered by the sorted, disjoint `cover`.
+fn subtract(r: (u64, u64), cover: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = r.0;
+    for &(s, e) in cover {
+        if e <= at || s >= r.1 {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < r.1 {
+        out.push((at, r.1));
+    }
+    out
+}
+
+/// Which of a task's VMAs it inherits from its parent's: same place, same size, both private
+/// anonymous memory with the same flags.
+pub fn inherited_from(vmas: &[pb::VmaEntry], parent: &[pb::VmaEntry]) -> Vec<Option<usize>> {
+    vmas.iter()
+        .map(|v| {
+            if v.status & VMA_ANON_PRIVATE == 0 || !is_built(v) {
+                return None;
+            }
+            parent.iter().position(|p| {
+                p.start == v.start
+                    && p.end == v.end
+                    && p.flags == v.flags
+                    && p.status & VMA_ANON_PRIVATE != 0
+                    && is_built(p)
+            })
+        })
+        .collect()
+}
+
+/// Threads that fill memory from the pages file: each takes a share of the bytes.
+const FILL_THREADS: usize = 2;
+
+/// Reads each (address, length, file offset) segment of the pages file into memory.
+fn fill_parallel(segments: &[(u64, u64, u64)], pages: &File) -> Result<()> {
+    use std::os::fd::AsFd;
+    let pieces: Vec<Piece> = segments.iter().map(|&(a, l, o)| (a, l, o, true)).collect();
+    let total: u64 = segments.iter().map(|s| s.1).sum();
+    let parts = split_by_bytes(&pieces, total, FILL_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                scope.spawn(move || -> Result<()> {
+                    for &(addr, len, off, _) in p {
+                        crate::sys::mm::pread_to(pages.as_fd(), addr, len, off)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidOptions("memory fill thread panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
 }

@@ -34,6 +34,11 @@ impl<'a> Remote<'a> {
         Ok(Remote { inj, scratch, pid })
     }
 
+    /// Another thread of the same process, using the scratch area `start` mapped.
+    pub fn borrowed(inj: Injector<'a>, pid: pid_t, scratch: u64) -> Remote<'a> {
+        Remote { inj, scratch, pid }
+    }
+
     pub fn pid(&self) -> pid_t {
         self.pid
     }

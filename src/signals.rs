@@ -61,6 +61,19 @@ pub fn restore_actions(actions: &[pb::SaEntry]) -> Result<()> {
     Ok(())
 }
 
+/// A saved siginfo as the kernel takes it back, or None for signals that cannot be queued
+/// (SIGKILL, SIGSTOP, garbage).
+pub fn queueable(si: &pb::SiginfoEntry) -> Option<(i32, [u8; 128])> {
+    let mut info = [0u8; 128];
+    let n = si.siginfo.len().min(128);
+    info[..n].copy_from_slice(&si.siginfo[..n]);
+    let signo = i32::from_ne_bytes(info[0..4].try_into().unwrap());
+    if signo == libc::SIGKILL || signo == libc::SIGSTOP || signo <= 0 || signo > SIGMAX as i32 {
+        return None;
+    }
+    Some((signo, info))
+}
+
 /// Restored-task side: queue the saved pending signals to ourselves (all signals are blocked
 /// until the final mask is loaded, so nothing is delivered early).
 pub fn restore_pending(
@@ -71,13 +84,9 @@ pub fn restore_pending(
 ) -> Result<()> {
     let Some(q) = queue else { return Ok(()) };
     for si in &q.signals {
-        let mut info = [0u8; 128];
-        let n = si.siginfo.len().min(128);
-        info[..n].copy_from_slice(&si.siginfo[..n]);
-        let signo = i32::from_ne_bytes(info[0..4].try_into().unwrap());
-        if signo == libc::SIGKILL || signo == libc::SIGSTOP || signo <= 0 || signo > SIGMAX as i32 {
+        let Some((signo, info)) = queueable(si) else {
             continue;
-        }
+        };
         crate::sys::signal::queue_to_self(
             pid,
             if shared { None } else { Some(tid) },

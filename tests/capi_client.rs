@@ -1,7 +1,7 @@
 //! The C API called from Rust, through the default embedded server: a helper forked from this
 //! multi-threaded test process runs the RPC server. The C tests in ctests/ cover the rest.
 
-use std::ffi::{c_int, CString};
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::ptr::null_mut;
 
@@ -64,13 +64,13 @@ fn dump_reports_the_engines_failure() {
     let o = Opts::new();
     unsafe {
         criu_local_set_images_dir_fd(o.0, dir.as_raw_fd());
-        criu_local_set_pid(o.0, std::process::id() as c_int);
+        // Above pid_max: never a process. The request runs and the engine fails.
+        criu_local_set_pid(o.0, 99_999_999);
         criu_local_set_leave_running(o.0, true.into());
         let log = CString::new("capi-dump-test.log").unwrap();
         assert_eq!(criu_local_set_log_file(o.0, log.as_ptr()), 0);
-        // The engine's dump is not there yet: the request runs and fails.
         assert_eq!(criu_local_dump(o.0), -libc::EBADE);
-        assert_eq!(errno(), libc::EOPNOTSUPP);
+        assert_eq!(errno(), libc::ESRCH);
     }
     let _ = std::fs::remove_file(std::env::temp_dir().join("capi-dump-test.log"));
 }

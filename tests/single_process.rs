@@ -188,10 +188,19 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "no complete-looking image"
     );
     assert_running_untraced(pid);
-    let beat: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(100));
-    let later: u64 = s.read("beat").trim().parse().unwrap_or(0);
-    assert!(later > beat, "the task stopped making progress");
+    // The file is rewritten (truncated first) every 5 ms: read until a number shows up.
+    let beat = || loop {
+        if let Ok(n) = s.read("beat").trim().parse::<u64>() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let first = beat();
+    let t0 = std::time::Instant::now();
+    while beat() <= first {
+        assert!(t0.elapsed() < T, "the task stopped making progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(kill(pid, libc::SIGKILL));
     let _ = child.wait();
 }

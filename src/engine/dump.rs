@@ -10,8 +10,8 @@ use crate::creds;
 use crate::engine::{DumpOutcome, Notify};
 use crate::error::{Error, Result};
 use crate::files::{self, FileTable};
-use crate::freeze::{Frozen, FrozenTask};
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::freeze::{Frozen, FrozenTask, Member, Zombie};
+use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
 use crate::mem;
 use crate::options::Options;
 use crate::pb;
@@ -20,10 +20,12 @@ use crate::regs;
 use crate::remote::Remote;
 use crate::signals;
 use crate::sys::inject::{find_syscall_insn, restart_adjusted, Injector};
+use crate::sys::ptrace::Tracee;
 use crate::sys::task as systask;
 use crate::timers;
 
 pub const TASK_ALIVE: u32 = 1;
+pub const TASK_DEAD: u32 = 2;
 pub const TASK_STOPPED: u32 = 3;
 
 /// Everything one process contributes to the images, gathered while it is frozen.
@@ -33,7 +35,7 @@ struct TaskImages {
     cores: Vec<(pid_t, pb::CoreEntry)>,
     ids: pb::TaskKobjIdsEntry,
     mm: pb::MmEntry,
-    pagemap: Vec<pb::PagemapEntry>,
+    pages: mem::PagePlan,
     pages_id: u32,
     fs: pb::FsEntry,
     fdinfo: Vec<pb::FdinfoEntry>,
@@ -47,6 +49,7 @@ struct Timing {
     memdump: Duration,
     memwrite: Duration,
     stats: mem::PageStats,
+    shpages_written: u64,
 }
 
 fn prctl_get(remote: &Remote, what: &str, option: i32) -> Result<u64> {
@@ -67,8 +70,10 @@ fn prctl_get_ptr(remote: &Remote, what: &str, option: i32, size: usize) -> Resul
     Ok(u64::from_ne_bytes(w))
 }
 
-fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Result<Option<u32>> {
-    let t = &task.leader().tracee;
+/// The seccomp filters of one thread, appended to `filters` in CRIU's layout (newest first, each
+/// older filter's `prev` naming the one written before it); returns the index the thread points
+/// at (its oldest filter).
+fn dump_seccomp(t: &Tracee, filters: &mut Vec<pb::SeccompFilter>) -> Result<Option<u32>> {
     let mut chain = Vec::new();
     let mut idx = 0;
     while let Some(insns) = t.seccomp_filter(idx)? {
@@ -79,8 +84,6 @@ fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Resu
     if chain.is_empty() {
         return Ok(None);
     }
-    // CRIU's layout: newest first; each older filter's `prev` names the one written before it,
-    // and the thread points at the oldest.
     let base = filters.len() as u32;
     for (i, (insns, flags)) in chain.into_iter().enumerate() {
         filters.push(pb::SeccompFilter {
@@ -90,6 +93,167 @@ fn dump_seccomp(task: &FrozenTask, filters: &mut Vec<pb::SeccompFilter>) -> Resu
         });
     }
     Ok(Some(filters.len() as u32 - 1))
+}
+
+/// What only a syscall run inside a thread tells.
+struct ThreadQueries {
+    pdeath: u32,
+    tid_addr: u64,
+    sas: pb::ThreadSasEntry,
+    secbits: u32,
+}
+
+fn query_thread(remote: &Remote) -> Result<ThreadQueries> {
+    let pdeath = prctl_get_ptr(remote, "prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG, 4)?;
+    let tid_addr = prctl_get_ptr(
+        remote,
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::PR_GET_TID_ADDRESS,
+        8,
+    )?;
+    let secbits = prctl_get(remote, "prctl(PR_GET_SECUREBITS)", libc::PR_GET_SECUREBITS)?;
+    remote.syscall(
+        "sigaltstack(query)",
+        libc::SYS_sigaltstack,
+        [0, remote.addr(0), 0, 0, 0, 0],
+    )?;
+    let ss = remote.read(0, 24)?;
+    Ok(ThreadQueries {
+        pdeath: pdeath as u32,
+        tid_addr,
+        secbits: secbits as u32,
+        sas: pb::ThreadSasEntry {
+            ss_sp: u64::from_ne_bytes(ss[0..8].try_into().unwrap()),
+            ss_flags: u32::from_ne_bytes(ss[8..12].try_into().unwrap()),
+            ss_size: u64::from_ne_bytes(ss[16..24].try_into().unwrap()),
+        },
+    })
+}
+
+/// What only a syscall run inside the process tells (process-wide state).
+struct ProcessQueries {
+    sigactions: Vec<pb::SaEntry>,
+    timers: pb::TaskTimersEntry,
+    rlimits: pb::TaskRlimitsEntry,
+    dumpable: u64,
+    thp_disabled: bool,
+    subreaper: bool,
+    brk: u64,
+}
+
+fn query_process(remote: &Remote) -> Result<ProcessQueries> {
+    Ok(ProcessQueries {
+        sigactions: signals::dump_actions(remote)?,
+        timers: timers::dump(remote)?,
+        rlimits: creds::dump_rlimits(remote)?,
+        dumpable: prctl_get(remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?,
+        thp_disabled: prctl_get(
+            remote,
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::PR_GET_THP_DISABLE,
+        )? != 0,
+        subreaper: prctl_get_ptr(
+            remote,
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::PR_GET_CHILD_SUBREAPER,
+            4,
+        )? != 0,
+        brk: remote.syscall("brk(0)", libc::SYS_brk, [0; 6])?,
+    })
+}
+
+/// Runs the per-thread queries in every thread, and the process-wide ones in the leader, with
+/// one scratch page. Each thread gets its registers and signal mask back as soon as we are done
+/// with it: should we die later, the kernel detaches it and it must resume intact.
+fn query_all(
+    task: &mut FrozenTask,
+    syscall_ip: u64,
+) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
+    let pid = task.pid;
+    let leader = task.leader();
+    leader.tracee.set_sigmask(!0)?;
+    let remote = Remote::start(Injector::new(&leader.tracee, leader.regs, syscall_ip), pid)?;
+    let scratch = remote.scratch_range().0;
+    let gathered = (|| -> Result<_> {
+        let process = query_process(&remote)?;
+        let mut threads = vec![query_thread(&remote)?];
+        for th in task.threads.iter().skip(1) {
+            th.tracee.set_sigmask(!0)?;
+            let r = Remote::borrowed(Injector::new(&th.tracee, th.regs, syscall_ip), pid, scratch);
+            let q = query_thread(&r);
+            let deferred = r.deferred_signals();
+            th.tracee.set_regs(&restart_adjusted(&th.regs))?;
+            th.tracee.set_sigmask(th.sigmask)?;
+            if !deferred.is_empty() {
+                return Err(Error::task(
+                    th.tracee.tid,
+                    format!("signals {deferred:?} arrived while frozen; retry the dump"),
+                ));
+            }
+            threads.push(q?);
+        }
+        Ok((process, threads))
+    })();
+    let deferred = remote.finish();
+    task.threads[0]
+        .deferred
+        .extend(deferred.as_deref().unwrap_or(&[]));
+    let leader = task.leader();
+    leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
+    leader.tracee.set_sigmask(leader.sigmask)?;
+    deferred?;
+    gathered
+}
+
+/// One thread's core image.
+#[allow(clippy::too_many_arguments)]
+fn thread_core(
+    pid: pid_t,
+    th: &crate::freeze::FrozenThread,
+    q: &ThreadQueries,
+    seccomp_filters: &mut Vec<pb::SeccompFilter>,
+) -> Result<(pb::ThreadInfoX86, pb::ThreadCoreEntry)> {
+    let tid = th.tracee.tid;
+    let t = &th.tracee;
+    let status = procfs::status(pid, Some(tid))?;
+    let mut creds = creds::from_status(&status);
+    creds.secbits = q.secbits;
+    let rseq = t.rseq_config()?;
+    let (policy, prio, nice) = systask::sched(tid)?;
+    let (rla, rla_len) = systask::robust_list(tid)?;
+    let mut gp = restart_adjusted(&th.regs);
+    gp.orig_rax = th.regs.orig_rax;
+    let xstate = t.get_xstate()?;
+    let comm = procfs::read_trimmed(pid, &format!("task/{tid}/comm"))?;
+    let info = pb::ThreadInfoX86 {
+        clear_tid_addr: q.tid_addr,
+        gpregs: regs::gpregs_to_image(&gp),
+        fpregs: regs::fpregs_to_image(&xstate)?,
+        tls: regs::tls_to_image(t)?,
+    };
+    let core = pb::ThreadCoreEntry {
+        futex_rla: rla,
+        futex_rla_len: rla_len as u32,
+        sched_nice: Some(nice),
+        sched_policy: Some(policy),
+        sched_prio: Some(prio),
+        blk_sigset: Some(th.sigmask),
+        sas: Some(q.sas),
+        pdeath_sig: Some(q.pdeath),
+        signals_p: signals::dump_pending(t, false)?,
+        creds: Some(creds),
+        seccomp_mode: Some(status.seccomp as i32),
+        seccomp_filter: dump_seccomp(t, seccomp_filters)?,
+        comm: Some(comm),
+        rseq_entry: (rseq.ptr != 0).then_some(pb::RseqEntry {
+            rseq_abi_pointer: rseq.ptr,
+            rseq_abi_size: rseq.size,
+            signature: rseq.signature,
+            rseq_cs_pointer: None,
+        }),
+        ..Default::default()
+    };
+    Ok((info, core))
 }
 
 fn tty_info(
@@ -132,113 +296,46 @@ fn tty_info(
     Ok(out)
 }
 
+/// What the tasks of a tree add to images that are written once for all of them.
+#[derive(Default)]
+struct TreeImages {
+    files: FileTable,
+    seccomp: Vec<pb::SeccompFilter>,
+    shared: Vec<mem::SharedObject>,
+    timing: Timing,
+    /// VMAs of the tasks dumped so far: a child's memory is compared with its parent's.
+    vmas_by_pid: std::collections::HashMap<pid_t, Vec<pb::VmaEntry>>,
+}
+
 fn dump_task(
     task: &mut FrozenTask,
     opts: &Options,
     dir: &ImageDir,
-    files: &mut FileTable,
-    seccomp_filters: &mut Vec<pb::SeccompFilter>,
+    tree: &mut TreeImages,
     pages_id: u32,
-    timing: &mut Timing,
 ) -> Result<TaskImages> {
+    let TreeImages {
+        files,
+        seccomp: seccomp_filters,
+        shared,
+        timing,
+        vmas_by_pid,
+    } = tree;
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
-    let status = procfs::status(pid, None)?;
     // Read before our scratch page exists, so that it can never merge into the task's VMAs.
     let maps = procfs::maps(pid)?;
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")
         .map(|m| (m.start, m.end));
-    let leader_regs = task.leader().regs;
-    let syscall_ip = find_syscall_insn(pid, &leader_regs, vdso)?;
-
-    // No signal may be delivered while we run syscalls in the task; the freeze-time mask is
-    // put back when the task is released.
-    task.leader().tracee.set_sigmask(!0)?;
-    let inj = Injector::new(&task.leader().tracee, leader_regs, syscall_ip);
-    let remote = Remote::start(inj, pid)?;
-    let gathered = (|| -> Result<_> {
-        let sigactions = signals::dump_actions(&remote)?;
-        let timers = timers::dump(&remote)?;
-        let creds = creds::dump(&remote, &status)?;
-        let rlimits = creds::dump_rlimits(&remote)?;
-        let dumpable = prctl_get(&remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?;
-        let thp_disabled = prctl_get(
-            &remote,
-            "prctl(PR_GET_THP_DISABLE)",
-            libc::PR_GET_THP_DISABLE,
-        )?;
-        let subreaper = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_CHILD_SUBREAPER)",
-            libc::PR_GET_CHILD_SUBREAPER,
-            4,
-        )?;
-        let pdeath = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::PR_GET_PDEATHSIG,
-            4,
-        )?;
-        let tid_addr = prctl_get_ptr(
-            &remote,
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::PR_GET_TID_ADDRESS,
-            8,
-        )?;
-        remote.syscall(
-            "sigaltstack(query)",
-            libc::SYS_sigaltstack,
-            [0, remote.addr(0), 0, 0, 0, 0],
-        )?;
-        let ss = remote.read(0, 24)?;
-        let sas = pb::ThreadSasEntry {
-            ss_sp: u64::from_ne_bytes(ss[0..8].try_into().unwrap()),
-            ss_flags: u32::from_ne_bytes(ss[8..12].try_into().unwrap()),
-            ss_size: u64::from_ne_bytes(ss[16..24].try_into().unwrap()),
-        };
-        Ok((
-            sigactions,
-            timers,
-            creds,
-            rlimits,
-            dumpable,
-            thp_disabled,
-            subreaper,
-            pdeath,
-            tid_addr,
-            sas,
-        ))
-    })();
-    let deferred = remote.finish();
-    task.threads[0]
-        .deferred
-        .extend(deferred.as_deref().unwrap_or(&[]));
-    // Put the task back as it was right away, not only at release: should we die during the
-    // long memory copy, the kernel detaches it and it must resume intact.
-    let leader = task.leader();
-    leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
-    leader.tracee.set_sigmask(leader.sigmask)?;
-    let (
-        sigactions,
-        timers,
-        creds,
-        rlimits,
-        dumpable,
-        thp_disabled,
-        subreaper,
-        pdeath,
-        tid_addr,
-        sas,
-    ) = gathered?;
-    deferred?;
+    let syscall_ip = find_syscall_insn(pid, &task.leader().regs, vdso)?;
+    let (process, threads) = query_all(task, syscall_ip)?;
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
     let fdinfo = files::dump_fds(pid, files, opts.shell_job, opts.rpc_server_socket_ino)?;
 
-    // Memory, now that our scratch page is gone again.
-    let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files)?;
+    let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files, shared)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
         .to_string_lossy()
         .into_owned();
@@ -249,15 +346,16 @@ fn dump_task(
         ));
     }
     let exe_file_id = files.add_path(&exe, libc::O_RDONLY as u32)?;
-    let t0 = Instant::now();
-    let pages_path = dir.file(&pages_file_name(pages_id));
-    let mut pages_out = File::create(&pages_path)
-        .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
-    let (pagemap, stats) = mem::dump_pages(pid, &vmas, &mut pages_out)?;
-    timing.memdump += t0.elapsed();
-    timing.memwrite += t0.elapsed();
-    timing.stats.scanned += stats.scanned;
-    timing.stats.written += stats.written;
+    // The pages are only planned here; they are copied once every task is planned (see
+    // mem::PagePlan).
+    let parent = vmas_by_pid
+        .get(&task.ppid)
+        .map(|v| (task.ppid, v.as_slice()));
+    let page_plan = mem::plan_pages(pid, &vmas, parent)?;
+    timing.stats.scanned += page_plan.stats.scanned;
+    timing.stats.written += page_plan.stats.written;
+    timing.stats.cow += page_plan.stats.cow;
+    let _ = dir;
 
     let mm = pb::MmEntry {
         mm_start_code: stat.start_code,
@@ -266,7 +364,7 @@ fn dump_task(
         mm_end_data: stat.end_data,
         mm_start_stack: stat.start_stack,
         mm_start_brk: stat.start_brk,
-        mm_brk: brk_of(&maps, &stat),
+        mm_brk: process.brk,
         mm_arg_start: stat.arg_start,
         mm_arg_end: stat.arg_end,
         mm_env_start: stat.env_start,
@@ -274,12 +372,12 @@ fn dump_task(
         exe_file_id,
         mm_saved_auxv: procfs::auxv(pid)?,
         vmas,
-        dumpable: Some(dumpable as i32),
+        dumpable: Some(process.dumpable as i32),
         aios: Vec::new(),
-        thp_disabled: Some(thp_disabled != 0),
+        thp_disabled: Some(process.thp_disabled),
     };
 
-    // Files, cwd, root.
+    let status = procfs::status(pid, None)?;
     let cwd = procfs::readlink(&format!("/proc/{pid}/cwd"))?
         .to_string_lossy()
         .into_owned();
@@ -292,77 +390,56 @@ fn dump_task(
         umask: Some(status.umask),
     };
     let ttys = tty_info(pid, &fdinfo, files, &stat)?;
-    let seccomp_filter = dump_seccomp(task, seccomp_filters)?;
 
-    // Registers and per-thread state (one thread until threads are supported).
+    let mut cores = Vec::with_capacity(task.threads.len());
+    for (th, q) in task.threads.iter().zip(&threads) {
+        let (info, core) = thread_core(pid, th, q, seccomp_filters)?;
+        cores.push((th.tracee.tid, info, core));
+    }
     let leader = task.leader();
-    let t = &leader.tracee;
-    let rseq = t.rseq_config()?;
-    let (policy, prio, nice) = systask::sched(pid)?;
-    let (rla, rla_len) = systask::robust_list(pid)?;
-    let mut gp = restart_adjusted(&leader.regs);
-    gp.orig_rax = leader.regs.orig_rax;
-    let xstate = t.get_xstate()?;
-    let comm = stat.comm.clone();
     let loginuid = procfs::read_trimmed(pid, "loginuid")
         .ok()
         .and_then(|s| s.parse::<u32>().ok());
     let oom_score_adj = procfs::read_trimmed(pid, "oom_score_adj")
         .ok()
         .and_then(|s| s.parse::<i32>().ok());
-    let core = pb::CoreEntry {
-        mtype: pb::core_entry::March::X8664 as i32,
-        thread_info: Some(pb::ThreadInfoX86 {
-            clear_tid_addr: tid_addr,
-            gpregs: regs::gpregs_to_image(&gp),
-            fpregs: regs::fpregs_to_image(&xstate)?,
-            tls: regs::tls_to_image(t)?,
-        }),
-        tc: Some(pb::TaskCoreEntry {
-            task_state: if task.stop_signo.is_some() {
-                TASK_STOPPED
-            } else {
-                TASK_ALIVE
-            },
-            exit_code: 0,
-            personality: procfs::personality(pid)?,
-            flags: stat.flags,
-            blk_sigset: leader.sigmask,
-            comm: comm.clone(),
-            timers: Some(timers),
-            rlimits: Some(rlimits),
-            signals_s: signals::dump_pending(t, true)?,
-            loginuid,
-            oom_score_adj,
-            sigactions,
-            child_subreaper: Some(subreaper != 0),
-            stop_signo: task.stop_signo.map(|s| s as u32),
-            ..Default::default()
-        }),
-        ids: None,
-        thread_core: Some(pb::ThreadCoreEntry {
-            futex_rla: rla,
-            futex_rla_len: rla_len as u32,
-            sched_nice: Some(nice),
-            sched_policy: Some(policy),
-            sched_prio: Some(prio),
-            blk_sigset: Some(leader.sigmask),
-            sas: Some(sas),
-            pdeath_sig: Some(pdeath as u32),
-            signals_p: signals::dump_pending(t, false)?,
-            creds: Some(creds),
-            seccomp_mode: Some(status.seccomp as i32),
-            seccomp_filter,
-            comm: Some(comm),
-            rseq_entry: (rseq.ptr != 0).then_some(pb::RseqEntry {
-                rseq_abi_pointer: rseq.ptr,
-                rseq_abi_size: rseq.size,
-                signature: rseq.signature,
-                rseq_cs_pointer: None,
-            }),
-            ..Default::default()
-        }),
+    let tc = pb::TaskCoreEntry {
+        task_state: if task.stop_signo.is_some() {
+            TASK_STOPPED
+        } else {
+            TASK_ALIVE
+        },
+        exit_code: 0,
+        personality: procfs::personality(pid)?,
+        flags: stat.flags,
+        blk_sigset: leader.sigmask,
+        comm: stat.comm.clone(),
+        timers: Some(process.timers),
+        rlimits: Some(process.rlimits),
+        signals_s: signals::dump_pending(&leader.tracee, true)?,
+        loginuid,
+        oom_score_adj,
+        sigactions: process.sigactions,
+        child_subreaper: Some(process.subreaper),
+        stop_signo: task.stop_signo.map(|s| s as u32),
+        ..Default::default()
     };
+    let mut tc = Some(tc);
+    let cores = cores
+        .into_iter()
+        .map(|(tid, info, core)| {
+            (
+                tid,
+                pb::CoreEntry {
+                    mtype: pb::core_entry::March::X8664 as i32,
+                    thread_info: Some(info),
+                    tc: tc.take(),
+                    ids: None,
+                    thread_core: Some(core),
+                },
+            )
+        })
+        .collect();
     Ok(TaskImages {
         pid,
         pstree: pb::PstreeEntry {
@@ -372,7 +449,7 @@ fn dump_task(
             sid: stat.sid as u32,
             threads: task.threads.iter().map(|t| t.tracee.tid as u32).collect(),
         },
-        cores: vec![(pid, core)],
+        cores,
         ids: pb::TaskKobjIdsEntry {
             vm_id: 1,
             files_id: 1,
@@ -381,7 +458,7 @@ fn dump_task(
             ..Default::default()
         },
         mm,
-        pagemap,
+        pages: page_plan,
         pages_id,
         fs,
         fdinfo,
@@ -389,16 +466,7 @@ fn dump_task(
     })
 }
 
-/// The program break: /proc/PID/stat has start_brk but not brk; the heap VMA ends at the
-/// page-aligned break, which is what brk() needs to continue.
-fn brk_of(maps: &[procfs::MapEntry], stat: &procfs::Stat) -> u64 {
-    maps.iter()
-        .find(|m| m.name == "[heap]")
-        .map(|m| m.end)
-        .unwrap_or(stat.start_brk)
-}
-
-fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
+fn write_images(dir: &ImageDir, t: &TaskImages, fdinfo_written: &mut Vec<u32>) -> Result<()> {
     for (tid, core) in &t.cores {
         dir.write_one(Kind::Core, tid, core)?;
     }
@@ -408,44 +476,124 @@ fn write_images(dir: &ImageDir, t: &TaskImages) -> Result<()> {
     pm.write(&pb::PagemapHead {
         pages_id: t.pages_id,
     })?;
-    for e in &t.pagemap {
+    for e in &t.pages.entries {
         pm.write(e)?;
     }
     pm.finish()?;
     dir.write_one(Kind::Fs, t.pid, &t.fs)?;
-    dir.write_all(Kind::Fdinfo, t.ids.files_id, &t.fdinfo)?;
+    // Tasks sharing a file table (CLONE_FILES) share one fdinfo image.
+    if !fdinfo_written.contains(&t.ids.files_id) {
+        dir.write_all(Kind::Fdinfo, t.ids.files_id, &t.fdinfo)?;
+        fdinfo_written.push(t.ids.files_id);
+    }
     Ok(())
 }
 
-/// Checks that the tree is one we can restore: a single process (trees and threads come later),
-/// in its own session or a shell job.
-fn check_tree(pid: pid_t, frozen: &Frozen, opts: &Options) -> Result<()> {
-    let task = &frozen.tasks[0];
-    if task.threads.len() > 1 {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "{} threads (multi-threaded tasks are not supported yet)",
-                task.threads.len()
-            ),
-        ));
+/// A zombie's core: its state, exit status and name; nothing else survives death.
+fn zombie_core(z: &Zombie) -> pb::CoreEntry {
+    pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: z.stat.exit_code as u32,
+            comm: z.stat.comm.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    let children = procfs::children(pid)?;
-    if !children.is_empty() {
-        return Err(Error::unsupported(
-            pid,
-            format!("child processes {children:?} (process trees are not supported yet)"),
-        ));
+}
+
+/// Checks that the tree is one we can restore: sessions and process groups must have their
+/// leaders inside the tree (or, with --shell-job, be the shell's), and tasks may not share an
+/// address space without being threads (vfork children).
+fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
+    let root = frozen.tasks[0].pid;
+    let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
+    for t in &frozen.tasks {
+        let st = procfs::stat(t.pid, None)?;
+        members.push((t.pid, st.pgid, st.sid));
     }
-    let stat = procfs::stat(pid, None)?;
-    if !opts.shell_job && (stat.sid != pid || stat.pgid != pid) {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "session {} / process group {} lead by a process outside the dumped tree (use --shell-job for a shell job)",
-                stat.sid, stat.pgid
-            ),
-        ));
+    for z in &frozen.zombies {
+        members.push((z.pid, z.stat.pgid, z.stat.sid));
+    }
+    let inside = |p: pid_t| members.iter().any(|m| m.0 == p);
+    let (_, root_pgid, root_sid) = members[0];
+    for &(pid, pgid, sid) in &members {
+        let outside_ok = opts.shell_job && sid == root_sid && (pgid == root_pgid || inside(pgid));
+        if !inside(sid) && !outside_ok {
+            return Err(Error::unsupported(
+                pid,
+                format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)"),
+            ));
+        }
+        if !inside(pgid) && !outside_ok {
+            return Err(Error::unsupported(
+                pid,
+                format!("process group {pgid} whose leader is gone or outside the dumped tree (not supported yet)"),
+            ));
+        }
+    }
+    let _ = root;
+    Ok(())
+}
+
+/// The kcmp-based ids of shared kernel objects: tasks with the same object get the same id.
+fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
+    use crate::sys::kcmp::{same_object, KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM};
+    let mut next = [1u32; 4];
+    for i in 0..images.len() {
+        let pid = frozen.tasks[i].pid;
+        let mut ids = [0u32; 4];
+        for (k, kind) in [KCMP_VM, KCMP_FILES, KCMP_FS, KCMP_SIGHAND]
+            .into_iter()
+            .enumerate()
+        {
+            let mut found = None;
+            for (earlier, img) in frozen.tasks.iter().zip(images.iter()).take(i) {
+                if same_object(pid, earlier.pid, kind)? {
+                    found = Some(match k {
+                        0 => img.ids.vm_id,
+                        1 => img.ids.files_id,
+                        2 => img.ids.fs_id,
+                        _ => img.ids.sighand_id,
+                    });
+                    break;
+                }
+            }
+            ids[k] = match found {
+                Some(id) => id,
+                None => {
+                    next[k] += 1;
+                    next[k] - 1
+                }
+            };
+        }
+        if images[..i].iter().any(|t| t.ids.vm_id == ids[0]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares its address space with another process (vfork or CLONE_VM)",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.sighand_id == ids[3]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares signal handlers with another process (CLONE_SIGHAND)",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.files_id == ids[1]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares its fd table with another process (CLONE_FILES): not supported yet",
+            ));
+        }
+        if images[..i].iter().any(|t| t.ids.fs_id == ids[2]) {
+            return Err(Error::unsupported(
+                pid,
+                "shares cwd/root/umask with another process (CLONE_FS): not supported yet",
+            ));
+        }
+        let e = &mut images[i].ids;
+        (e.vm_id, e.files_id, e.fs_id, e.sighand_id) = (ids[0], ids[1], ids[2], ids[3]);
     }
     Ok(())
 }
@@ -473,32 +621,85 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let mut timing = Timing::default();
     let t0 = Instant::now();
     let timeout = Duration::from_secs(opts.timeout.unwrap_or(10) as u64);
-    let mut frozen = Frozen::freeze_process(pid, timeout)?;
+    let mut frozen = Frozen::freeze_tree(pid, timeout)?;
     timing.freezing = t0.elapsed();
-    log::info!("froze pid {pid} in {:?}", timing.freezing);
-    check_tree(pid, &frozen, opts)?;
+    log::info!(
+        "froze {} processes ({} threads, {} zombies) below pid {pid} in {:?}",
+        frozen.tasks.len(),
+        frozen.tasks.iter().map(|t| t.threads.len()).sum::<usize>(),
+        frozen.zombies.len(),
+        timing.freezing
+    );
+    if frozen
+        .tasks
+        .iter()
+        .any(|t| t.pid == std::process::id() as pid_t)
+    {
+        return Err(Error::InvalidOptions(
+            "the dumper is inside the tree it dumps".into(),
+        ));
+    }
+    check_tree(&frozen, opts)?;
     // CRIU asks an RPC client for external resources once the tree is frozen.
     notify.notify("query-ext-files", pid, None)?;
 
-    let mut files = FileTable::new();
-    let mut seccomp = Vec::new();
+    let mut tree = TreeImages {
+        files: FileTable::new(),
+        timing,
+        ..Default::default()
+    };
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
-        images.push(dump_task(
-            task,
-            opts,
-            &dir,
-            &mut files,
-            &mut seccomp,
-            images.len() as u32 + 1,
-            &mut timing,
-        )?);
+        let pages_id = images.len() as u32 + 1;
+        let mut t = dump_task(task, opts, &dir, &mut tree, pages_id)?;
+        t.pstree.ppid = task.ppid as u32;
+        tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
+        images.push(t);
     }
+    let TreeImages {
+        files,
+        seccomp,
+        shared,
+        mut timing,
+        ..
+    } = tree;
+    // Every task is planned: now copy the pages.
+    let t0 = Instant::now();
     for t in &images {
-        write_images(&dir, t)?;
+        let path = dir.file(&pages_file_name(t.pages_id));
+        let out =
+            File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        mem::copy_pages(&t.pages, &out)?;
+    }
+    timing.memdump += t0.elapsed();
+    timing.memwrite += t0.elapsed();
+    let t0 = Instant::now();
+    timing.shpages_written = mem::dump_shared(&shared, &dir, images.len() as u32 + 1)?;
+    timing.memdump += t0.elapsed();
+    assign_ids(&frozen, &mut images)?;
+    let mut fdinfo_written = Vec::new();
+    for t in &images {
+        write_images(&dir, t, &mut fdinfo_written)?;
+    }
+    let mut pstree = Vec::new();
+    for m in &frozen.order {
+        match *m {
+            Member::Alive(i) => pstree.push(images[i].pstree.clone()),
+            Member::Zombie(i) => {
+                let z = &frozen.zombies[i];
+                dir.write_one(Kind::Core, z.pid, &zombie_core(z))?;
+                pstree.push(pb::PstreeEntry {
+                    pid: z.pid as u32,
+                    ppid: z.ppid as u32,
+                    pgid: z.stat.pgid as u32,
+                    sid: z.stat.sid as u32,
+                    threads: vec![z.pid as u32],
+                });
+            }
+        }
     }
     dir.write_all(Kind::Files, "", &files.entries)?;
-    dir.write_all(Kind::Pstree, "", images.iter().map(|t| &t.pstree))?;
+    dir.write_all(Kind::Pstree, "", &pstree)?;
     if !seccomp.is_empty() {
         dir.write_one(
             Kind::Seccomp,
@@ -508,7 +709,12 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             },
         )?;
     }
-    let ttys: Vec<&pb::TtyInfoEntry> = images.iter().flat_map(|t| t.ttys.iter()).collect();
+    let mut ttys: Vec<&pb::TtyInfoEntry> = Vec::new();
+    for t in images.iter().flat_map(|t| t.ttys.iter()) {
+        if !ttys.iter().any(|x| x.id == t.id) {
+            ttys.push(t);
+        }
+    }
     if !ttys.is_empty() {
         dir.write_all(Kind::TtyInfo, "", ttys)?;
     }
@@ -517,7 +723,11 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         Kind::Inventory,
         "",
         &pb::InventoryEntry {
-            img_version: IMG_VERSION,
+            img_version: if timing.stats.cow > 0 {
+                IMG_VERSION_COW
+            } else {
+                IMG_VERSION
+            },
             fdinfo_per_id: Some(true),
             root_ids: Some(images[0].ids),
             ns_per_id: Some(true),
@@ -575,6 +785,7 @@ fn write_stats(dir: &ImageDir, t: &Timing, display: bool) -> Result<()> {
         pages_skipped_parent: t.stats.skipped_parent,
         pages_written: t.stats.written,
         pages_lazy: 0,
+        shpages_written: Some(t.shpages_written),
         ..Default::default()
     };
     if display {

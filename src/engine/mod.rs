@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::options::Options;
 
 pub mod dump;
+pub mod finalize;
 pub mod restore;
+pub mod restore_task;
 
 /// Receives CRIU's notifications ("pre-dump", "post-dump", "pre-restore", "post-restore",
 /// "network-lock", ... in CRIU's order). Returning an error aborts the operation.

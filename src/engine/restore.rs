@@ -1,66 +1,71 @@
-//! `criu restore`: rebuild a task from its images.
+//! `criu restore`: rebuild a process tree from its images.
 //!
-//! The new task starts as a fork of the restorer (clone3 with the saved pid) and does what it can
-//! in ordinary Rust: it builds every VMA at a temporary address and fills it from the pages file,
-//! reopens its files, sets its signal handlers and limits, then waits. The restorer, as its
-//! ptrace tracer, finishes with syscalls run inside it: unmap the restorer's own memory, move the
-//! VMAs and the vdso into place (mremap moves pages without copying), PR_SET_MM_MAP, timers,
-//! credentials, seccomp; then it loads the saved registers and lets the task go.
+//! The restorer builds every task's memory in its own address space (at temporary addresses
+//! free in all the final layouts) and forks the root with clone3 and the saved pid; each task
+//! forks its children the same way, so the tree, its sessions and process groups come back as
+//! they were, and every task inherits the memory built for it. The tasks then do what they can
+//! in ordinary Rust (files, signal handlers, limits, threads) and park. The restorer, as their
+//! ptrace tracer, finishes each with syscalls run inside it (see `finalize`) and lets them go.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::time::Instant;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use libc::pid_t;
 
+use crate::engine::dump::{TASK_DEAD, TASK_STOPPED};
+use crate::engine::finalize::finalize;
+use crate::engine::restore_task::run_task;
 use crate::engine::{Notify, RestoreOutcome};
 use crate::error::{Error, Result};
 use crate::files::FileImages;
 use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
-use crate::mem::{self, Layout};
+use crate::mem::{self, Layout, LayoutRequest};
 use crate::options::Options;
 use crate::pb;
 use crate::procfs;
-use crate::regs;
-use crate::signals;
 use crate::sys::clone::{fork_with_pid, Forked};
-use crate::sys::fd as sysfd;
-use crate::sys::inject::Injector;
-use crate::sys::mem::{write_remote, PAGE_SIZE};
+use crate::sys::mem::PAGE_SIZE;
 use crate::sys::ptrace::{
-    Stop, Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+    Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
 };
 use crate::sys::task as systask;
 
-/// One process's images.
-struct TaskImage {
-    pid: pid_t,
-    pstree: pb::PstreeEntry,
-    core: pb::CoreEntry,
-    mm: pb::MmEntry,
-    pagemap: Vec<pb::PagemapEntry>,
-    pages_id: u32,
-    fs: pb::FsEntry,
-    fdinfo: Vec<pb::FdinfoEntry>,
+/// One live process's images.
+pub struct TaskImage {
+    pub pid: pid_t,
+    pub pstree: pb::PstreeEntry,
+    pub core: pb::CoreEntry,
+    /// Every other thread: tid and core.
+    pub threads: Vec<(pid_t, pb::CoreEntry)>,
+    pub ids: pb::TaskKobjIdsEntry,
+    pub mm: pb::MmEntry,
+    pub pagemap: Vec<pb::PagemapEntry>,
+    pub pages_id: u32,
+    pub fs: pb::FsEntry,
+    pub fdinfo: Vec<pb::FdinfoEntry>,
 }
 
 impl TaskImage {
-    fn load(dir: &ImageDir, pstree: pb::PstreeEntry) -> Result<TaskImage> {
+    fn load(dir: &ImageDir, pstree: pb::PstreeEntry, core: pb::CoreEntry) -> Result<TaskImage> {
         let pid = pstree.pid as pid_t;
-        let core: pb::CoreEntry = dir.read_one(Kind::Core, pid)?;
-        if core.mtype != pb::core_entry::March::X8664 as i32 {
+        if core.thread_info.is_none() {
             return Err(Error::image(
                 dir.file(&Kind::Core.file_name(pid)),
-                "not an x86-64 task",
+                "no thread info",
             ));
         }
-        if core.thread_info.is_none() || core.tc.is_none() {
-            return Err(Error::image(
-                dir.file(&Kind::Core.file_name(pid)),
-                "no thread info or task core",
-            ));
+        let mut threads = Vec::new();
+        for &tid in pstree.threads.iter().filter(|&&t| t as pid_t != pid) {
+            let c: pb::CoreEntry = dir.read_one(Kind::Core, tid)?;
+            if c.thread_info.is_none() || c.thread_core.is_none() {
+                return Err(Error::image(
+                    dir.file(&Kind::Core.file_name(tid)),
+                    "no thread info or thread core",
+                ));
+            }
+            threads.push((tid as pid_t, c));
         }
         let ids: pb::TaskKobjIdsEntry = dir.read_one(Kind::Ids, pid)?;
         let mm: pb::MmEntry = dir.read_one(Kind::Mm, pid)?;
@@ -75,6 +80,8 @@ impl TaskImage {
             pid,
             pstree,
             core,
+            threads,
+            ids,
             mm,
             pagemap,
             pages_id: head.pages_id,
@@ -83,218 +90,246 @@ impl TaskImage {
         })
     }
 
-    fn tc(&self) -> &pb::TaskCoreEntry {
+    pub fn tc(&self) -> &pb::TaskCoreEntry {
         self.core.tc.as_ref().expect("checked on load")
     }
 
-    fn thread_core(&self) -> Option<&pb::ThreadCoreEntry> {
+    pub fn thread_core(&self) -> Option<&pb::ThreadCoreEntry> {
         self.core.thread_core.as_ref()
+    }
+
+    /// Every thread's tid and core, the leader first.
+    pub fn all_threads(&self) -> impl Iterator<Item = (pid_t, &pb::CoreEntry)> {
+        std::iter::once((self.pid, &self.core)).chain(self.threads.iter().map(|(t, c)| (*t, c)))
     }
 }
 
-/// What the new task reports once it has built itself.
-struct Ready {
-    exe_fd: RawFd,
-    pages_restored: u64,
+/// A process of the tree: alive, or a zombie (only its exit status survives).
+pub enum Proc {
+    Alive(Box<TaskImage>),
+    Zombie {
+        pstree: pb::PstreeEntry,
+        exit_code: u32,
+    },
 }
 
-fn write_msg(fd: RawFd, status: u32, body: &[u8]) {
-    let mut m = Vec::with_capacity(8 + body.len());
-    m.extend_from_slice(&status.to_ne_bytes());
+impl Proc {
+    pub fn pstree(&self) -> &pb::PstreeEntry {
+        match self {
+            Proc::Alive(t) => &t.pstree,
+            Proc::Zombie { pstree, .. } => pstree,
+        }
+    }
+
+    pub fn pid(&self) -> pid_t {
+        self.pstree().pid as pid_t
+    }
+}
+
+/// Everything the tasks need, computed before the first fork (each task gets a copy with it).
+pub struct Plan {
+    /// In pstree order: parents before children; [0] is the root.
+    pub procs: Vec<Proc>,
+    pub children: Vec<Vec<usize>>,
+    /// Build area of each live process (None for zombies).
+    pub layouts: Vec<Option<Layout>>,
+    pub files: FileImages,
+    /// Shared anonymous objects: shmid and where the restorer built it.
+    pub shared: Vec<(u64, u64)>,
+    /// Per process, per VMA: the parent's VMA it inherits (copy-on-write), if any.
+    pub inherit: Vec<Vec<Option<usize>>>,
+    /// Per process: its pages file, kept open by the restorer across the forks for tasks that
+    /// patch inherited memory themselves.
+    pub pages_fds: Vec<Option<RawFd>>,
+    pub parent: Vec<Option<usize>>,
+    pub shell_job: bool,
+    /// Per process: the pipe it waits on for "go" (read end, write end).
+    pub go: Vec<(RawFd, RawFd)>,
+    /// All processes report on this pipe (write end), the restorer reads (read end).
+    pub report: (RawFd, RawFd),
+}
+
+/// What a task reports on the shared pipe. Each message is one write under PIPE_BUF, so reports
+/// of several tasks never interleave.
+pub const REPORT_CREATED: u32 = 1;
+pub const REPORT_READY: u32 = 2;
+pub const REPORT_ERROR: u32 = 3;
+const REPORT_MAX: usize = 3000;
+
+pub fn report(fd: RawFd, pid: pid_t, kind: u32, body: &[u8]) {
+    let body = &body[..body.len().min(REPORT_MAX)];
+    let mut m = Vec::with_capacity(12 + body.len());
+    m.extend_from_slice(&pid.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&(body.len() as u32).to_ne_bytes());
     m.extend_from_slice(body);
-    let _ = nix::unistd::write(sysfd::borrow(fd), &m);
+    let _ = nix::unistd::write(crate::sys::fd::borrow(fd), &m);
 }
 
-fn read_msg(fd: &mut File) -> Result<(u32, Vec<u8>)> {
-    let mut hdr = [0u8; 8];
-    fd.read_exact(&mut hdr)
-        .map_err(|e| Error::io("read the restored task's report", e))?;
-    let status = u32::from_ne_bytes(hdr[0..4].try_into().unwrap());
-    let len = u32::from_ne_bytes(hdr[4..8].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len.min(1 << 20)];
-    fd.read_exact(&mut body)
-        .map_err(|e| Error::io("read the restored task's report", e))?;
-    Ok((status, body))
+fn read_report(r: &mut File) -> Result<(pid_t, u32, Vec<u8>)> {
+    let mut hdr = [0u8; 12];
+    r.read_exact(&mut hdr)
+        .map_err(|e| Error::io("read the restored tasks' reports", e))?;
+    let pid = i32::from_ne_bytes(hdr[0..4].try_into().unwrap());
+    let kind = u32::from_ne_bytes(hdr[4..8].try_into().unwrap());
+    let len = (u32::from_ne_bytes(hdr[8..12].try_into().unwrap()) as usize).min(REPORT_MAX);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|e| Error::io("read the restored tasks' reports", e))?;
+    Ok((pid, kind, body))
 }
 
-fn pipe() -> Result<(File, File)> {
+/// What a task reports when it is ready for the tracer.
+pub struct Ready {
+    pub exe_fd: RawFd,
+}
+
+fn raw_pipe() -> Result<(RawFd, RawFd)> {
+    use std::os::fd::IntoRawFd;
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
-    Ok((File::from(r), File::from(w)))
+    Ok((r.into_raw_fd(), w.into_raw_fd()))
 }
 
-pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome> {
-    let t_start = Instant::now();
-    let dir = ImageDir::new(&opts.images_dir);
+fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
     let inv: pb::InventoryEntry = dir.read_one(Kind::Inventory, "")?;
-    if inv.img_version != IMG_VERSION {
+    if inv.img_version != IMG_VERSION && inv.img_version != crate::images::IMG_VERSION_COW {
         return Err(Error::image(
             dir.file("inventory.img"),
             format!("image version {} (expected {IMG_VERSION})", inv.img_version),
         ));
     }
     let pstree: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, "")?;
-    let root = pstree
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::image(dir.file("pstree.img"), "no task"))?;
-    if pstree.len() > 1 || root.threads.len() > 1 {
-        return Err(Error::InvalidOptions(
-            "restoring process trees and threads is not supported yet".into(),
+    if pstree.is_empty() {
+        return Err(Error::image(dir.file("pstree.img"), "no task"));
+    }
+    let mut procs = Vec::with_capacity(pstree.len());
+    for e in pstree {
+        let pid = e.pid as pid_t;
+        let core: pb::CoreEntry = dir.read_one(Kind::Core, pid)?;
+        if core.mtype != pb::core_entry::March::X8664 as i32 {
+            return Err(Error::image(
+                dir.file(&Kind::Core.file_name(pid)),
+                "not an x86-64 task",
+            ));
+        }
+        let tc = core
+            .tc
+            .as_ref()
+            .ok_or_else(|| Error::image(dir.file(&Kind::Core.file_name(pid)), "no task core"))?;
+        if tc.task_state == TASK_DEAD {
+            let exit_code = tc.exit_code;
+            procs.push(Proc::Zombie {
+                pstree: e,
+                exit_code,
+            });
+        } else {
+            procs.push(Proc::Alive(Box::new(TaskImage::load(dir, e, core)?)));
+        }
+    }
+    if !matches!(procs[0], Proc::Alive(_)) {
+        return Err(Error::image(
+            dir.file("pstree.img"),
+            "the root task is dead",
         ));
     }
-    let task = TaskImage::load(&dir, root)?;
-    let files = FileImages::load(&dir)?;
-    let seccomp: Option<pb::SeccompEntry> = if dir.exists(Kind::Seccomp, "") {
-        Some(dir.read_one(Kind::Seccomp, "")?)
-    } else {
-        None
-    };
-    let pages = File::open(dir.file(&pages_file_name(task.pages_id))).map_err(|e| {
-        Error::image(
-            dir.file(&pages_file_name(task.pages_id)),
-            format!("cannot open: {e}"),
-        )
-    })?;
-    check_pages_size(&task, &pages, &dir)?;
-
-    for &tid in &task.pstree.threads {
-        if systask::pid_in_use(tid as pid_t) {
-            return Err(Error::PidTaken(tid as pid_t));
+    // Parents come before their children in pstree.img.
+    let mut children = vec![Vec::new(); procs.len()];
+    for i in 1..procs.len() {
+        let ppid = procs[i].pstree().ppid as pid_t;
+        let parent = procs[..i]
+            .iter()
+            .position(|p| p.pid() == ppid)
+            .ok_or_else(|| {
+                Error::image(
+                    dir.file("pstree.img"),
+                    format!("parent {ppid} of {} is not before it", procs[i].pid()),
+                )
+            })?;
+        if matches!(procs[parent], Proc::Zombie { .. }) {
+            return Err(Error::image(
+                dir.file("pstree.img"),
+                format!("zombie {ppid} has children"),
+            ));
+        }
+        children[parent].push(i);
+    }
+    check_sessions(&procs, opts.shell_job)?;
+    let mut parent = vec![None; procs.len()];
+    for (i, kids) in children.iter().enumerate() {
+        for &k in kids {
+            parent[k] = Some(i);
         }
     }
-    if single_threaded().is_err() {
-        return Err(Error::InvalidOptions(
-            "restore must run in a single-threaded process".into(),
-        ));
-    }
+    // Private memory still shared with the parent at checkpoint time is inherited again.
+    let inherit = (0..procs.len())
+        .map(|i| match (&procs[i], parent[i].map(|p| &procs[p])) {
+            (Proc::Alive(t), Some(Proc::Alive(p))) => mem::inherited_from(&t.mm.vmas, &p.mm.vmas),
+            (Proc::Alive(t), _) => vec![None; t.mm.vmas.len()],
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok(Plan {
+        procs,
+        children,
+        layouts: Vec::new(),
+        files: FileImages::load(dir)?,
+        shared: Vec::new(),
+        inherit,
+        pages_fds: Vec::new(),
+        parent,
+        shell_job: opts.shell_job,
+        go: Vec::new(),
+        report: (-1, -1),
+    })
+}
 
-    // Layout of the temporary build area, reserved here so that the new task inherits the
-    // reservation and nothing of ours can be placed there meanwhile.
-    let own = procfs::maps(std::process::id() as pid_t)?;
-    let vdso_len: u64 = own
-        .iter()
-        .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
-        .map(|m| m.len())
-        .sum();
-    let layout = mem::plan_layout(&task.mm.vmas, &own, vdso_len)?;
-    crate::sys::mm::reserve(layout.base, layout.len)?;
-    let unreserve = scopeguard(layout.base, layout.len);
-
-    notify.notify("pre-restore", 0, None)?;
-    let (go_r, mut go_w) = pipe()?;
-    let (mut ready_r, ready_w) = pipe()?;
-    let flags = if opts.restore_sibling {
-        libc::CLONE_PARENT as u64
-    } else {
-        0
-    };
-    let t_fork = Instant::now();
-    let child = match fork_with_pid(Some(task.pid), flags)? {
-        Forked::Child => {
-            drop(go_w);
-            drop(ready_r);
-            child_main(&task, &files, &layout, pages, opts.shell_job, go_r, ready_w)
-        }
-        Forked::Parent(child) => child,
-    };
-    drop(go_r);
-    drop(ready_w);
-    drop(pages);
-    let is_our_child = !opts.restore_sibling;
-    let kill_child = |e: Error| -> Error {
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::SIGKILL);
-        if is_our_child {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-        }
-        e
-    };
-    // Attach before the task does anything: if we die, PTRACE_O_EXITKILL takes it with us.
-    let tracee = match Tracee::seize(
-        child,
-        PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
-    ) {
-        Ok(t) => t,
-        Err(e) => return Err(kill_child(e)),
-    };
-    let _ = go_w.write_all(&[1]);
-    drop(go_w);
-    let forking_time = t_fork.elapsed();
-    let ready = match read_msg(&mut ready_r) {
-        Ok((0, body)) if body.len() == 12 => Ready {
-            exe_fd: i32::from_ne_bytes(body[0..4].try_into().unwrap()),
-            pages_restored: u64::from_ne_bytes(body[4..12].try_into().unwrap()),
-        },
-        Ok((_, body)) => {
-            let msg = String::from_utf8_lossy(&body).into_owned();
-            return Err(kill_child(Error::task(
-                task.pid,
-                format!("restore failed: {msg}"),
+/// Sessions and process groups we can rebuild: a session is created by its leader and inherited
+/// by the processes it forks; a process group must have its leader in the tree.
+fn check_sessions(procs: &[Proc], shell_job: bool) -> Result<()> {
+    let root = procs[0].pstree();
+    for (i, p) in procs.iter().enumerate() {
+        let e = p.pstree();
+        let parent_sid = if i == 0 {
+            None
+        } else {
+            procs
+                .iter()
+                .find(|q| q.pid() as u32 == e.ppid)
+                .map(|q| q.pstree().sid)
+        };
+        let own_session = e.sid == e.pid;
+        let inherited = parent_sid == Some(e.sid) || (i == 0 && shell_job);
+        if !own_session && !inherited {
+            return Err(Error::InvalidOptions(format!(
+                "pid {}: session {} can only be restored by its leader or a parent in it",
+                e.pid, e.sid
             )));
         }
-        Err(e) => {
-            return Err(kill_child(Error::task(
-                task.pid,
-                format!("restored task died before it was ready ({e})"),
-            )))
+        let leader_in_tree = procs.iter().any(|q| q.pid() as u32 == e.pgid);
+        if !(leader_in_tree || shell_job && e.pgid == root.pgid) {
+            return Err(Error::InvalidOptions(format!(
+                "pid {}: process group {} has no leader in the images (not supported yet)",
+                e.pid, e.pgid
+            )));
         }
-    };
-    // The task closes its end right after reporting: wait for that, so no fd of ours is left.
-    let mut rest = Vec::new();
-    let _ = ready_r.read_to_end(&mut rest);
-    drop(unreserve);
-    let result = finalize(&tracee, &task, seccomp.as_ref(), &layout, &ready, notify);
-    if let Err(e) = result {
-        return Err(kill_child(e));
     }
-    if let Some(sig) = task
-        .tc()
-        .stop_signo
-        .filter(|_| task.tc().task_state == crate::engine::dump::TASK_STOPPED)
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child),
-            nix::sys::signal::Signal::try_from(sig as i32).ok(),
-        );
-    }
-    // The task runs: like CRIU, a failing post-resume (or pre-resume) is only reported.
-    if let Err(e) = notify.notify("post-resume", child, None) {
-        log::error!("post-resume: {e}");
-    }
-    if let Some(p) = &opts.pidfile {
-        let path = if p.is_absolute() {
-            p.clone()
-        } else {
-            opts.work_dir().join(p)
-        };
-        std::fs::write(&path, format!("{child}"))
-            .map_err(|e| Error::io(format!("write pidfile {}", path.display()), e))?;
-    }
-    write_stats(&dir, forking_time, t_start.elapsed(), ready.pages_restored)?;
-    log::info!("restored pid {child}");
-    Ok(RestoreOutcome { pid: child })
+    Ok(())
 }
 
-/// Unmaps our copy of the build-area reservation when the restore no longer needs it.
-struct Unreserve(u64, u64);
-fn scopeguard(base: u64, len: u64) -> Unreserve {
-    Unreserve(base, len)
-}
-impl Drop for Unreserve {
-    fn drop(&mut self) {
-        let _ = crate::sys::mm::munmap(self.0, self.1);
+/// Every pid and tid the tree needs must be free.
+fn check_pids(plan: &Plan) -> Result<()> {
+    for p in &plan.procs {
+        for &tid in &p.pstree().threads {
+            if systask::pid_in_use(tid as pid_t) {
+                return Err(Error::PidTaken(tid as pid_t));
+            }
+        }
+        if systask::pid_in_use(p.pid()) {
+            return Err(Error::PidTaken(p.pid()));
+        }
     }
-}
-
-fn single_threaded() -> Result<()> {
-    let n = procfs::threads(std::process::id() as pid_t)?.len();
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(Error::InvalidOptions(format!("{n} threads")))
-    }
+    Ok(())
 }
 
 fn check_pages_size(task: &TaskImage, pages: &File, dir: &ImageDir) -> Result<()> {
@@ -317,13 +352,389 @@ fn check_pages_size(task: &TaskImage, pages: &File, dir: &ImageDir) -> Result<()
     Ok(())
 }
 
-fn write_stats(
-    dir: &ImageDir,
-    forking: std::time::Duration,
-    total: std::time::Duration,
-    pages: u64,
-) -> Result<()> {
-    let us = |d: std::time::Duration| d.as_micros().min(u32::MAX as u128) as u32;
+/// Unmaps the restorer's copy of the build region once every task has its own.
+struct Unreserve(u64, u64);
+impl Drop for Unreserve {
+    fn drop(&mut self) {
+        let _ = crate::sys::mm::munmap(self.0, self.1);
+    }
+}
+
+/// The control pipes, closed on drop except the ends we `keep`.
+struct Channels(Vec<RawFd>);
+impl Channels {
+    fn keep(&mut self, fd: RawFd) -> OwnedFd {
+        self.0.retain(|&f| f != fd);
+        crate::sys::fd::owned(fd)
+    }
+}
+impl Drop for Channels {
+    fn drop(&mut self) {
+        for &fd in &self.0 {
+            crate::sys::fd::close(fd);
+        }
+    }
+}
+
+/// The tasks created so far; killed if the restore fails, so that none is left behind.
+struct Created {
+    tracees: Vec<(pid_t, Tracee)>,
+    pids: Vec<pid_t>,
+    root: Option<pid_t>,
+    root_is_ours: bool,
+    done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for &pid in self.pids.iter().chain(self.root.iter()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+        if let (Some(root), true) = (self.root, self.root_is_ours) {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
+        }
+    }
+}
+
+pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome> {
+    let t_start = Instant::now();
+    let dir = ImageDir::new(&opts.images_dir);
+    let mut plan = load_plan(&dir, opts)?;
+    let seccomp: Option<pb::SeccompEntry> = if dir.exists(Kind::Seccomp, "") {
+        Some(dir.read_one(Kind::Seccomp, "")?)
+    } else {
+        None
+    };
+    check_pids(&plan)?;
+    if procfs::threads(std::process::id() as pid_t)?.len() != 1 {
+        return Err(Error::InvalidOptions(
+            "restore must run in a single-threaded process".into(),
+        ));
+    }
+
+    // The build region, reserved here so that nothing of ours is placed there meanwhile; every
+    // task inherits it.
+    let own = procfs::maps(std::process::id() as pid_t)?;
+    let vdso_len: u64 = own
+        .iter()
+        .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .map(|m| m.len())
+        .sum();
+    let inherited: Vec<Vec<bool>> = plan
+        .inherit
+        .iter()
+        .map(|v| v.iter().map(Option::is_some).collect())
+        .collect();
+    let requests: Vec<LayoutRequest> = plan
+        .procs
+        .iter()
+        .zip(&inherited)
+        .filter_map(|(p, inh)| match p {
+            Proc::Alive(t) => Some(LayoutRequest {
+                vmas: &t.mm.vmas,
+                threads: t.threads.len(),
+                inherited: inh,
+            }),
+            Proc::Zombie { .. } => None,
+        })
+        .collect();
+    // Shared anonymous objects: each built once, at the size its largest mapping needs.
+    let mut shared: Vec<(u64, u64)> = Vec::new(); // (shmid, size)
+    for p in &plan.procs {
+        let Proc::Alive(t) = p else { continue };
+        for v in
+            t.mm.vmas
+                .iter()
+                .filter(|v| v.status & mem::VMA_ANON_SHARED != 0)
+        {
+            let size = v.pgoff + (v.end - v.start);
+            match shared.iter_mut().find(|s| s.0 == v.shmid) {
+                Some(s) => s.1 = s.1.max(size),
+                None => shared.push((v.shmid, size)),
+            }
+        }
+    }
+    let sizes: Vec<u64> = shared.iter().map(|s| s.1).collect();
+    let (layouts, shared_at) = mem::plan_layouts(&requests, &sizes, &own, vdso_len)?;
+    plan.shared = shared
+        .iter()
+        .zip(&shared_at)
+        .map(|(&(shmid, _), &at)| (shmid, at))
+        .collect();
+    let mut layouts = layouts.into_iter();
+    plan.layouts = plan
+        .procs
+        .iter()
+        .map(|p| matches!(p, Proc::Alive(_)).then(|| layouts.next().unwrap()))
+        .collect();
+    // An inherited VMA is built where its parent's is (parents come first, so theirs is set).
+    for i in 0..plan.procs.len() {
+        for (v, from) in plan.inherit[i].clone().into_iter().enumerate() {
+            let (Some(pv), Some(p)) = (from, plan.parent[i]) else {
+                continue;
+            };
+            let temp = plan.layouts[p]
+                .as_ref()
+                .and_then(|l| l.temps.iter().find(|t| t.0 == pv))
+                .map(|t| t.1)
+                .expect("parent planned");
+            plan.layouts[i]
+                .as_mut()
+                .expect("alive")
+                .temps
+                .push((v, temp));
+        }
+    }
+    let region = plan.layouts[0].as_ref().map(|l| (l.base, l.len)).unwrap();
+    crate::sys::mm::reserve(region.0, region.1)?;
+    let unreserve = Unreserve(region.0, region.1);
+
+    notify.notify("pre-restore", 0, None)?;
+    // Every task's memory, built here and inherited through the forks.
+    let mut pages_restored = 0;
+    let mut kept_pages: Vec<File> = Vec::new();
+    for ((p, layout), inh) in plan.procs.iter().zip(&plan.layouts).zip(&inherited) {
+        let (Proc::Alive(t), Some(layout)) = (p, layout) else {
+            plan.pages_fds.push(None);
+            continue;
+        };
+        let path = dir.file(&pages_file_name(t.pages_id));
+        let pages =
+            File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
+        check_pages_size(t, &pages, &dir)?;
+        pages_restored += mem::premap(
+            &t.mm.vmas,
+            layout,
+            &t.pagemap,
+            &pages,
+            &|id, flags| plan.files.open_path(id, flags),
+            inh,
+        )?;
+        // The task patches its inherited memory itself, from this file.
+        if inh.iter().any(|&x| x) {
+            plan.pages_fds.push(Some(pages.as_raw_fd()));
+            kept_pages.push(pages);
+        } else {
+            plan.pages_fds.push(None);
+        }
+    }
+    for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
+        let mut pm = dir.open(Kind::ShmemPagemap, shmid)?;
+        let head: pb::PagemapHead = pm
+            .read_entry()?
+            .ok_or_else(|| Error::image(pm.path().to_owned(), "no pagemap head"))?;
+        let entries: Vec<pb::PagemapEntry> = pm.collect_all()?;
+        let path = dir.file(&pages_file_name(head.pages_id));
+        let pages =
+            File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
+        pages_restored += mem::premap_shared(at, size, &entries, &pages)?;
+    }
+
+    // Control channels: one "go" pipe per process, one shared report pipe.
+    plan.report = raw_pipe()?;
+    for _ in &plan.procs {
+        let p = raw_pipe()?;
+        plan.go.push(p);
+    }
+    let mut ours: Vec<RawFd> = vec![plan.report.0, plan.report.1];
+    ours.extend(plan.go.iter().flat_map(|&(r, w)| [r, w]));
+    let mut channels = Channels(ours);
+
+    let flags = if opts.restore_sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
+    let t_fork = Instant::now();
+    let root_pid = plan.procs[0].pid();
+    let mut created = Created {
+        tracees: Vec::new(),
+        pids: Vec::new(),
+        root: None,
+        root_is_ours: !opts.restore_sibling,
+        done: false,
+    };
+    match fork_with_pid(Some(root_pid), flags)? {
+        Forked::Child => run_task(&plan, 0),
+        Forked::Parent(pid) => created.root = Some(pid),
+    }
+    drop(kept_pages);
+    // Our ends: report read end and go write ends only.
+    let mut report_r = File::from(channels.keep(plan.report.0));
+    let go_w: Vec<OwnedFd> = plan.go.iter().map(|&(_, w)| channels.keep(w)).collect();
+    drop(channels);
+
+    let alive: Vec<usize> = (0..plan.procs.len())
+        .filter(|&i| matches!(plan.procs[i], Proc::Alive(_)))
+        .collect();
+    // 1. Every process reports once it exists (and has forked its children); we attach to the
+    //    live ones at once, so that if we die they die with us (PTRACE_O_EXITKILL).
+    let mut pending = plan.procs.len();
+    while pending > 0 {
+        let (pid, kind, body) = read_report(&mut report_r)?;
+        match kind {
+            REPORT_CREATED => {
+                pending -= 1;
+                created.pids.push(pid);
+                if alive.iter().any(|&i| plan.procs[i].pid() == pid) {
+                    let t = Tracee::seize(
+                        pid,
+                        PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
+                    )?;
+                    created.tracees.push((pid, t));
+                }
+            }
+            REPORT_ERROR => {
+                return Err(Error::task(
+                    pid,
+                    format!("restore failed: {}", String::from_utf8_lossy(&body)),
+                ));
+            }
+            k => {
+                return Err(Error::task(
+                    pid,
+                    format!("unexpected report {k} while creating the tree"),
+                ))
+            }
+        }
+    }
+    let forking_time = t_fork.elapsed();
+    // 2. All processes and process groups exist: let everybody finish building itself.
+    for w in &go_w {
+        nix::unistd::write(w, &[1]).map_err(|e| Error::sys("wake a restored task", e))?;
+    }
+    let mut ready: Vec<(pid_t, Ready)> = Vec::new();
+    while ready.len() < alive.len() {
+        let (pid, kind, body) = read_report(&mut report_r)?;
+        match kind {
+            REPORT_READY if body.len() == 4 => {
+                ready.push((
+                    pid,
+                    Ready {
+                        exe_fd: i32::from_ne_bytes(body[0..4].try_into().unwrap()),
+                    },
+                ));
+            }
+            REPORT_ERROR => {
+                return Err(Error::task(
+                    pid,
+                    format!("restore failed: {}", String::from_utf8_lossy(&body)),
+                ));
+            }
+            k => return Err(Error::task(pid, format!("unexpected report {k}"))),
+        }
+    }
+    // Each task closes its report end right after reporting; zombies are gone. EOF means no
+    // fd of ours is left in any task.
+    drop(go_w);
+    let mut rest = Vec::new();
+    let _ = wait_eof(&mut report_r, &mut rest, Duration::from_secs(10));
+    drop(unreserve);
+
+    // 3. Swap each task into its final shape.
+    let mut threads: Vec<Vec<Tracee>> = Vec::new();
+    for &i in &alive {
+        let Proc::Alive(task) = &plan.procs[i] else {
+            unreachable!()
+        };
+        let (_, tracee) = created
+            .tracees
+            .iter()
+            .find(|(p, _)| *p == task.pid)
+            .ok_or_else(|| Error::task(task.pid, "not attached"))?;
+        let r = &ready
+            .iter()
+            .find(|(p, _)| *p == task.pid)
+            .ok_or_else(|| Error::task(task.pid, "never reported ready"))?
+            .1;
+        threads.push(finalize(
+            tracee,
+            task,
+            seccomp.as_ref(),
+            plan.layouts[i].as_ref().unwrap(),
+            &plan.shared,
+            r,
+        )?);
+    }
+    notify.notify("post-restore", root_pid, None)?;
+    // The tasks are complete: like CRIU, failing pre-resume/post-resume are only reported.
+    if let Err(e) = notify.notify("pre-resume", root_pid, None) {
+        log::error!("pre-resume: {e}");
+    }
+    // 4. Go.
+    for ((_, leader), others) in created.tracees.drain(..).zip(threads) {
+        crate::engine::finalize::release(leader, others)?;
+    }
+    created.done = true;
+    for &i in &alive {
+        let Proc::Alive(task) = &plan.procs[i] else {
+            unreachable!()
+        };
+        if task.tc().task_state == TASK_STOPPED {
+            if let Some(sig) = task.tc().stop_signo {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(task.pid),
+                    nix::sys::signal::Signal::try_from(sig as i32).ok(),
+                );
+            }
+        }
+    }
+    if let Err(e) = notify.notify("post-resume", root_pid, None) {
+        log::error!("post-resume: {e}");
+    }
+    if let Some(p) = &opts.pidfile {
+        let path = if p.is_absolute() {
+            p.clone()
+        } else {
+            opts.work_dir().join(p)
+        };
+        std::fs::write(&path, format!("{root_pid}"))
+            .map_err(|e| Error::io(format!("write pidfile {}", path.display()), e))?;
+    }
+    write_stats(&dir, forking_time, t_start.elapsed(), pages_restored)?;
+    log::info!(
+        "restored {} processes, root pid {root_pid}",
+        plan.procs.len()
+    );
+    Ok(RestoreOutcome { pid: root_pid })
+}
+
+/// Reads until every writer is gone (EOF), with a time limit.
+fn wait_eof(r: &mut File, rest: &mut Vec<u8>, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let fd = r.as_raw_fd();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::InvalidOptions(
+                "restored tasks kept the report pipe open".into(),
+            ));
+        }
+        let mut pfd = [nix::poll::PollFd::new(
+            crate::sys::fd::borrow(fd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(
+            &mut pfd,
+            nix::poll::PollTimeout::try_from(left.as_millis() as u32)
+                .unwrap_or(nix::poll::PollTimeout::MAX),
+        );
+        let mut buf = [0u8; 4096];
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read the report pipe", e)),
+        }
+    }
+}
+
+fn write_stats(dir: &ImageDir, forking: Duration, total: Duration, pages: u64) -> Result<()> {
+    let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
     dir.write_one(
         Kind::Stats,
         "restore",
@@ -338,684 +749,4 @@ fn write_stats(
             }),
         },
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The new task's side
-
-fn child_main(
-    task: &TaskImage,
-    files: &FileImages,
-    layout: &Layout,
-    pages: File,
-    shell_job: bool,
-    mut go_r: File,
-    ready_w: File,
-) -> ! {
-    // Nothing of ours may print into what will become the task's fds.
-    log::set_max_level(log::LevelFilter::Off);
-    std::panic::set_hook(Box::new(|_| {}));
-    let _ = crate::sys::signal::block_all();
-    let mut ready = ready_w.into_raw_fd();
-    let mut go = [0u8; 1];
-    if go_r.read_exact(&mut go).is_err() {
-        crate::sys::process::exit_now(1);
-    }
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        build_self(task, files, layout, pages, shell_job, go_r, &mut ready)
-    }));
-    let msg = match r {
-        Ok(Ok(())) => {
-            sysfd::close(ready);
-            crate::sys::process::park_forever()
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "panic while restoring".to_owned(),
-    };
-    write_msg(ready, 1, msg.as_bytes());
-    crate::sys::process::exit_now(1)
-}
-
-fn build_self(
-    task: &TaskImage,
-    files: &FileImages,
-    layout: &Layout,
-    pages: File,
-    shell_job: bool,
-    go_r: File,
-    ready: &mut RawFd,
-) -> Result<()> {
-    let ps = &task.pstree;
-    if ps.sid as pid_t == task.pid {
-        nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    } else if !shell_job {
-        return Err(Error::InvalidOptions(format!(
-            "session {} is outside the restored tree",
-            ps.sid
-        )));
-    }
-    if ps.pgid as pid_t == task.pid && ps.sid as pid_t != task.pid {
-        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
-            .map_err(|e| Error::sys("setpgid", e))?;
-    }
-
-    let pages_restored = mem::premap(
-        &task.mm.vmas,
-        layout,
-        &task.pagemap,
-        &pages,
-        &|id, flags| files.open_path(id, flags),
-    )?;
-    drop(pages);
-    let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
-    build_ctrl(layout)?;
-
-    let mut keep = [*ready, exe.into_raw_fd(), go_r.into_raw_fd()];
-    let r = crate::files::restore_fds(&task.fdinfo, files, &mut keep, shell_job);
-    *ready = keep[0];
-    r?;
-    let exe_fd = keep[1];
-    sysfd::close(keep[2]);
-
-    let cwd = files.reg(task.fs.cwd_id)?.name.clone();
-    let root = files.reg(task.fs.root_id)?.name.clone();
-    if root != "/" {
-        nix::unistd::chroot(root.as_str()).map_err(|e| Error::sys(format!("chroot {root}"), e))?;
-    }
-    nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        task.fs.umask.unwrap_or(0o22),
-    ));
-
-    let tc = task.tc();
-    if let Some(rl) = &tc.rlimits {
-        for (res, l) in rl.rlimits.iter().enumerate() {
-            crate::sys::process::set_rlimit(res as u32, l.cur, l.max)?;
-        }
-    }
-    signals::restore_actions(&tc.sigactions)?;
-    signals::restore_pending(task.pid, task.pid, tc.signals_s.as_ref(), true)?;
-    if let Some(th) = task.thread_core() {
-        signals::restore_pending(task.pid, task.pid, th.signals_p.as_ref(), false)?;
-        if let Some(sig) = th.pdeath_sig.filter(|&s| s != 0) {
-            crate::sys::process::prctl(libc::PR_SET_PDEATHSIG, sig as u64)?;
-        }
-    }
-    if tc.child_subreaper == Some(true) {
-        crate::sys::process::prctl(libc::PR_SET_CHILD_SUBREAPER, 1)?;
-    }
-    if task.mm.thp_disabled == Some(true) {
-        crate::sys::process::prctl(libc::PR_SET_THP_DISABLE, 1)?;
-    }
-    let comm = task
-        .thread_core()
-        .and_then(|t| t.comm.clone())
-        .unwrap_or_else(|| tc.comm.clone());
-    crate::sys::process::set_name(&comm)?;
-    let xsave = &task.core.thread_info.as_ref().expect("checked").fpregs;
-    if xsave.xsave_area.as_deref().is_some_and(regs::uses_amx) {
-        crate::sys::cpu::enable_amx()?;
-    }
-
-    let mut body = Vec::with_capacity(12);
-    body.extend_from_slice(&exe_fd.to_ne_bytes());
-    body.extend_from_slice(&pages_restored.to_ne_bytes());
-    write_msg(*ready, 0, &body);
-    Ok(())
-}
-
-/// Maps the control block: a page with `syscall; int3` for the tracer, and its data area.
-fn build_ctrl(layout: &Layout) -> Result<()> {
-    use crate::sys::mm;
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    mm::mmap_fixed(layout.ctrl, PAGE_SIZE, rw, anon, None, 0)?;
-    mm::write_to(
-        layout.ctrl,
-        &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc],
-    );
-    mm::mprotect(layout.ctrl, PAGE_SIZE, libc::PROT_READ | libc::PROT_EXEC)?;
-    mm::mmap_fixed(layout.ctrl_data(), mem::CTRL_DATA_SIZE, rw, anon, None, 0)?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The tracer's side
-
-/// Offsets in the control data area.
-const D_MM_MAP: u64 = 0;
-const D_AUXV: u64 = 256;
-const D_ARGS: u64 = 8 << 10;
-const D_BIG: u64 = 16 << 10;
-
-struct Ctl<'a> {
-    inj: Injector<'a>,
-    pid: pid_t,
-    data: u64,
-}
-
-impl Ctl<'_> {
-    fn sys(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
-        self.inj.call(what, nr, args)
-    }
-    fn put(&self, off: u64, bytes: &[u8]) -> Result<u64> {
-        if off + bytes.len() as u64 > mem::CTRL_DATA_SIZE {
-            return Err(Error::task(self.pid, "control data area too small"));
-        }
-        write_remote(self.pid, bytes, self.data + off)?;
-        Ok(self.data + off)
-    }
-}
-
-fn u64s_bytes(v: &[u64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
-}
-
-fn finalize(
-    tracee: &Tracee,
-    task: &TaskImage,
-    seccomp: Option<&pb::SeccompEntry>,
-    layout: &Layout,
-    ready: &Ready,
-    notify: &mut dyn Notify,
-) -> Result<()> {
-    let pid = task.pid;
-    tracee.interrupt()?;
-    loop {
-        match tracee.wait()? {
-            Stop::Event(_) => break,
-            Stop::Signal(_) | Stop::Syscall | Stop::OtherEvent(_) => tracee.cont(0)?,
-            s => {
-                return Err(Error::task(
-                    pid,
-                    format!("restored task ended early: {s:?}"),
-                ))
-            }
-        }
-    }
-    let stopped_regs = tracee.get_regs()?;
-    let own_rseq = tracee.rseq_config()?;
-    let child_maps = procfs::maps(pid)?;
-    let ctl = Ctl {
-        inj: Injector::new(tracee, stopped_regs, layout.ctrl),
-        pid,
-        data: layout.ctrl_data(),
-    };
-
-    // 1. The restorer's rseq area is about to go away with the rest of its memory.
-    if own_rseq.ptr != 0 {
-        ctl.sys(
-            "rseq(unregister)",
-            libc::SYS_rseq,
-            [
-                own_rseq.ptr,
-                own_rseq.size as u64,
-                1,
-                own_rseq.signature as u64,
-                0,
-                0,
-            ],
-        )?;
-    }
-    // 2. Unmap everything of the restorer but the build area and the vdso.
-    let vdso: Vec<&procfs::MapEntry> = child_maps
-        .iter()
-        .filter(|m| matches!(m.name.as_str(), "[vvar]" | "[vvar_vclock]" | "[vdso]"))
-        .collect();
-    let mut keep: Vec<(u64, u64)> = vec![(layout.base, layout.base + layout.len)];
-    keep.extend(vdso.iter().map(|m| (m.start, m.end)));
-    keep.sort_unstable();
-    let mut from = PAGE_SIZE;
-    const TOP: u64 = 0x7fff_ffff_f000;
-    for &(s, e) in &keep {
-        if s > from {
-            ctl.sys(
-                "munmap(restorer memory)",
-                libc::SYS_munmap,
-                [from, s - from, 0, 0, 0, 0],
-            )?;
-        }
-        from = from.max(e);
-    }
-    if from < TOP {
-        ctl.sys(
-            "munmap(restorer memory)",
-            libc::SYS_munmap,
-            [from, TOP - from, 0, 0, 0, 0],
-        )?;
-    }
-    // 3. vdso and vvar to their saved place, keeping their relative layout.
-    move_vdso(&ctl, &vdso, &task.mm.vmas, layout)?;
-    // 4. Every VMA from its build address to its place.
-    for &(i, temp) in &layout.temps {
-        let v = &task.mm.vmas[i];
-        let len = v.end - v.start;
-        ctl.sys(
-            "mremap(VMA into place)",
-            libc::SYS_mremap,
-            [
-                temp,
-                len,
-                len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                v.start,
-                0,
-            ],
-        )?;
-    }
-    // 5. mm fields and the executable.
-    let mm = &task.mm;
-    let auxv = ctl.put(D_AUXV, &u64s_bytes(&mm.mm_saved_auxv))?;
-    let mut map = Vec::with_capacity(104);
-    for v in [
-        mm.mm_start_code,
-        mm.mm_end_code,
-        mm.mm_start_data,
-        mm.mm_end_data,
-        mm.mm_start_brk,
-        mm.mm_brk,
-        mm.mm_start_stack,
-        mm.mm_arg_start,
-        mm.mm_arg_end,
-        mm.mm_env_start,
-        mm.mm_env_end,
-        auxv,
-    ] {
-        map.extend_from_slice(&v.to_ne_bytes());
-    }
-    map.extend_from_slice(&((mm.mm_saved_auxv.len() * 8) as u32).to_ne_bytes());
-    // A program restoring itself through libcriu's embedded engine already has the task's
-    // executable as its own; the kernel refuses to replace an exe that is mapped (EBUSY), and
-    // keeping it (exe_fd -1) is what the task needs anyway.
-    let same_exe = |a: &str, b: &str| match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    };
-    let exe_fd = if same_exe(
-        &format!("/proc/{pid}/exe"),
-        &format!("/proc/{pid}/fd/{}", ready.exe_fd),
-    ) {
-        u32::MAX
-    } else {
-        ready.exe_fd as u32
-    };
-    map.extend_from_slice(&exe_fd.to_ne_bytes());
-    let map_addr = ctl.put(D_MM_MAP, &map)?;
-    ctl.sys(
-        "prctl(PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_MM as u64,
-            libc::PR_SET_MM_MAP as u64,
-            map_addr,
-            map.len() as u64,
-            0,
-            0,
-        ],
-    )?;
-    ctl.sys(
-        "close(exe fd)",
-        libc::SYS_close,
-        [ready.exe_fd as u64, 0, 0, 0, 0, 0],
-    )?;
-
-    // 6. Per-thread kernel state that points into the task's memory.
-    let ti = task.core.thread_info.as_ref().expect("checked on load");
-    ctl.sys(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
-    if let Some(th) = task.thread_core() {
-        if let Some(sas) = &th.sas {
-            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-                let mut b = Vec::new();
-                b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
-                b.extend_from_slice(&(sas.ss_flags as i32).to_ne_bytes());
-                b.extend_from_slice(&[0u8; 4]);
-                b.extend_from_slice(&sas.ss_size.to_ne_bytes());
-                let a = ctl.put(D_ARGS, &b)?;
-                ctl.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
-            }
-        }
-        if let Some(r) = &th.rseq_entry {
-            if r.rseq_abi_pointer != 0 {
-                ctl.sys(
-                    "rseq(register)",
-                    libc::SYS_rseq,
-                    [
-                        r.rseq_abi_pointer,
-                        r.rseq_abi_size as u64,
-                        0,
-                        r.signature as u64,
-                        0,
-                        0,
-                    ],
-                )?;
-            }
-        }
-        if th.futex_rla != 0 {
-            ctl.sys(
-                "set_robust_list",
-                libc::SYS_set_robust_list,
-                [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
-            )?;
-        }
-    }
-    let tc = task.tc();
-    ctl.sys(
-        "personality",
-        libc::SYS_personality,
-        [tc.personality as u64, 0, 0, 0, 0, 0],
-    )?;
-    if let Some(t) = &tc.timers {
-        restore_timers(&ctl, t)?;
-    }
-    notify.notify("post-restore", pid, None)?;
-    // 7. Credentials, then what depends on them.
-    if let Some(creds) = task.thread_core().and_then(|t| t.creds.as_ref()) {
-        restore_creds(&ctl, creds)?;
-    }
-    if let Some(d) = mm.dumpable {
-        ctl.sys(
-            "prctl(PR_SET_DUMPABLE)",
-            libc::SYS_prctl,
-            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
-        )?;
-    }
-    if let Some(creds) = task.thread_core().and_then(|t| t.creds.as_ref()) {
-        if creds.no_new_privs == Some(1) {
-            ctl.sys(
-                "prctl(PR_SET_NO_NEW_PRIVS)",
-                libc::SYS_prctl,
-                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-            )?;
-        }
-    }
-    if let (Some(th), Some(sc)) = (task.thread_core(), seccomp) {
-        if let Some(first) = th.seccomp_filter {
-            restore_seccomp(&ctl, sc, first)?;
-        }
-    }
-    // 8. Our control block goes last: after this only ptrace requests remain.
-    ctl.sys(
-        "munmap(build area)",
-        libc::SYS_munmap,
-        [layout.base, layout.len, 0, 0, 0, 0],
-    )?;
-
-    // 9. Registers, blocked signals, and go.
-    let xsize = tracee.get_xstate()?.len();
-    let xstate = regs::fpregs_from_image(&ti.fpregs, xsize)?;
-    tracee.set_xstate(&xstate)?;
-    for d in ti.tls.iter().filter(|d| !d.seg_not_present) {
-        tracee.set_thread_area(regs::tls_from_image(d))?;
-    }
-    let mut r = regs::gpregs_from_image(&ti.gpregs)?;
-    r.orig_rax = u64::MAX;
-    tracee.set_regs(&r)?;
-    let blocked = task
-        .thread_core()
-        .and_then(|t| t.blk_sigset)
-        .unwrap_or(tc.blk_sigset);
-    tracee.set_sigmask(blocked)?;
-    if let Err(e) = notify.notify("pre-resume", pid, None) {
-        log::error!("pre-resume: {e}");
-    }
-    tracee.set_options(PTRACE_O_TRACESYSGOOD)?; // drop EXITKILL: the task is complete
-    Tracee::attached(pid).detach(0)?;
-    Ok(())
-}
-
-fn move_vdso(
-    ctl: &Ctl,
-    own: &[&procfs::MapEntry],
-    vmas: &[pb::VmaEntry],
-    layout: &Layout,
-) -> Result<()> {
-    let target_vvar = vmas.iter().find(|v| v.status & mem::VMA_AREA_VVAR != 0);
-    let target_vdso = vmas.iter().find(|v| v.status & mem::VMA_AREA_VDSO != 0);
-    let Some(tvdso) = target_vdso else {
-        for m in own {
-            ctl.sys(
-                "munmap(vdso)",
-                libc::SYS_munmap,
-                [m.start, m.len(), 0, 0, 0, 0],
-            )?;
-        }
-        return Ok(());
-    };
-    let own_vdso = own
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .ok_or_else(|| Error::task(ctl.pid, "this kernel gave the restorer no vdso"))?;
-    let own_base = own.iter().map(|m| m.start).min().unwrap_or(own_vdso.start);
-    let own_vvar_len: u64 = own
-        .iter()
-        .filter(|m| m.name != "[vdso]")
-        .map(|m| m.len())
-        .sum();
-    let new_base = target_vvar.map(|v| v.start).unwrap_or(tvdso.start);
-    let fits = own_vdso.len() == tvdso.end - tvdso.start
-        && target_vvar.map(|v| v.end - v.start).unwrap_or(0) == own_vvar_len
-        && tvdso.start - new_base == own_vdso.start - own_base;
-    if !fits {
-        return Err(Error::InvalidOptions(format!(
-            "the saved vdso/vvar layout ({:#x}-{:#x}) differs from this kernel's: restore on the kernel it was dumped on",
-            new_base, tvdso.end
-        )));
-    }
-    if new_base == own_base {
-        return Ok(());
-    }
-    let own_end = own.iter().map(|m| m.end).max().unwrap_or(own_vdso.end);
-    let overlaps = new_base < own_end && own_base < tvdso.end;
-    let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, len, to)
-    if overlaps {
-        for m in own {
-            moves.push((m.start, m.len(), layout.bounce + (m.start - own_base)));
-        }
-        for m in own {
-            moves.push((
-                layout.bounce + (m.start - own_base),
-                m.len(),
-                new_base + (m.start - own_base),
-            ));
-        }
-    } else {
-        for m in own {
-            moves.push((m.start, m.len(), new_base + (m.start - own_base)));
-        }
-    }
-    for (from, len, to) in moves {
-        ctl.sys(
-            "mremap(vdso)",
-            libc::SYS_mremap,
-            [
-                from,
-                len,
-                len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                to,
-                0,
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
-
-fn restore_timers(ctl: &Ctl, t: &pb::TaskTimersEntry) -> Result<()> {
-    for (which, it) in [
-        (libc::ITIMER_REAL, &t.real),
-        (libc::ITIMER_VIRTUAL, &t.virt),
-        (libc::ITIMER_PROF, &t.prof),
-    ] {
-        if it.isec == 0 && it.iusec == 0 && it.vsec == 0 && it.vusec == 0 {
-            continue;
-        }
-        let a = ctl.put(D_ARGS, &u64s_bytes(&[it.isec, it.iusec, it.vsec, it.vusec]))?;
-        ctl.sys(
-            "setitimer",
-            libc::SYS_setitimer,
-            [which as u64, a, 0, 0, 0, 0],
-        )?;
-    }
-    if t.posix.is_empty() {
-        return Ok(());
-    }
-    ctl.sys(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS, on)",
-        libc::SYS_prctl,
-        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
-    )?;
-    for p in &t.posix {
-        let mut sev = vec![0u8; 64];
-        sev[0..8].copy_from_slice(&p.sival_ptr.to_ne_bytes());
-        sev[8..12].copy_from_slice(&(p.si_signo as i32).to_ne_bytes());
-        sev[12..16].copy_from_slice(&(p.it_sigev_notify as i32).to_ne_bytes());
-        sev[16..20].copy_from_slice(&p.notify_thread_id.unwrap_or(0).to_ne_bytes());
-        let sev_addr = ctl.put(D_ARGS, &sev)?;
-        let id_addr = ctl.put(D_ARGS + 64, &(p.it_id as i32).to_ne_bytes())?;
-        ctl.sys(
-            "timer_create",
-            libc::SYS_timer_create,
-            [p.clock_id as u64, sev_addr, id_addr, 0, 0, 0],
-        )?;
-        let its = ctl.put(
-            D_ARGS + 128,
-            &u64s_bytes(&[p.isec, p.insec, p.vsec, p.vnsec]),
-        )?;
-        ctl.sys(
-            "timer_settime",
-            libc::SYS_timer_settime,
-            [p.it_id as u64, 0, its, 0, 0, 0],
-        )?;
-    }
-    ctl.sys(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS, off)",
-        libc::SYS_prctl,
-        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
-    )?;
-    Ok(())
-}
-
-fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
-    let me = procfs::status(std::process::id() as pid_t, None)?;
-    let words = |v: &[u32]| -> u64 {
-        v.first().copied().unwrap_or(0) as u64 | (v.get(1).copied().unwrap_or(0) as u64) << 32
-    };
-    let same_ids = me.uids == [c.uid, c.euid, c.suid, c.fsuid]
-        && me.gids == [c.gid, c.egid, c.sgid, c.fsgid]
-        && me.groups == c.groups;
-    let same_caps = me.cap_inh == words(&c.cap_inh)
-        && me.cap_prm == words(&c.cap_prm)
-        && me.cap_eff == words(&c.cap_eff)
-        && me.cap_bnd == words(&c.cap_bnd)
-        && me.cap_amb == words(&c.cap_amb);
-    if same_ids && same_caps && c.secbits == 0 {
-        return Ok(());
-    }
-    let prctl =
-        |what: &str, a: u64, b: u64, c2: u64| ctl.sys(what, libc::SYS_prctl, [a, b, c2, 0, 0, 0]);
-    // Bounding set first, while we still hold CAP_SETPCAP.
-    let bnd = words(&c.cap_bnd);
-    for cap in 0..64u64 {
-        if bnd & (1 << cap) == 0 && me.cap_bnd & (1 << cap) != 0 {
-            prctl(
-                "prctl(PR_CAPBSET_DROP)",
-                libc::PR_CAPBSET_DROP as u64,
-                cap,
-                0,
-            )?;
-        }
-    }
-    // Keep capabilities across the uid change; securebits are set after.
-    prctl("prctl(PR_SET_KEEPCAPS)", libc::PR_SET_KEEPCAPS as u64, 1, 0)?;
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    let ga = ctl.put(D_BIG, &groups)?;
-    ctl.sys(
-        "setgroups",
-        libc::SYS_setgroups,
-        [c.groups.len() as u64, ga, 0, 0, 0, 0],
-    )?;
-    ctl.sys(
-        "setresgid",
-        libc::SYS_setresgid,
-        [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0],
-    )?;
-    ctl.sys(
-        "setfsgid",
-        libc::SYS_setfsgid,
-        [c.fsgid as u64, 0, 0, 0, 0, 0],
-    )?;
-    ctl.sys(
-        "setresuid",
-        libc::SYS_setresuid,
-        [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0],
-    )?;
-    ctl.sys(
-        "setfsuid",
-        libc::SYS_setfsuid,
-        [c.fsuid as u64, 0, 0, 0, 0, 0],
-    )?;
-    // capset v3: header {version, pid} then two {effective, permitted, inheritable}.
-    let (eff, prm, inh) = (words(&c.cap_eff), words(&c.cap_prm), words(&c.cap_inh));
-    let mut b = Vec::new();
-    b.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
-    b.extend_from_slice(&0i32.to_ne_bytes());
-    for half in [0, 32] {
-        for v in [eff, prm, inh] {
-            b.extend_from_slice(&((v >> half) as u32).to_ne_bytes());
-        }
-    }
-    let hdr = ctl.put(D_ARGS, &b)?;
-    ctl.sys("capset", libc::SYS_capset, [hdr, hdr + 8, 0, 0, 0, 0])?;
-    let amb = words(&c.cap_amb);
-    for cap in 0..64u64 {
-        if amb & (1 << cap) != 0 {
-            prctl(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
-                libc::PR_CAP_AMBIENT as u64,
-                libc::PR_CAP_AMBIENT_RAISE as u64,
-                cap,
-            )?;
-        }
-    }
-    prctl(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::PR_SET_SECUREBITS as u64,
-        c.secbits as u64,
-        0,
-    )?;
-    Ok(())
-}
-
-fn restore_seccomp(ctl: &Ctl, sc: &pb::SeccompEntry, oldest: u32) -> Result<()> {
-    // The thread names its oldest filter; `prev` links lead to newer ones. Install oldest first.
-    let mut idx = Some(oldest);
-    let mut steps = 0;
-    while let Some(i) = idx {
-        let f = sc.seccomp_filters.get(i as usize).ok_or_else(|| {
-            Error::InvalidOptions(format!("seccomp filter {i} missing from seccomp.img"))
-        })?;
-        steps += 1;
-        if steps > sc.seccomp_filters.len() {
-            return Err(Error::InvalidOptions("seccomp.img has a cycle".into()));
-        }
-        let prog_addr = ctl.put(D_BIG + 16, &f.filter)?;
-        let mut fprog = Vec::new();
-        fprog.extend_from_slice(&((f.filter.len() / 8) as u16).to_ne_bytes());
-        fprog.extend_from_slice(&[0u8; 6]);
-        fprog.extend_from_slice(&prog_addr.to_ne_bytes());
-        let a = ctl.put(D_BIG, &fprog)?;
-        ctl.sys(
-            "seccomp(SET_MODE_FILTER)",
-            libc::SYS_seccomp,
-            [1, f.flags.unwrap_or(0) as u64, a, 0, 0, 0],
-        )?;
-        idx = f.prev;
-    }
-    Ok(())
 }

@@ -23,9 +23,15 @@ pub const MAX_ENTRY_SIZE: usize = 64 << 20;
 pub const PE_PARENT: u32 = 1;
 pub const PE_LAZY: u32 = 2;
 pub const PE_PRESENT: u32 = 4;
+/// criu-rs: the page is the parent task's page at the same address (still shared copy-on-write
+/// at checkpoint time); it is stored once, in the parent's image. Images using it say
+/// IMG_VERSION_COW in the inventory, which CRIU refuses rather than restoring wrong.
+pub const PE_COW: u32 = 8;
 
 /// `inventory_entry.img_version` CRIU writes and accepts.
 pub const IMG_VERSION: u32 = 2;
+/// `IMG_VERSION` plus criu-rs extensions CRIU cannot restore (PE_COW).
+pub const IMG_VERSION_COW: u32 = 3;
 
 macro_rules! kinds {
     ($($kind:ident => ($magic:expr, $service:expr, $fmt:expr)),* $(,)?) => {

@@ -70,3 +70,54 @@ pub fn fork_with_pid(pid: Option<pid_t>, flags: u64) -> Result<Forked> {
         }
     }
 }
+
+/// Starts a thread of ours with tid `tid` that does nothing but wait in pause() on the stack
+/// [stack, stack + stack_size), with all signals blocked (inherited from the caller). The
+/// tracer later replaces its registers; it never runs Rust code (it shares our TLS).
+pub fn spawn_parked_thread(tid: pid_t, stack: u64, stack_size: u64) -> Result<pid_t> {
+    let tids = [tid];
+    let flags = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM;
+    let args = CloneArgs {
+        flags: flags as u64,
+        stack,
+        stack_size,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let ret: i64;
+    // SAFETY: in the new thread rax is 0 and it loops on pause() forever without touching
+    // memory; in this thread clone3 returns the tid or an error. args and tids outlive the call.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 3f",
+            "2:",
+            "mov eax, {pause}",
+            "syscall",
+            "jmp 2b",
+            "3:",
+            pause = const libc::SYS_pause,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        let e = Errno::from_raw(-ret as i32);
+        return Err(match e {
+            Errno::EEXIST => Error::PidTaken(tid),
+            e => Error::sys(format!("clone3(thread, set_tid={tid})"), e),
+        });
+    }
+    Ok(ret as pid_t)
+}

@@ -99,3 +99,37 @@ pub fn ensure_std_fds() {
         }
     }
 }
+
+/// The populated ranges of a file up to `size`, page-aligned (SEEK_DATA/SEEK_HOLE).
+pub fn data_ranges(f: &std::fs::File, size: u64) -> crate::error::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    const PAGE: u64 = 4096;
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        // SAFETY: lseek only moves the file offset.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), pos as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = nix::errno::Errno::last();
+            if e == nix::errno::Errno::ENXIO {
+                break;
+            }
+            return Err(crate::error::Error::sys("lseek(SEEK_DATA)", e));
+        }
+        let data = (data as u64 / PAGE) * PAGE;
+        if data >= size {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data as i64, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            size
+        } else {
+            (hole as u64).div_ceil(PAGE) * PAGE
+        }
+        .min(size);
+        out.push((data, hole));
+        pos = hole;
+    }
+    Ok(out)
+}

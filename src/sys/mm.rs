@@ -134,3 +134,10 @@ pub fn write_to(addr: u64, bytes: &[u8]) {
     // SAFETY: as in pread_to: a writable mapping the caller owns, no aliasing references.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) }
 }
+
+/// Whether the page at `addr` (readable, owned by the caller) holds exactly `bytes`.
+pub fn equals(addr: u64, bytes: &[u8]) -> bool {
+    // SAFETY: the caller owns a readable mapping of at least bytes.len() at addr.
+    let mem = unsafe { std::slice::from_raw_parts(addr as *const u8, bytes.len()) };
+    mem == bytes
+}

@@ -141,3 +141,49 @@ impl Pagemap {
         Ok(())
     }
 }
+
+/// Raw /proc/PID/pagemap entries (one u64 per page; the frame number needs CAP_SYS_ADMIN).
+pub struct PagemapEntries {
+    file: File,
+    pid: pid_t,
+}
+
+impl PagemapEntries {
+    pub fn open(pid: pid_t) -> Result<PagemapEntries> {
+        let path = format!("/proc/{pid}/pagemap");
+        let file = File::open(&path).map_err(|e| Error::io(format!("open {path}"), e))?;
+        Ok(PagemapEntries { file, pid })
+    }
+
+    /// Entries for the pages of [start, end).
+    pub fn read(&self, start: u64, end: u64) -> Result<Vec<u64>> {
+        use std::os::unix::fs::FileExt;
+        let n = ((end - start) / 4096) as usize;
+        let mut raw = vec![0u8; n * 8];
+        self.file
+            .read_exact_at(&mut raw, start / 4096 * 8)
+            .map_err(|e| Error::io(format!("read /proc/{}/pagemap", self.pid), e))?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+
+/// A page only this task maps (or a swapped one): pinning it cannot unshare anything.
+pub fn exclusive_or_swapped(e: u64) -> bool {
+    e & PM_SWAPPED != 0 || e & PM_MMAP_EXCLUSIVE != 0
+}
+const PM_PFN_MASK: u64 = (1 << 55) - 1;
+
+/// Whether two pagemap entries are the same present physical page.
+pub fn same_frame(a: u64, b: u64) -> bool {
+    a & PM_PRESENT != 0
+        && b & PM_PRESENT != 0
+        && a & PM_PFN_MASK != 0
+        && a & PM_PFN_MASK == b & PM_PFN_MASK
+}

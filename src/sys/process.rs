@@ -69,3 +69,26 @@ pub fn set_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits until child `pid` has exited, leaving it a zombie (WNOWAIT).
+pub fn wait_exited_nowait(pid: libc::pid_t) -> Result<()> {
+    loop {
+        // SAFETY: waitid writes one siginfo_t.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = Errno::last();
+        if e != Errno::EINTR {
+            return Err(Error::sys(format!("wait for child {pid}"), e));
+        }
+    }
+}

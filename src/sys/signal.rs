@@ -72,3 +72,36 @@ pub fn queue_to_self(pid: i32, tid: Option<i32>, sig: i32, info: &[u8; 128]) -> 
     }
     Ok(())
 }
+
+/// Dies of `sig` with its default action (a zombie being recreated).
+pub fn die_by(sig: i32) -> Result<()> {
+    // SAFETY: resetting a handler to SIG_DFL and sending ourselves a signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::syscall(libc::SYS_kill, libc::getpid(), sig);
+    }
+    Err(Error::sys(
+        format!("signal {sig} did not end us"),
+        Errno::last(),
+    ))
+}
+
+/// Takes every pending instance of (blocked) `sig` off the queue without handling it.
+pub fn discard_pending(sig: i32) -> Result<()> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: sigtimedwait with a local set and no siginfo output.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == sig {}
+    }
+    Ok(())
+}

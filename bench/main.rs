@@ -1,0 +1,435 @@
+//! `make bench`: dump and restore throughput against this machine's limits, measured in the
+//! same run. Not a test: it prints numbers, it does not judge them.
+//!
+//! The limits: memcpy between warm buffers (the copy itself), filling fresh memory (page
+//! allocation: a dump writes into new page-cache pages, a restore into new anonymous pages, and
+//! in a VM whose host reclaims freed memory this, not the copy, is usually the ceiling), and
+//! writing a tmpfs file. With CRIU_BIN set, the same dump and restore through that binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criu::images::{ImageDir, Kind};
+use criu::pb;
+
+const GIB: usize = 1 << 30;
+
+fn gbps(bytes: f64, d: Duration) -> f64 {
+    bytes / d.as_secs_f64() / 1e9
+}
+
+fn best_of<F: FnMut() -> Duration>(n: usize, mut f: F) -> Duration {
+    (0..n).map(|_| f()).min().unwrap()
+}
+
+fn memcpy_bandwidth() -> f64 {
+    let a = vec![1u8; GIB];
+    let mut b = vec![2u8; GIB];
+    let d = best_of(3, || {
+        let t = Instant::now();
+        b.copy_from_slice(&a);
+        std::hint::black_box(&b);
+        t.elapsed()
+    });
+    gbps(GIB as f64, d)
+}
+
+fn fresh_fill_bandwidth() -> f64 {
+    let d = best_of(3, || {
+        let t = Instant::now();
+        let v = vec![0x5au8; GIB];
+        std::hint::black_box(&v);
+        let e = t.elapsed();
+        drop(v);
+        e
+    });
+    gbps(GIB as f64, d)
+}
+
+fn tmpfs_write_bandwidth(dir: &Path) -> f64 {
+    use std::io::Write;
+    let chunk = vec![7u8; 4 << 20];
+    let path = dir.join("bandwidth-probe");
+    let d = best_of(3, || {
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let t = Instant::now();
+        for _ in 0..(GIB / chunk.len()) {
+            f.write_all(&chunk).unwrap();
+        }
+        t.elapsed()
+    });
+    let _ = std::fs::remove_file(&path);
+    gbps(GIB as f64, d)
+}
+
+fn workload(repo: &Path, out: &Path, name: &str) -> PathBuf {
+    let bin = out.join(name);
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(repo.join(format!("ctests/workloads/{name}.c")))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    bin
+}
+
+fn start(bin: &Path, dir: &Path, mib: usize) -> Child {
+    use std::os::unix::process::CommandExt;
+    let _ = std::fs::remove_file(dir.join("beat"));
+    let mut cmd = Command::new(bin);
+    cmd.arg(dir)
+        .arg(mib.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Only 0-2: fds our caller leaked would make the workload undumpable.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(dir.join("beat"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "workload did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn wait_gone(pid: i32) {
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(pid: i32) -> i32 {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+struct Run {
+    dump_wall: Duration,
+    frozen: Duration,
+    memdump: Duration,
+    pages: u64,
+    restore_wall: Duration,
+}
+
+fn run(criu: &Path, bin: &Path, dir: &Path, mib: usize) -> Run {
+    let img = dir.join("img");
+    let _ = std::fs::remove_dir_all(&img);
+    std::fs::create_dir_all(&img).unwrap();
+    let mut child = start(bin, dir, mib);
+    let pid = child.id() as i32;
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(&img)
+        .args(["-o", "dump.log"])
+        .status()
+        .unwrap();
+    let dump_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "dump failed: see {}",
+        img.join("dump.log").display()
+    );
+    let _ = child.wait();
+    wait_gone(pid);
+    let stats: pb::StatsEntry = ImageDir::new(&img).read_one(Kind::Stats, "dump").unwrap();
+    let d = stats.dump.unwrap();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["restore", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log"])
+        .status()
+        .unwrap();
+    let restore_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "restore failed: see {}",
+        img.join("restore.log").display()
+    );
+    // The restored task checks its memory on SIGUSR1 (we are its subreaper).
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let code = wait_exit(pid);
+    assert_eq!(code, 0, "the restored task failed its self-check");
+    Run {
+        dump_wall,
+        frozen: Duration::from_micros(d.frozen_time as u64),
+        memdump: Duration::from_micros(d.memdump_time as u64),
+        pages: d.pages_written,
+        restore_wall,
+    }
+}
+
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Every process in the session of `root`.
+fn session(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        if f[3].parse::<i32>() == Ok(root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn threads_of(pids: &[i32]) -> usize {
+    pids.iter()
+        .map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A tree of 50 processes with 100 threads sharing 64 MiB copy-on-write.
+fn forest(criu: &Path, repo: &Path, dir: &Path) {
+    let bin = workload(repo, dir, "forest");
+    let img = dir.join("forest-img");
+    let _ = std::fs::remove_dir_all(&img);
+    std::fs::create_dir_all(&img).unwrap();
+    let _ = std::fs::remove_file(dir.join("ready"));
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&bin);
+    cmd.arg(dir)
+        .arg("64")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let root = child.id() as i32;
+    while !dir.join("ready").exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = session(root);
+    let threads = threads_of(&pids);
+    let pss_before: u64 = pids.iter().map(|&p| pss_kib(p)).sum();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["dump", "-t", &root.to_string(), "-D"])
+        .arg(&img)
+        .args(["-o", "dump.log"])
+        .status()
+        .unwrap();
+    let dump_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "forest dump failed: see {}",
+        img.join("dump.log").display()
+    );
+    let _ = child.wait();
+    for &p in &pids {
+        if p != root {
+            wait_exit(p);
+        }
+    }
+    let stats: pb::StatsEntry = ImageDir::new(&img).read_one(Kind::Stats, "dump").unwrap();
+    let d = stats.dump.unwrap();
+    let image_bytes: u64 = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args(["restore", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log"])
+        .status()
+        .unwrap();
+    let restore_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "forest restore failed: see {}",
+        img.join("restore.log").display()
+    );
+    let after = session(root);
+    let pss_after: u64 = after.iter().map(|&p| pss_kib(p)).sum();
+    let threads_after = threads_of(&after);
+    for &p in &after {
+        unsafe { libc::kill(p, libc::SIGUSR1) };
+    }
+    assert_eq!(
+        wait_exit(root),
+        0,
+        "the restored forest failed its self-check"
+    );
+    println!(
+        "tree: {} processes, {threads} threads, 64 MiB shared copy-on-write:",
+        pids.len()
+    );
+    println!(
+        "  dump    {dump_wall:?} (frozen {:?}), images {:.1} MiB",
+        Duration::from_micros(d.frozen_time as u64),
+        image_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  restore {restore_wall:?} ({} processes, {threads_after} threads back)",
+        after.len()
+    );
+    println!(
+        "  memory (sum of PSS): {:.1} MiB before, {:.1} MiB after restore ({:.2}x)",
+        pss_before as f64 / 1024.0,
+        pss_after as f64 / 1024.0,
+        pss_after as f64 / pss_before.max(1) as f64
+    );
+}
+
+fn main() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let criu = repo.join("target/release/criu");
+    assert!(
+        criu.exists(),
+        "build target/release/criu first (make bench does)"
+    );
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // Images go to a tmpfs of our own with transparent huge pages (mount -o huge=always): on
+    // this kind of VM allocating 4 KiB tmpfs pages, not copying into them, caps the write rate.
+    // BENCH_DIR picks another directory instead.
+    let (dir, mounted) = match std::env::var("BENCH_DIR") {
+        Ok(d) => (PathBuf::from(d), false),
+        Err(_) => {
+            let d = PathBuf::from(format!("/tmp/criu-rs-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "huge=always,size=16g", "criu-rs-bench"])
+                .arg(&d)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount a tmpfs on {}", d.display());
+            (d, true)
+        }
+    };
+    let bin = workload(&repo, &dir, "heartbeat");
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+
+    println!(
+        "criu-rs bench: one process with {mib} MiB of touched anonymous memory, images in {}{}",
+        dir.display(),
+        if mounted { " (tmpfs, huge=always)" } else { "" }
+    );
+    let memcpy = memcpy_bandwidth();
+    let fresh = fresh_fill_bandwidth();
+    let tmpfs = tmpfs_write_bandwidth(&dir);
+    println!("machine limits (this run):");
+    println!("  memcpy, warm buffers          {memcpy:6.2} GB/s");
+    println!("  fill fresh anonymous memory   {fresh:6.2} GB/s");
+    println!("  write a new file there        {tmpfs:6.2} GB/s");
+
+    let ours = run(&criu, &bin, &dir, mib);
+    let bytes = (ours.pages * 4096) as f64;
+    let dump_rate = gbps(bytes, ours.memdump);
+    let restore_rate = gbps(bytes, ours.restore_wall);
+    println!("criu-rs:");
+    println!(
+        "  pages written                 {} ({:.0} MiB)",
+        ours.pages,
+        bytes / (1 << 20) as f64
+    );
+    println!(
+        "  dump   {dump_rate:6.2} GB/s  (memory copy {:?}; whole `criu dump` {:?}; frozen {:?})",
+        ours.memdump, ours.dump_wall, ours.frozen
+    );
+    println!(
+        "  restore {restore_rate:5.2} GB/s  (whole `criu restore` {:?})",
+        ours.restore_wall
+    );
+    println!(
+        "  dump / memcpy                 {:5.0}%",
+        100.0 * dump_rate / memcpy
+    );
+    println!(
+        "  dump / tmpfs write            {:5.0}%",
+        100.0 * dump_rate / tmpfs
+    );
+    println!(
+        "  restore / fresh-memory fill   {:5.0}%",
+        100.0 * restore_rate / fresh
+    );
+    println!(
+        "  restore / dump                {:5.2}x",
+        restore_rate / dump_rate
+    );
+
+    forest(&criu, &repo, &dir);
+
+    if let Ok(other) = std::env::var("CRIU_BIN") {
+        let theirs = run(Path::new(&other), &bin, &dir, mib);
+        let tb = (theirs.pages * 4096) as f64;
+        println!("{other}:");
+        println!(
+            "  dump   {:6.2} GB/s (wall {:?}, frozen {:?})",
+            gbps(tb, theirs.dump_wall),
+            theirs.dump_wall,
+            theirs.frozen
+        );
+        println!(
+            "  restore {:5.2} GB/s (wall {:?})",
+            gbps(tb, theirs.restore_wall),
+            theirs.restore_wall
+        );
+        println!(
+            "  criu-rs / it: dump wall {:.2}x faster, restore wall {:.2}x faster",
+            theirs.dump_wall.as_secs_f64() / ours.dump_wall.as_secs_f64(),
+            theirs.restore_wall.as_secs_f64() / ours.restore_wall.as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir.join("img"));
+    if mounted {
+        let _ = Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
