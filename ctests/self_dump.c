@@ -1,15 +1,16 @@
 /*
  * Self-dump: a process calls criu_dump() without a pid and is dumped, inside that call.
  *
- * A child of ours (its own session, stdio on files) fills a buffer with a pattern and calls
- * criu_dump(). With leave_running the call returns 0 and the child exits 10. Without it the
- * dump kills the child. Then we restore the images with criu_restore_child(): the restored
- * process is back inside the same criu_dump() call, which now returns 1 (its socket to the
- * dumper was rebuilt holding a "restored" answer); it checks its pattern, its pid and its
- * images-dir fd and exits 11 when all hold. With the embedded engine, with the criu binary given
- * on the command line (criu_set_service_binary: the dumper is an exec'd `criu swrk` detached
- * from the child), and with a `criu service` we start (criu_set_service_address; the restore is
- * then criu_restore(), detached, and the restored process comes to us, a subreaper).
+ * A child of ours (its own session, stdio on files, a child of its own) fills a buffer with a
+ * pattern and calls criu_dump(). With leave_running the call returns 0 and the child exits
+ * 10. Without it the dump kills the child and its child. Then we restore the images with
+ * criu_restore_child(): the restored process is back inside the same criu_dump() call, which
+ * now returns 1 (its socket to the dumper was rebuilt holding a "restored" answer); it checks
+ * its pattern, its pid, its images-dir fd and its own child (restored with it) and exits 11
+ * when all hold. With the embedded engine, with the criu binary given on the command line
+ * (criu_set_service_binary: the dumper is an exec'd `criu swrk` detached from the child), and
+ * with a `criu service` we start (criu_set_service_address; the restore is then
+ * criu_restore(), detached, and the restored process comes to us, a subreaper).
  *
  * Usage: self_dump /absolute/path/to/criu
  */
@@ -66,6 +67,18 @@ static void self_dumper(const char *img, const struct way *way, bool leave_runni
 	for (i = 0; i < PATTERN_WORDS; i++)
 		pattern[i] = (uint64_t)i * 0x9e3779b97f4a7c15ULL;
 	me = getpid();
+	/* A child: a self-dump takes the caller's whole tree. The parent test waits for it when
+	 * the dump kills us both, so it writes down its pid. */
+	pid_t kid = fork();
+	if (kid == 0) {
+		for (;;)
+			pause();
+	}
+	char kid_file[PATH_MAX + 8];
+	snprintf(kid_file, sizeof kid_file, "%s/kid", img);
+	FILE *kf = fopen(kid_file, "w");
+	if (!kf || fprintf(kf, "%d\n", kid) < 0 || fclose(kf))
+		_exit(4);
 	/* Should the restored process never get its answer, it dies instead of hanging the test
 	 * (the timer is part of what is dumped and restored). */
 	alarm(60);
@@ -80,10 +93,16 @@ static void self_dumper(const char *img, const struct way *way, bool leave_runni
 
 	ret = criu_dump();
 
+	/* Our child is there (restored with us), alive; then it goes. */
+	int alive = waitpid(kid, NULL, WNOHANG) == 0;
+	kill(kid, SIGKILL);
+	int reaped = waitpid(kid, NULL, 0) == kid;
 	if (ret == 0)
-		_exit(10);
+		_exit(alive && reaped ? 10 : 13);
 	if (ret != 1)
 		_exit(20 + (-ret & 0x3f));
+	if (!alive || !reaped)
+		_exit(13);
 	/* Restored: same pid, same memory, and the images fd still names the images dir. */
 	for (i = 0; i < PATTERN_WORDS; i++)
 		if (pattern[i] != (uint64_t)i * 0x9e3779b97f4a7c15ULL)
@@ -128,10 +147,21 @@ static void run(const struct way *way, bool leave_running)
 	if (pid == 0)
 		self_dumper(img, way, leave_running);
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
-	if (leave_running)
+	if (leave_running) {
 		CHECK_EQ(exit_code(status), 10); /* criu_dump() returned 0 and it went on */
-	else
+	} else {
 		CHECK_EQ(exit_code(status), 128 + SIGKILL); /* the dump ended it */
+		/* and its child, which comes to us, the subreaper: its pid must be free again. */
+		char kid_file[PATH_MAX + 8];
+		int kid = 0;
+		snprintf(kid_file, sizeof kid_file, "%s/kid", img);
+		FILE *kf = fopen(kid_file, "r");
+		CHECK(kf && fscanf(kf, "%d", &kid) == 1);
+		if (kf)
+			fclose(kf);
+		if (kid > 0)
+			CHECK_EQ(wait_code(kid), 128 + SIGKILL);
+	}
 
 	int images = open(img, O_DIRECTORY);
 	CHECK(images >= 0);

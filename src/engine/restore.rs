@@ -665,8 +665,9 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     if let Err(e) = notify.notify("pre-resume", root_pid, None) {
         log::error!("pre-resume: {e}");
     }
-    // 4. Go.
-    for ((_, leader), others) in created.tracees.drain(..).zip(threads) {
+    // 4. Go, children before their parents: a released parent may at once signal, wait for or
+    // kill a child (a self-dumped program that returns 1 does), which must be released by then.
+    for ((_, leader), others) in created.tracees.drain(..).zip(threads).rev() {
         crate::engine::finalize::release(leader, others)?;
     }
     created.done = true;
