@@ -15,10 +15,38 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <signal.h>
 #include <unistd.h>
 
 #ifndef EXPECTED_LIBDIR
 #error "build with -DEXPECTED_LIBDIR=\"<prefix>/lib\" (make ctests does)"
+/* ---- Our real servers, started by the tests ------------------------------------------------- */
+
+/* Starts `criu service --address sock_path` and waits until it accepts connections. */
+static inline pid_t start_service(const char *criu, const char *sock_path)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		close_range(3, ~0U, 0);
+		execl(criu, criu, "service", "--address", sock_path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 10000; i++) {
+		int sk = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+		struct sockaddr_un addr = { .sun_family = AF_UNIX };
+		strncpy(addr.sun_path, sock_path, sizeof addr.sun_path - 1);
+		int ok = connect(sk, (struct sockaddr *)&addr, sizeof addr) == 0;
+		close(sk);
+		if (ok)
+			return pid;
+		usleep(1000);
+	}
+	fprintf(stderr, "criu service did not start\n");
+	kill(pid, SIGKILL);
+	exit(1);
+}
+
 #endif
 
 static int failures;
@@ -81,7 +109,8 @@ static inline void check_our_library(const void *symbol)
 		exit(2);
 	while (fgets(line, sizeof(line), maps)) {
 		char *path = strchr(line, '/');
-		if (path && strstr(path, "libcriu") && strncmp(path, want, strlen(want)) != 0) {
+		/* The file's name, not its directories: a checkout may live under ".../libcriu/". */
+		if (path && strstr(strrchr(path, '/'), "libcriu") && strncmp(path, want, strlen(want)) != 0) {
 			fprintf(stderr, "another libcriu is mapped: %s", path);
 			exit(2);
 		}
@@ -310,6 +339,32 @@ static inline int call_finish(struct call *c)
 {
 	pthread_join(c->thread, NULL);
 	return c->ret;
+}
+
+/* ---- Our real servers, started by the tests ------------------------------------------------- */
+
+/* Starts `criu service --address sock_path` and waits until it accepts connections. */
+static inline pid_t start_service(const char *criu, const char *sock_path)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		close_range(3, ~0U, 0);
+		execl(criu, criu, "service", "--address", sock_path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 10000; i++) {
+		int sk = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+		struct sockaddr_un addr = { .sun_family = AF_UNIX };
+		strncpy(addr.sun_path, sock_path, sizeof addr.sun_path - 1);
+		int ok = connect(sk, (struct sockaddr *)&addr, sizeof addr) == 0;
+		close(sk);
+		if (ok)
+			return pid;
+		usleep(1000);
+	}
+	fprintf(stderr, "criu service did not start\n");
+	kill(pid, SIGKILL);
+	exit(1);
 }
 
 #endif

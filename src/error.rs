@@ -50,6 +50,11 @@ pub enum Error {
     #[error("rpc: {0}")]
     Rpc(String),
 
+    /// An RPC request whose options cannot be used (CRIU answers those with EBADRQC, which
+    /// pycriu reports as "Bad options").
+    #[error("bad request options: {0}")]
+    BadRequest(String),
+
     /// The caller (a notify callback, a `more` callback) asked us to stop.
     #[error("aborted: {0}")]
     Aborted(String),
@@ -108,6 +113,7 @@ impl Error {
             Error::PidTaken(_) => libc::EEXIST,
             Error::Task { .. } => libc::ESRCH,
             Error::Rpc(_) => libc::EBADMSG,
+            Error::BadRequest(_) => libc::EBADRQC,
             Error::Aborted(_) => libc::ECANCELED,
         }
     }

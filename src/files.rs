@@ -122,6 +122,8 @@ pub struct TaskFd<'a> {
     /// File status flags and access mode (fdinfo's flags without O_CLOEXEC).
     pub flags: u32,
     pidfd: &'a OnceCell<PidFd>,
+    /// The RPC server's socket when an RPC client dumps itself.
+    pub service_sk_ino: Option<u64>,
 }
 
 impl TaskFd<'_> {
@@ -213,10 +215,12 @@ fn is_tty(meta: &std::fs::Metadata) -> bool {
 
 /// One task's fd table, dumped: fdinfo entries (fd number, FD_CLOEXEC, file id). The files go
 /// into `files`; call `files.check_complete` once every task is dumped.
+/// `service_sk_ino`: the RPC server's socket when an RPC client dumps itself (`rpcsk`).
 pub fn dump_fds(
     pid: pid_t,
     files: &mut FileTable,
     shell_job: bool,
+    service_sk_ino: Option<u64>,
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
     let pidfd = OnceCell::new();
@@ -268,6 +272,7 @@ pub fn dump_fds(
             info: &info,
             flags: file_flags,
             pidfd: &pidfd,
+            service_sk_ino,
         };
         let id = files.alloc_id();
         let ty = dump_description(&task_fd, id, files, shell_job)?;
@@ -306,6 +311,23 @@ fn dump_description(
         return Ok(pb::FdTypes::Pipe);
     }
     if let Some(ino) = bracketed_ino(target, "socket") {
+        // A self-dump over RPC: the caller's socket to our server (rpcsk).
+        if fd.service_sk_ino.is_some() {
+            let link = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+            let meta =
+                std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
+            if let Some(e) = crate::rpcsk::dump_service_socket(
+                fd.pid,
+                fd.fd,
+                &meta,
+                id,
+                fd.flags,
+                fd.service_sk_ino,
+            )? {
+                files.entries.push(e);
+                return Ok(pb::FdTypes::Unixsk);
+            }
+        }
         files
             .shared
             .entry(target.to_owned())
@@ -571,6 +593,9 @@ pub fn open_all(
                     .then(|| files.pipes.fifo(f.pipe_id))
                     .flatten();
                 vec![(id, pipes::open_fifo(reg, buffer)?)]
+            }
+            Ok(pb::FdTypes::Unixsk) if crate::rpcsk::is_service_socket(e) => {
+                vec![(id, crate::rpcsk::open_service_socket(e)?)]
             }
             Ok(pb::FdTypes::Unixsk) => {
                 let sk = files.member(id, "UNIXSK", |e| e.usk.as_ref())?;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::inject::restart_adjusted;
 use crate::sys::ptrace::{
-    wait_tid, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
 };
 
 pub struct FrozenThread {
@@ -102,10 +102,18 @@ fn seize_thread(tid: pid_t) -> Result<Option<Tracee>> {
 }
 
 /// Waits for the interrupt stop of a freshly seized thread, re-delivering signals that arrive
-/// first. Returns the group-stop signal when the thread was in a job-control stop.
-fn wait_frozen(t: &Tracee) -> Result<Option<i32>> {
+/// first. Returns the group-stop signal when the thread was in a job-control stop. Past
+/// `deadline` (the --timeout, criu_set_timeout) it fails with ETIMEDOUT; the thread then stays
+/// attached until we exit (ptrace cannot detach a thread that is not stopped).
+fn wait_frozen(t: &Tracee, deadline: Instant) -> Result<Option<i32>> {
     loop {
-        match t.wait()? {
+        let stop = wait_tid_until(t.tid, deadline)?.ok_or_else(|| {
+            Error::sys(
+                format!("pid {} did not stop before the freeze timeout", t.tid),
+                Errno::ETIMEDOUT,
+            )
+        })?;
+        match stop {
             Stop::Event(sig) => {
                 return Ok(match sig {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Some(sig),
@@ -149,7 +157,7 @@ fn freeze_one(pid: pid_t, ppid: pid_t, deadline: Instant) -> Result<Option<Froze
     let give_up = |attached: Vec<Tracee>| {
         // Dropping Tracees does not detach: do it here.
         for t in attached {
-            let _ = wait_frozen(&t);
+            let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
             let _ = t.detach(0);
         }
     };
@@ -200,11 +208,12 @@ fn freeze_one(pid: pid_t, ppid: pid_t, deadline: Instant) -> Result<Option<Froze
     for t in attached {
         if result.is_err() {
             // Already failing: still wait for the stop so that detaching works.
-            let _ = wait_frozen(&t);
+            let _ = wait_frozen(&t, deadline.max(Instant::now() + Duration::from_secs(1)));
             let _ = t.detach(0);
             continue;
         }
-        match wait_frozen(&t).and_then(|stop| Ok((stop, t.get_regs()?, t.get_sigmask()?))) {
+        match wait_frozen(&t, deadline).and_then(|stop| Ok((stop, t.get_regs()?, t.get_sigmask()?)))
+        {
             Ok((stop, regs, sigmask)) => {
                 if t.tid == pid {
                     task.stop_signo = stop;

@@ -93,6 +93,28 @@ impl Caps {
     }
 }
 
+/// Why this process may not dump or restore, as CRIU's check_caps says it: it needs
+/// CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), and to be root unless `unprivileged` was asked.
+pub fn privilege_problem(unprivileged: bool) -> Option<String> {
+    let caps = match Caps::of_self() {
+        Ok(c) => c,
+        Err(e) => return Some(format!("cannot read /proc/self/status: {e}")),
+    };
+    if !caps.can_checkpoint_restore() {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "criu".into());
+        return Some(format!(
+            "criu needs the CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN capability; e.g. \
+             setcap cap_checkpoint_restore+eip {exe}"
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() && !unprivileged {
+        return Some("running as non-root requires --unprivileged".into());
+    }
+    None
+}
+
 fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key))
 }

@@ -29,6 +29,7 @@ pub mod pipes;
 pub mod regs;
 pub mod remote;
 pub mod rpc;
+pub mod rpcsk;
 pub mod signals;
 pub mod sys;
 pub mod timers;

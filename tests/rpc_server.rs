@@ -263,7 +263,11 @@ fn dump_failure_is_reported_with_errno_and_message() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Dump as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::ESRCH));
+    assert_eq!(
+        resp.cr_errno,
+        Some(libc::ESRCH),
+        "CRIU's errno for a missing task"
+    );
     assert!(resp.cr_errmsg.unwrap().contains("99999999"));
     assert_eq!(resp.dump.unwrap().restored, Some(false));
     assert_eq!(s.finish(), 1);
@@ -283,7 +287,11 @@ fn bad_options_fail_the_request_not_the_server() {
     let resp = s.call(&r);
     assert_eq!(resp.r#type, CriuReqType::Restore as i32);
     assert!(!resp.success);
-    assert_eq!(resp.cr_errno, Some(libc::EINVAL));
+    assert_eq!(
+        resp.cr_errno,
+        Some(libc::EBADRQC),
+        "CRIU's errno for bad options"
+    );
     assert!(resp.cr_errmsg.unwrap().contains("log_file"));
     assert_eq!(resp.restore.unwrap().pid, -1);
     assert_eq!(s.finish(), 1);
@@ -372,4 +380,47 @@ fn notify_round_trip() {
     assert!(first);
     let err = second.unwrap_err();
     assert!(err.contains("post-restore"), "{err}");
+}
+
+/// CRIU sends a pid only with post-restore and setup-namespaces; an answer to query-ext-files
+/// naming external resources is refused (the engine has none to offer yet).
+#[test]
+fn notify_pids_and_external_files() {
+    use criu::engine::Notify;
+    let (server, client) = sock::seqpacket_pair().unwrap();
+    let worker = std::thread::spawn(move || {
+        let mut n = criu::rpc::RpcNotify::new(server.as_fd());
+        let pre = n.notify("pre-dump", 42, None).map_err(|e| e.to_string());
+        let query = n
+            .notify("query-ext-files", 42, None)
+            .map_err(|e| e.to_string());
+        (pre, query)
+    });
+    let got = wire::recv::<CriuResp>(client.as_fd(), "notify")
+        .unwrap()
+        .unwrap();
+    let n = got.msg.notify.unwrap();
+    assert_eq!(n.script.as_deref(), Some("pre-dump"));
+    assert_eq!(n.pid, None, "CRIU sends no pid with pre-dump");
+    let mut ack = req(CriuReqType::Notify);
+    ack.notify_success = Some(true);
+    wire::send(client.as_fd(), &ack, None).unwrap();
+
+    let got = wire::recv::<CriuResp>(client.as_fd(), "notify")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.msg.notify.unwrap().script.as_deref(),
+        Some("query-ext-files")
+    );
+    ack.opts = Some(CriuOpts {
+        external: vec!["file[1:2]".into()],
+        ..Default::default()
+    });
+    wire::send(client.as_fd(), &ack, None).unwrap();
+
+    let (pre, query) = worker.join().unwrap();
+    assert!(pre.is_ok(), "{pre:?}");
+    let err = query.unwrap_err();
+    assert!(err.contains("external"), "{err}");
 }

@@ -175,7 +175,17 @@ fn call(opts: &LibOpts, service: &Service, req: &CriuReq) -> Outcome<CriuResp> {
         log_line(&format!("cannot connect to criu: {e}"));
         fail(libc::ECONNREFUSED, e as i32)
     })?;
-    exchange(conn.sk(), req, opts.notify)
+    // A detached server is no longer our ancestor: under Yama's ptrace_scope 1 it may trace
+    // us only when we name it. Without Yama this fails harmlessly (EINVAL).
+    let ptracer = conn.server_pid().filter(|_| detach);
+    if let Some(pid) = ptracer {
+        let _ = crate::sys::process::prctl(libc::PR_SET_PTRACER, pid as u64);
+    }
+    let answer = exchange(conn.sk(), req, opts.notify);
+    if ptracer.is_some() {
+        let _ = crate::sys::process::prctl(libc::PR_SET_PTRACER, 0);
+    }
+    answer
 }
 
 fn request(kind: CriuReqType, opts: &LibOpts) -> CriuReq {

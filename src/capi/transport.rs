@@ -19,11 +19,17 @@ use crate::sys::{logfd, sock};
 pub struct Connection {
     sk: Option<OwnedFd>,
     child: Option<Pid>,
+    /// The pid a forked server reported (after it detached, for a self-dump).
+    server_pid: Option<i32>,
 }
 
 impl Connection {
     pub fn sk(&self) -> BorrowedFd<'_> {
         self.sk.as_ref().expect("socket is open until drop").as_fd()
+    }
+
+    pub fn server_pid(&self) -> Option<i32> {
+        self.server_pid
     }
 }
 
@@ -52,10 +58,12 @@ pub fn connect(service: &Service, detach: bool) -> Result<Connection, Errno> {
         Service::Fd(fd) => Ok(Connection {
             sk: Some(sock::adopt_inherited(*fd)?),
             child: None,
+            server_pid: None,
         }),
         Service::Address(path) => Ok(Connection {
             sk: Some(sock::connect_seqpacket(path)?),
             child: None,
+            server_pid: None,
         }),
         Service::Binary(binary) => spawn(Some(binary), detach),
         Service::Embedded => spawn(None, detach),
@@ -86,10 +94,10 @@ fn spawn(binary: Option<&CString>, detach: bool) -> Result<Connection, Errno> {
                 // A detached server's first process exits at once; a failed one is dead.
                 while let Err(Errno::EINTR) = waitpid(child, None) {}
             }
-            started?;
             Ok(Connection {
                 sk: Some(ours),
                 child: (!detach).then_some(child),
+                server_pid: Some(started?),
             })
         }
     }

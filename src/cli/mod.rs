@@ -22,10 +22,10 @@ pub use error::CliError;
 pub use parse::{parse, parse_with, Action, CheckRequest, Command, Invocation, ParseEnv};
 
 use crate::engine;
-use crate::kerndat::Caps;
 
 /// Runs the command with `args` (argv without argv[0]) and returns the exit code.
 pub fn run(args: Vec<String>) -> i32 {
+    crate::sys::fd::ensure_std_fds();
     let inv = match parse(&args) {
         Ok(Command::Help) => {
             print_stdout(&help_text());
@@ -233,22 +233,10 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
 /// CRIU's rule for every command but swrk: CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), and root
 /// unless --unprivileged.
 fn check_privileges(opts: &crate::Options) -> Result<(), CliError> {
-    let caps = Caps::of_self().map_err(|e| CliError::io("cannot read /proc/self/status", e))?;
-    if !caps.can_checkpoint_restore() {
-        let exe = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "criu".into());
-        return Err(CliError::Invalid(format!(
-            "criu needs the CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN capability; e.g. \
-             setcap cap_checkpoint_restore+eip {exe}"
-        )));
+    match crate::kerndat::privilege_problem(opts.unprivileged) {
+        Some(why) => Err(CliError::Invalid(why)),
+        None => Ok(()),
     }
-    if !nix::unistd::geteuid().is_root() && !opts.unprivileged {
-        return Err(CliError::Invalid(
-            "running as non-root requires --unprivileged".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// CRIU truncates the log file it is given; "-" means stdout.

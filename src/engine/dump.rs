@@ -333,7 +333,7 @@ fn dump_task(
     let (process, threads) = query_all(task, syscall_ip)?;
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
-    let fdinfo = files::dump_fds(pid, files, opts.shell_job)?;
+    let fdinfo = files::dump_fds(pid, files, opts.shell_job, opts.rpc_server_socket_ino)?;
 
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files, shared)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
@@ -640,6 +640,8 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         ));
     }
     check_tree(&frozen, opts)?;
+    // CRIU asks an RPC client for external resources once the tree is frozen.
+    notify.notify("query-ext-files", pid, None)?;
 
     let mut tree = TreeImages {
         files: FileTable::new(),

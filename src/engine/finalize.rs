@@ -2,6 +2,8 @@
 //! to swap its memory into place, restore the kernel state that belongs to the final layout or
 //! to each thread, load the saved registers, and let it go.
 
+use std::os::unix::fs::MetadataExt;
+
 use libc::pid_t;
 
 use crate::engine::restore::{Ready, TaskImage};
@@ -233,7 +235,22 @@ pub fn finalize(
         map.extend_from_slice(&v.to_ne_bytes());
     }
     map.extend_from_slice(&((mm.mm_saved_auxv.len() * 8) as u32).to_ne_bytes());
-    map.extend_from_slice(&(ready.exe_fd as u32).to_ne_bytes());
+    // A program restoring itself through libcriu's embedded engine already has the task's
+    // executable as its own; the kernel refuses to replace an exe that is mapped (EBUSY), and
+    // keeping it (exe_fd -1) is what the task needs anyway.
+    let same_exe = |a: &str, b: &str| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    let exe_fd = if same_exe(
+        &format!("/proc/{pid}/exe"),
+        &format!("/proc/{pid}/fd/{}", ready.exe_fd),
+    ) {
+        u32::MAX
+    } else {
+        ready.exe_fd as u32
+    };
+    map.extend_from_slice(&exe_fd.to_ne_bytes());
     let map_addr = ctl.put(D_MM_MAP, &map)?;
     ctl.sys(
         "prctl(PR_SET_MM_MAP)",

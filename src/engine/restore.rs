@@ -661,9 +661,13 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         )?);
     }
     notify.notify("post-restore", root_pid, None)?;
-    notify.notify("pre-resume", root_pid, None)?;
-    // 4. Go.
-    for ((_, leader), others) in created.tracees.drain(..).zip(threads) {
+    // The tasks are complete: like CRIU, failing pre-resume/post-resume are only reported.
+    if let Err(e) = notify.notify("pre-resume", root_pid, None) {
+        log::error!("pre-resume: {e}");
+    }
+    // 4. Go, children before their parents: a released parent may at once signal, wait for or
+    // kill a child (a self-dumped program that returns 1 does), which must be released by then.
+    for ((_, leader), others) in created.tracees.drain(..).zip(threads).rev() {
         crate::engine::finalize::release(leader, others)?;
     }
     created.done = true;
@@ -680,7 +684,9 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             }
         }
     }
-    notify.notify("post-resume", root_pid, None)?;
+    if let Err(e) = notify.notify("post-resume", root_pid, None) {
+        log::error!("post-resume: {e}");
+    }
     if let Some(p) = &opts.pidfile {
         let path = if p.is_absolute() {
             p.clone()

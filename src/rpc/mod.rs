@@ -65,17 +65,27 @@ pub fn service(address: &Path, daemonize: bool, pidfile: Option<&Path>) -> i32 {
         }
     };
     log::info!("the service socket is bound to {}", address.display());
-    if daemonize {
-        if let Err(e) = fork::detach(false, true) {
-            log::error!("cannot run the service in the background: {e}");
-            return 1;
+    // With daemonize, the command returns only once the service runs and its pidfile exists
+    // (what an init system that starts a forking service expects).
+    let ready = if daemonize {
+        match background() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                log::error!("cannot run the service in the background: {e}");
+                return 1;
+            }
         }
-    }
+    } else {
+        None
+    };
     if let Some(pidfile) = pidfile {
         if let Err(e) = std::fs::write(pidfile, std::process::id().to_string()) {
             log::error!("cannot write the pidfile {}: {e}", pidfile.display());
             return 1;
         }
+    }
+    if let Some(ready) = ready {
+        let _ = nix::unistd::write(&ready, b"1");
     }
     // Workers are reaped by the kernel; each worker restores SIGCHLD for its own children.
     if let Err(e) = fork::ignore_sigchld(true) {
@@ -111,6 +121,30 @@ pub fn service(address: &Path, daemonize: bool, pidfile: Option<&Path>) -> i32 {
             }
             Ok(fork::Forked::Parent(_)) => drop(conn),
             Err(e) => log::error!("cannot fork a worker: {e}"),
+        }
+    }
+}
+
+/// Moves the service into the background (daemon(3)). The foreground process waits until the
+/// background one writes to the returned pipe, and exits 0 then (1 if it died first).
+fn background() -> nix::Result<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    match fork::fork()? {
+        fork::Forked::Parent(_) => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            let started = loop {
+                match nix::unistd::read(&ready_r, &mut byte) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    r => break r == Ok(1),
+                }
+            };
+            fork::exit_now(if started { 0 } else { 1 })
+        }
+        fork::Forked::Child => {
+            drop(ready_r);
+            fork::detach(false, true)?;
+            Ok(ready_w)
         }
     }
 }

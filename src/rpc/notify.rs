@@ -20,17 +20,18 @@ impl<'a> RpcNotify<'a> {
 }
 
 impl Notify for RpcNotify<'_> {
-    /// `pid` goes out only when non-zero (CRIU sends it for setup-namespaces and post-restore,
-    /// and libcriu's criu_notify_pid() reports 0 when it is absent). `fd` (orphan-pts-master)
-    /// rides along as SCM_RIGHTS.
+    /// `pid` goes out only with the actions CRIU sends it with (setup-namespaces and
+    /// post-restore; libcriu's criu_notify_pid() reports 0 for the others). `fd`
+    /// (orphan-pts-master) rides along as SCM_RIGHTS.
     fn notify(&mut self, action: &str, pid: i32, fd: Option<BorrowedFd<'_>>) -> Result<()> {
         log::debug!("notify {action} (pid {pid})");
+        let with_pid = matches!(action, "setup-namespaces" | "post-restore");
         let msg = CriuResp {
             r#type: CriuReqType::Notify as i32,
             success: true,
             notify: Some(CriuNotify {
                 script: Some(action.to_string()),
-                pid: (pid != 0).then_some(pid),
+                pid: (with_pid && pid != 0).then_some(pid),
             }),
             ..Default::default()
         };
@@ -49,6 +50,11 @@ impl Notify for RpcNotify<'_> {
             return Err(Error::Aborted(format!(
                 "the client's callback failed notification {action}"
             )));
+        }
+        // The answer to query-ext-files may name external resources (`opts.external`).
+        if let Some(external) = answer.opts.map(|o| o.external).filter(|e| !e.is_empty()) {
+            log::error!("the client named external resources {external:?}");
+            return Err(Error::OptionNotSupported("external"));
         }
         Ok(())
     }

@@ -122,6 +122,12 @@ impl Connection {
         let self_dump = req.pid.unwrap_or(0) == 0;
         let leave_running = req.leave_running();
         let result = self.prepare(&req, Purpose::Dump).and_then(|opts| {
+            if self_dump && req.notify_scripts() {
+                // post-dump is sent while the client is frozen: it could never answer.
+                return Err(Error::BadRequest(
+                    "notifications cannot be delivered to a process that dumps itself".into(),
+                ));
+            }
             let sk = self.sk.as_fd();
             run_engine(|| engine::dump(&opts, notifier(sk, &req).as_mut()))
         });
@@ -193,10 +199,12 @@ impl Connection {
         result.is_ok()
     }
 
-    /// CHECK: the options (and log file) must be usable. The engine has no kernel check of its
-    /// own yet; when it gets one, it is called here.
+    /// CHECK: the options (and log file) must be usable, and this kernel must offer what dump
+    /// and restore need (CRIU runs its `criu check` here).
     fn check(&mut self, req: CriuOpts) -> bool {
-        let result = self.prepare(&req, Purpose::Check).map(|_| ());
+        let result = self
+            .prepare(&req, Purpose::Check)
+            .and_then(|_| run_engine(kernel_check));
         self.send(&outcome(CriuReqType::Check, result.as_ref().err()));
         result.is_ok()
     }
@@ -259,7 +267,16 @@ impl Connection {
     /// Request options to engine options, plus what only the server knows, and the log opened
     /// in the work dir. Unlike CRIU we do not chdir there: every path handed to the engine is
     /// absolute already, and the embedded helper and tests share no cwd assumptions.
+    /// Failures are CRIU's EBADRQC, except options this build does not implement yet.
     fn prepare(&self, req: &CriuOpts, purpose: Purpose) -> Result<Options> {
+        self.prepare_options(req, purpose).map_err(|e| match e {
+            Error::OptionNotSupported(_) => e,
+            Error::InvalidOptions(msg) => Error::BadRequest(msg),
+            e => Error::BadRequest(e.to_string()),
+        })
+    }
+
+    fn prepare_options(&self, req: &CriuOpts, purpose: Purpose) -> Result<Options> {
         let client = Client {
             fds: ClientFds::Peer(self.peer_pid),
             is_parent: self.is_parent,
@@ -281,6 +298,12 @@ impl Connection {
             self.peer_pid,
             opts.images_dir.display()
         );
+        if purpose != Purpose::Check {
+            if let Some(why) = crate::kerndat::privilege_problem(opts.unprivileged) {
+                log::error!("{why}");
+                return Err(Error::BadRequest(why));
+            }
+        }
         Ok(opts)
     }
 
@@ -303,6 +326,25 @@ impl Connection {
             }
         }
     }
+}
+
+/// What `criu check` reports as missing for dump or restore, as one error.
+fn kernel_check() -> Result<()> {
+    let k = crate::kerndat::get();
+    let mut missing = k.missing_for_dump();
+    missing.extend(k.missing_for_restore());
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::sys(
+        format!(
+            "dump and restore cannot work here: no {}",
+            missing.join(", ")
+        ),
+        Errno::ENOSYS,
+    ))
 }
 
 /// The notifier for a request: round trips with the client if it asked for notifications.

@@ -82,6 +82,24 @@ pub fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
+/// Opens /dev/null on whichever of fds 0-2 is closed. Clients such as pycriu exec `criu swrk`
+/// with them closed; the next files we open would take those numbers, and a stray write to
+/// "stderr" would land in an image or a log.
+pub fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        // SAFETY: open takes a NUL-terminated path; the lowest free number is `fd` itself.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        if null >= 0 && null != fd {
+            // SAFETY: closing the descriptor we just opened at an unexpected number.
+            unsafe { libc::close(null) };
+        }
+    }
+}
+
 /// The populated ranges of a file up to `size`, page-aligned (SEEK_DATA/SEEK_HOLE).
 pub fn data_ranges(f: &std::fs::File, size: u64) -> crate::error::Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;

@@ -396,6 +396,33 @@ pub fn wait_tid(tid: pid_t) -> Result<Stop> {
     }
 }
 
+/// `wait_tid` that gives up at `deadline` (None): a task in an uninterruptible sleep (a vfork
+/// parent, a stuck NFS read) does not stop until it wakes, and the freeze has a timeout.
+pub fn wait_tid_until(tid: pid_t, deadline: std::time::Instant) -> Result<Option<Stop>> {
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: plain syscall writing one int.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(Error::sys(format!("waitpid({tid})"), e));
+        }
+        if r == tid {
+            return Ok(Some(decode_status(status)));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+    }
+}
+
 fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
         Stop::Exited(libc::WEXITSTATUS(status))
