@@ -9,6 +9,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// SigBlk of the main thread.
+fn blocked(pid: i32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = st
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(v, 16).unwrap()
+}
+
 fn beat(s: &Scratch) -> u64 {
     s.read("beat").trim().parse().unwrap_or(0)
 }
@@ -81,4 +92,87 @@ fn sigkill_during_dump_leaves_target_running() {
         Some(0),
         "the task's state was damaged by an interrupted dump"
     );
+}
+
+/// The dumper dies inside each of the syscalls it runs in the task, one run per syscall: the
+/// task must come out as it was every time (the trampoline's rt_sigreturn puts it back).
+#[test]
+fn death_inside_each_injected_syscall_leaves_task_intact() {
+    let s = Scratch::new("killinject");
+    let bin = workload("heartbeat");
+    let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap(), "16"]);
+    let pid = child.id() as i32;
+    s.wait_file("beat", Duration::from_secs(30));
+    let mut at = 1;
+    loop {
+        let _ = std::fs::remove_dir_all(s.img());
+        std::fs::create_dir_all(s.img()).unwrap();
+        let out = Command::new(CRIU)
+            .args([
+                "dump",
+                "-t",
+                &pid.to_string(),
+                "-D",
+                "img",
+                "--leave-running",
+                "-o",
+                "dump.log",
+            ])
+            .env("CRIU_RS_FAULT_KILL_AT_SYSCALL", at.to_string())
+            .current_dir(&s.dir)
+            .output()
+            .unwrap();
+        let t = Instant::now();
+        while state_and_tracer(pid)
+            .map(|(_, tr)| tr != 0)
+            .unwrap_or(false)
+            && t.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_running_untraced(pid);
+        // Once detached, the task runs the way back (rt_sigreturn) on its own: give it a moment.
+        let t = Instant::now();
+        while blocked(pid) != 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            blocked(pid),
+            0,
+            "killed inside syscall {at}: the signal mask was left changed"
+        );
+        let b0 = beat(&s);
+        let t = Instant::now();
+        while beat(&s) <= b0 + 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "killed inside syscall {at}: no heartbeat"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if out.status.success() {
+            // The dump ran fewer syscalls than `at`: every point was tried.
+            break;
+        }
+        at += 1;
+        assert!(at < 1000, "runaway");
+    }
+    assert!(at > 20, "only {at} syscalls were tried");
+    assert!(kill(pid, libc::SIGUSR1));
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert_eq!(
+                st.code(),
+                Some(0),
+                "the task's state was damaged by a dumper dying inside a syscall"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the task never took SIGUSR1: its signals stay blocked"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

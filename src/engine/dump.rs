@@ -17,7 +17,7 @@ use crate::options::Options;
 use crate::pb;
 use crate::procfs;
 use crate::regs;
-use crate::remote::Remote;
+use crate::remote::{Remote, Resume};
 use crate::signals;
 use crate::sys::inject::{find_syscall_insn, restart_adjusted, Injector};
 use crate::sys::ptrace::Tracee;
@@ -163,44 +163,78 @@ fn query_process(remote: &Remote) -> Result<ProcessQueries> {
 }
 
 /// Runs the per-thread queries in every thread, and the process-wide ones in the leader, with
-/// one scratch page. Each thread gets its registers and signal mask back as soon as we are done
-/// with it: should we die later, the kernel detaches it and it must resume intact.
+/// one scratch area. Each thread gets its registers and signal mask back as soon as we are done
+/// with it; while we run its syscalls, the way back in the scratch area (remote::Resume) would
+/// put it back should we die.
 fn query_all(
     task: &mut FrozenTask,
     syscall_ip: u64,
 ) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
     let pid = task.pid;
     let leader = task.leader();
-    leader.tracee.set_sigmask(!0)?;
-    let remote = Remote::start(Injector::new(&leader.tracee, leader.regs, syscall_ip), pid)?;
+    let xstate = leader.tracee.get_xstate()?;
+    let resume = Resume {
+        regs: restart_adjusted(&leader.regs),
+        sigmask: leader.sigmask,
+        xstate: &xstate,
+    };
+    let started = Remote::start(
+        Injector::new(&leader.tracee, leader.regs, syscall_ip),
+        pid,
+        &resume,
+    );
+    let remote = match started {
+        Ok(r) => r,
+        Err(e) => {
+            leader.tracee.set_regs(&resume.regs)?;
+            leader.tracee.set_sigmask(leader.sigmask)?;
+            return Err(e);
+        }
+    };
     let scratch = remote.scratch_range().0;
-    let gathered = (|| -> Result<_> {
-        let process = query_process(&remote)?;
-        let mut threads = vec![query_thread(&remote)?];
+    let gathered = query_process(&remote).and_then(|p| Ok((p, query_thread(&remote)?)));
+    // Back as it was now: the scratch frame is about to be rewritten for the other threads.
+    leader.tracee.set_regs(&resume.regs)?;
+    leader.tracee.set_sigmask(leader.sigmask)?;
+    let gathered = gathered.and_then(|(process, first)| {
+        let mut threads = vec![first];
         for th in task.threads.iter().skip(1) {
-            th.tracee.set_sigmask(!0)?;
-            let r = Remote::borrowed(Injector::new(&th.tracee, th.regs, syscall_ip), pid, scratch);
-            let q = query_thread(&r);
-            let deferred = r.deferred_signals();
-            th.tracee.set_regs(&restart_adjusted(&th.regs))?;
+            let xstate = th.tracee.get_xstate()?;
+            let resume = Resume {
+                regs: restart_adjusted(&th.regs),
+                sigmask: th.sigmask,
+                xstate: &xstate,
+            };
+            let q = Remote::borrowed(
+                Injector::new(&th.tracee, th.regs, syscall_ip),
+                pid,
+                scratch,
+                &resume,
+            )
+            .and_then(|r| {
+                let q = query_thread(&r)?;
+                Ok((q, r.deferred_signals()))
+            });
+            th.tracee.set_regs(&resume.regs)?;
             th.tracee.set_sigmask(th.sigmask)?;
+            let (q, deferred) = q?;
             if !deferred.is_empty() {
                 return Err(Error::task(
                     th.tracee.tid,
                     format!("signals {deferred:?} arrived while frozen; retry the dump"),
                 ));
             }
-            threads.push(q?);
+            threads.push(q);
         }
         Ok((process, threads))
-    })();
+    });
     let deferred = remote.finish();
-    task.threads[0]
-        .deferred
-        .extend(deferred.as_deref().unwrap_or(&[]));
     let leader = task.leader();
     leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
     leader.tracee.set_sigmask(leader.sigmask)?;
+    task.threads[0]
+        .deferred
+        .extend(deferred.as_deref().unwrap_or(&[]));
     deferred?;
     gathered
 }

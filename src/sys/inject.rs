@@ -81,6 +81,14 @@ impl<'a> Injector<'a> {
         self.tracee.tid
     }
 
+    pub fn tracee(&self) -> &Tracee {
+        self.tracee
+    }
+
+    pub fn syscall_ip(&self) -> u64 {
+        self.syscall_ip
+    }
+
     pub fn set_syscall_ip(&mut self, ip: u64) {
         self.syscall_ip = ip;
     }
@@ -124,6 +132,7 @@ impl<'a> Injector<'a> {
         r.r9 = args[5];
         self.tracee.set_regs(&r)?;
         self.step_to_syscall_stop()?; // entry
+        fault::maybe_die();
         self.step_to_syscall_stop()?; // exit
         let out = self.tracee.get_regs()?;
         Ok(out.rax as i64)
@@ -139,6 +148,29 @@ impl<'a> Injector<'a> {
             ))
         } else {
             Ok(r as u64)
+        }
+    }
+}
+
+/// Fault injection for tests: with CRIU_RS_FAULT_KILL_AT_SYSCALL=N in the environment, we kill
+/// ourselves inside the N-th syscall we run in a task (between its entry and exit), to check
+/// that the task survives our death at any point.
+mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    pub fn maybe_die() {
+        static AT: once_cell::sync::Lazy<Option<u64>> = once_cell::sync::Lazy::new(|| {
+            std::env::var("CRIU_RS_FAULT_KILL_AT_SYSCALL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(at) = *AT {
+            if COUNT.fetch_add(1, Ordering::Relaxed) + 1 == at {
+                // SAFETY: kill(2) on ourselves.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod pipe;
 pub mod probe;
 pub mod process;
 pub mod ptrace;
+pub mod sigframe;
 pub mod signal;
 pub mod sock;
 pub mod sockmsg;
