@@ -54,6 +54,6 @@ pub fn open(e: &pb::EventfdFileEntry) -> Result<OwnedFd> {
     if e.counter != 0 {
         sysefd::add(fd.as_fd(), e.counter)?;
     }
-    files::restore_file_params(fd.as_fd(), e.flags, &e.fown)?;
+    files::restore_status_flags(fd.as_fd(), e.flags)?;
     Ok(fd)
 }

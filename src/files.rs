@@ -6,11 +6,11 @@
 //!
 //! Restore has two phases so that the tasks of a tree can share kernel objects: `open_all`
 //! creates every file description once (one pipe() for both ends, one socketpair() for both
-//! sockets), and `install_fds` puts one task's fd numbers in place from what it created.
+//! sockets), and `install_from_pool` puts one task's fd numbers in place from what was created.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use libc::pid_t;
@@ -157,9 +157,17 @@ pub fn dump_fown(fd: BorrowedFd<'_>) -> Result<pb::FownEntry> {
     })
 }
 
-/// File status flags (F_SETFL) and owner of a file description being restored.
-pub fn restore_file_params(fd: BorrowedFd<'_>, flags: u32, fown: &pb::FownEntry) -> Result<()> {
-    sysfd::set_status_flags(fd, flags)?;
+/// File status flags (F_SETFL) of a file description being restored.
+pub fn restore_status_flags(fd: BorrowedFd<'_>, flags: u32) -> Result<()> {
+    sysfd::set_status_flags(fd, flags)
+}
+
+/// The owner (F_SETOWN_EX, F_SETSIG) of a file description being restored. Set when the fd
+/// is installed in a task: by then every task of the tree exists, and the owner may be any.
+pub fn restore_owner(fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
+    if fown.pid == 0 && fown.signum == 0 {
+        return Ok(());
+    }
     sysfd::set_owner(
         fd,
         sysfd::Owner {
@@ -422,6 +430,18 @@ pub struct FileImages {
 }
 
 impl FileImages {
+    /// The saved owner of a file description, whatever its kind.
+    pub fn fown_of(&self, id: u32) -> Option<&pb::FownEntry> {
+        let e = self.by_id.get(&id)?;
+        e.reg
+            .as_ref()
+            .map(|x| &x.fown)
+            .or(e.pipe.as_ref().map(|x| &x.fown))
+            .or(e.usk.as_ref().map(|x| &x.fown))
+            .or(e.efd.as_ref().map(|x| &x.fown))
+            .or(e.tty.as_ref().map(|x| &x.fown))
+    }
+
     pub fn load(dir: &ImageDir) -> Result<FileImages> {
         let entries: Vec<pb::FileEntry> = dir.read_all(Kind::Files, "")?;
         let unix_by_ino = entries
@@ -536,12 +556,19 @@ pub fn inherited_terminal() -> Option<RawFd> {
 /// `lowest_fd` it was given and close-on-exec; dropping the set closes them.
 pub struct OpenFiles {
     by_id: HashMap<u32, OwnedFd>,
-    lowest_fd: RawFd,
 }
 
 impl OpenFiles {
     pub fn get(&self, id: u32) -> Option<BorrowedFd<'_>> {
         self.by_id.get(&id).map(|f| f.as_fd())
+    }
+
+    /// The fd numbers, for processes forked after `open_all` (they inherit the same numbers).
+    pub fn numbers(&self) -> HashMap<u32, RawFd> {
+        self.by_id
+            .iter()
+            .map(|(&id, fd)| (id, fd.as_raw_fd()))
+            .collect()
     }
 }
 
@@ -572,7 +599,6 @@ pub fn open_all(
     let mut fifos_filled: HashSet<u32> = HashSet::new();
     let mut out = OpenFiles {
         by_id: HashMap::new(),
-        lowest_fd,
     };
     for &id in &wanted {
         if out.by_id.contains_key(&id) {
@@ -626,59 +652,25 @@ pub fn open_all(
     Ok(out)
 }
 
-/// Phase 2: puts one task's fds at their numbers (dup3, FD_CLOEXEC as saved) from `opened`,
-/// then closes every fd of the set. The numbers must be below the set's `lowest_fd`.
-pub fn install_fds(fdinfo: &[pb::FdinfoEntry], opened: OpenFiles) -> Result<()> {
-    for f in fdinfo {
-        let target = f.fd as RawFd;
-        if target >= opened.lowest_fd {
-            return Err(Error::InvalidOptions(format!(
-                "fd {target} is not below {}, where the opened files are",
-                opened.lowest_fd
-            )));
-        }
-        let fd = opened.get(f.id).ok_or_else(|| {
-            Error::InvalidOptions(format!("fd {target}: file {} was not opened", f.id))
-        })?;
-        sysfd::install(
-            fd.as_raw_fd(),
-            target,
-            f.flags & libc::FD_CLOEXEC as u32 != 0,
-        )?;
-    }
-    drop(opened);
-    Ok(())
-}
-
-/// In the new task: replaces the whole fd table with the saved one. `keep` are fds of ours
-/// still needed after this (moved above the saved table; updated in place).
-pub fn restore_fds(
+/// In a task of a tree: replaces its fd table with the saved one, from the file descriptions
+/// the restorer opened for the whole tree before forking it (`pool`: file id → fd number we
+/// inherited). `keep` are fds of ours still needed (moved above the pool; updated in place).
+pub fn install_from_pool(
     fdinfo: &[pb::FdinfoEntry],
+    pool: &HashMap<u32, RawFd>,
     files: &FileImages,
     keep: &mut [RawFd],
-    shell_job: bool,
 ) -> Result<()> {
-    let max_fd = fdinfo.iter().map(|f| f.fd as RawFd).max().unwrap_or(-1);
-    let tty = if shell_job {
-        inherited_terminal()
-    } else {
-        None
-    };
-    let mut tty_copy = None;
-    if let Some(t) = tty {
-        tty_copy = Some(sysfd::move_above(
-            nix::unistd::dup(sysfd::borrow_std(t))
-                .map_err(|e| Error::sys("dup terminal", e))?
-                .into_raw_fd(),
-            max_fd + 1,
-        )?);
-    }
+    let top = pool
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(-1)
+        .max(fdinfo.iter().map(|f| f.fd as RawFd).max().unwrap_or(-1));
     for fd in keep.iter_mut() {
-        *fd = sysfd::move_above(*fd, max_fd + 1)?;
+        *fd = sysfd::move_above(*fd, top + 1)?;
     }
-    // Everything else goes: the restorer's fds must not leak into the task.
-    let mut ours: Vec<RawFd> = keep.to_vec();
-    ours.extend(tty_copy);
+    let mut ours: Vec<RawFd> = keep.iter().copied().chain(pool.values().copied()).collect();
     ours.sort_unstable();
     let mut next = 0u32;
     for &fd in &ours {
@@ -688,11 +680,19 @@ pub fn restore_fds(
         next = fd as u32 + 1;
     }
     sysfd::close_range(next, u32::MAX)?;
-
-    let ids: Vec<u32> = fdinfo.iter().map(|f| f.id).collect();
-    let opened = open_all(&ids, files, max_fd + 1, tty_copy.map(sysfd::borrow));
-    if let Some(t) = tty_copy {
-        sysfd::close(t);
+    for f in fdinfo {
+        let fd = *pool.get(&f.id).ok_or_else(|| {
+            Error::InvalidOptions(format!("fd {}: file {} was not opened", f.fd, f.id))
+        })?;
+        sysfd::install(fd, f.fd as RawFd, f.flags & libc::FD_CLOEXEC as u32 != 0)?;
+        if let Some(fown) = files.fown_of(f.id) {
+            restore_owner(sysfd::borrow(fd), fown)?;
+        }
     }
-    install_fds(fdinfo, opened?)
+    for &fd in pool.values() {
+        if !fdinfo.iter().any(|f| f.fd as RawFd == fd) {
+            sysfd::close(fd);
+        }
+    }
+    Ok(())
 }

@@ -291,7 +291,7 @@ pub fn open_pipe(
         out.push((e.id, fd));
     }
     for (e, (_, fd)) in ends.iter().zip(&out) {
-        files::restore_file_params(fd.as_fd(), e.flags, &e.fown)?;
+        files::restore_status_flags(fd.as_fd(), e.flags)?;
     }
     Ok(out)
 }
@@ -326,7 +326,7 @@ pub fn open_fifo(reg: &pb::RegFileEntry, buffer: Option<&PipeBuffer>) -> Result<
             e => e,
         })?;
     }
-    files::restore_file_params(fd.as_fd(), reg.flags, &reg.fown)?;
+    files::restore_status_flags(fd.as_fd(), reg.flags)?;
     Ok(fd)
 }
 

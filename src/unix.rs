@@ -453,7 +453,7 @@ pub fn open_socket(
             for (fd, e) in [(&a, sk), (&b, peer)] {
                 set_buffers(fd.as_fd(), &e.opts)?;
                 set_behaviour(fd.as_fd(), &e.opts)?;
-                files::restore_file_params(fd.as_fd(), e.flags, &e.fown)?;
+                files::restore_status_flags(fd.as_fd(), e.flags)?;
             }
             Ok(vec![(sk.id, a), (peer.id, b)])
         }
@@ -468,7 +468,7 @@ pub fn open_socket(
                 .map_err(|e| Error::sys(what("socket"), e))?;
             set_buffers(s.as_fd(), &sk.opts)?;
             set_behaviour(s.as_fd(), &sk.opts)?;
-            files::restore_file_params(s.as_fd(), sk.flags, &sk.fown)?;
+            files::restore_status_flags(s.as_fd(), sk.flags)?;
             Ok(vec![(sk.id, s)])
         }
         (STATE_ESTABLISHED, None) => Err(Error::InvalidOptions(format!(

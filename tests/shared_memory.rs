@@ -56,3 +56,30 @@ fn pss_kib(pid: i32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// Kernel objects two processes share: a pipe with 40 KiB nobody read, a datagram pair with
+/// queued messages, an eventfd, a file offset (ctests/workloads/sharedfds.c checks them).
+#[test]
+fn pipe_socketpair_eventfd_and_file_offset_shared_by_two_tasks() {
+    become_subreaper();
+    let s = Scratch::new("sharedfds");
+    let bin = workload("sharedfds");
+    let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let ready = s.wait_file("ready", T);
+    let f: Vec<i32> = ready
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (root, kid) = (f[0], f[1]);
+    s.dump(root, &[]);
+    let _ = child.wait();
+    let _ = wait_exit(kid, T);
+    assert_eq!(s.restore(&[]), root);
+    assert!(kill(kid, libc::SIGUSR1));
+    assert!(kill(root, libc::SIGUSR1));
+    let code = wait_exit(root, T);
+    assert_eq!(
+        code, 0,
+        "shared kernel objects check {code} failed (see ctests/workloads/sharedfds.c)"
+    );
+}

@@ -17,14 +17,8 @@ fn compile_threads() -> std::path::PathBuf {
 
 fn start(s: &Scratch, pipe: bool) -> (std::process::Child, i32, Vec<i32>) {
     let bin = compile_threads();
-    let child = if pipe {
-        std::env::set_var("PIPE", "1");
-        let c = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
-        std::env::remove_var("PIPE");
-        c
-    } else {
-        s.spawn(&bin, &[s.dir.to_str().unwrap()])
-    };
+    let env: &[(&str, &str)] = if pipe { &[("PIPE", "1")] } else { &[] };
+    let child = s.spawn_env(&bin, &[s.dir.to_str().unwrap()], env);
     let ready = s.wait_file("ready", T);
     let ids: Vec<i32> = ready
         .split_whitespace()
@@ -46,7 +40,8 @@ fn tids_of(pid: i32) -> Vec<i32> {
 fn eight_threads_in_different_states() {
     become_subreaper();
     let s = Scratch::new("threads");
-    let (mut child, pid, tids) = start(&s, false);
+    // Thread 7 waits in read() on a pipe the main thread writes to after the restore.
+    let (mut child, pid, tids) = start(&s, true);
     let mut before = tids_of(pid);
     s.dump(pid, &[]);
     let _ = child.wait();

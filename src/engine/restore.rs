@@ -141,6 +141,9 @@ pub struct Plan {
     /// Per process: its pages file, kept open by the restorer across the forks for tasks that
     /// patch inherited memory themselves.
     pub pages_fds: Vec<Option<RawFd>>,
+    /// Every file description of the tree, opened by the restorer before the first fork so that
+    /// tasks sharing one (a pipe, a socket pair, a file offset) get the same: file id → fd.
+    pub pool: std::collections::HashMap<u32, RawFd>,
     pub parent: Vec<Option<usize>>,
     pub shell_job: bool,
     /// Per process: the pipe it waits on for "go" (read end, write end).
@@ -277,6 +280,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         shared: Vec::new(),
         inherit,
         pages_fds: Vec::new(),
+        pool: Default::default(),
         parent,
         shell_job: opts.shell_job,
         go: Vec::new(),
@@ -534,6 +538,39 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         pages_restored += mem::premap_shared(at, size, &entries, &pages)?;
     }
 
+    // Every file description, once, above every fd number the tasks use.
+    let ids: Vec<u32> = plan
+        .procs
+        .iter()
+        .filter_map(|p| match p {
+            Proc::Alive(t) => Some(t.fdinfo.iter().map(|f| f.id)),
+            Proc::Zombie { .. } => None,
+        })
+        .flatten()
+        .collect();
+    let lowest = plan
+        .procs
+        .iter()
+        .filter_map(|p| match p {
+            Proc::Alive(t) => t.fdinfo.iter().map(|f| f.fd as RawFd).max(),
+            Proc::Zombie { .. } => None,
+        })
+        .max()
+        .unwrap_or(-1)
+        + 1;
+    let terminal = if opts.shell_job {
+        crate::files::inherited_terminal()
+    } else {
+        None
+    };
+    let pool = crate::files::open_all(
+        &ids,
+        &plan.files,
+        lowest.max(3),
+        terminal.map(crate::sys::fd::borrow_std),
+    )?;
+    plan.pool = pool.numbers();
+
     // Control channels: one "go" pipe per process, one shared report pipe.
     plan.report = raw_pipe()?;
     for _ in &plan.procs {
@@ -563,6 +600,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         Forked::Parent(pid) => created.root = Some(pid),
     }
     drop(kept_pages);
+    drop(pool);
     // Our ends: report read end and go write ends only.
     let mut report_r = File::from(channels.keep(plan.report.0));
     let go_w: Vec<OwnedFd> = plan.go.iter().map(|&(_, w)| channels.keep(w)).collect();

@@ -128,7 +128,7 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     let layout = plan.layouts[idx]
         .as_ref()
         .expect("live tasks have a layout");
-    build_self(task, &plan.files, layout, plan.shell_job, go, report_fd)
+    build_self(task, &plan.files, layout, &plan.pool, go, report_fd)
 }
 
 fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
@@ -142,7 +142,7 @@ fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
     let Proc::Alive(parent) = &plan.procs[p] else {
         return Ok(());
     };
-    // Borrow the inherited pages file without closing it: restore_fds closes it later.
+    // Borrow the inherited pages file without closing it: install_from_pool closes it later.
     let pages = std::mem::ManuallyDrop::new(std::fs::File::from(sysfd::owned(fd)));
     let layout = plan.layouts[idx].as_ref().expect("alive");
     mem::apply_inherited(
@@ -207,7 +207,7 @@ fn build_self(
     task: &TaskImage,
     files: &FileImages,
     layout: &Layout,
-    shell_job: bool,
+    pool: &std::collections::HashMap<u32, RawFd>,
     go: RawFd,
     report_fd: &mut RawFd,
 ) -> Result<()> {
@@ -215,7 +215,7 @@ fn build_self(
     build_ctrl(layout)?;
 
     let mut keep = [*report_fd, exe.into_raw_fd(), go];
-    let r = crate::files::restore_fds(&task.fdinfo, files, &mut keep, shell_job);
+    let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep);
     *report_fd = keep[0];
     r?;
     let exe_fd = keep[1];

@@ -73,8 +73,14 @@ impl Scratch {
     /// Starts `program args` in this directory with stdin from /dev/null, stdout/stderr into
     /// `out`, and no fd beyond 0-2 (whatever the test harness inherited stays out).
     pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        self.spawn_env(program, args, &[])
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_env(&self, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
         let out = std::fs::File::create(self.path("out")).unwrap();
         let mut cmd = Command::new(program);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
