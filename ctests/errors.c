@@ -122,7 +122,7 @@ int main(int argc, char **argv)
 	/* Our criu decides about options itself: not implemented yet is -EBADE, EOPNOTSUPP. */
 	fresh_opts(argv[2]);
 	criu_set_pid(getpid());
-	criu_set_track_mem(true);
+	CHECK_EQ(criu_set_freeze_cgroup("/sys/fs/cgroup/criu-rs-test"), 0);
 	EXPECT(criu_dump(), -EBADE, EOPNOTSUPP);
 
 	/* -ECONNREFUSED: errno says why. */
@@ -142,7 +142,7 @@ int main(int argc, char **argv)
 	/* -EINVAL: the embedded engine refuses what it does not implement before it forks. */
 	fresh_opts(NULL);
 	criu_set_pid(getpid());
-	criu_set_track_mem(true);
+	CHECK_EQ(criu_set_freeze_cgroup("/sys/fs/cgroup/criu-rs-test"), 0);
 	EXPECT(criu_dump(), -EINVAL, EOPNOTSUPP);
 	EXPECT(criu_dump_iters(NULL), -EINVAL, -1);
 	EXPECT(criu_feature_check(NULL, 0), -EINVAL, -1);

@@ -141,7 +141,8 @@ int criu_check_version(int minimum);
 int criu_dump(void);
 
 /**
- * Pre-dumps while `more` returns > 0, then dumps; `more` < 0 aborts with that value.
+ * Pre-dumps while `more` returns > 0, then dumps; `more` < 0 aborts with that value. `more`
+ * may change the options (next images directory, parent) between requests.
  */
 int criu_dump_iters(int (*more)(criu_predump_info pi));
 

@@ -229,10 +229,15 @@ pub fn dump_fds(
     files: &mut FileTable,
     shell_job: bool,
     service_sk_ino: Option<u64>,
+    memory_tracker: Option<i32>,
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
     let pidfd = OnceCell::new();
-    for fd in procfs::fds(pid)? {
+    // The memory tracker is ours, not the task's (track.rs).
+    for fd in procfs::fds(pid)?
+        .into_iter()
+        .filter(|&fd| Some(fd) != memory_tracker)
+    {
         let link = format!("/proc/{pid}/fd/{fd}");
         let target = match procfs::readlink(&link) {
             Ok(t) => t.to_string_lossy().into_owned(),

@@ -33,6 +33,7 @@ pub mod rpcsk;
 pub mod signals;
 pub mod sys;
 pub mod timers;
+pub mod track;
 pub mod unix;
 
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::files::FileTable;
+use crate::images::pages::PageFile;
 use crate::images::PE_PRESENT;
 use crate::pb;
 use crate::procfs::MapEntry;
@@ -307,17 +308,39 @@ pub struct PageStats {
     pub cow: u64,
 }
 
-/// A run of pages to save: (vma index, start, end).
-type Run = (usize, u64, u64);
+/// A run of pages to save: (vma index, start, end, PAGEMAP_SCAN categories). Pages the scan
+/// cannot vouch for as unwritten carry PAGE_IS_WRITTEN.
+type Run = (usize, u64, u64, u64);
 
-/// The runs of pages to save, and how many pages were looked at.
-fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result<(Vec<Run>, u64)> {
+/// Write tracking during a scan: `reset` clears the write bits as they are read (the tracker is
+/// then relative to this iteration) and starts tracking VMAs not tracked yet.
+pub struct Tracking<'a> {
+    pub tracker: &'a crate::track::Tracker,
+    pub reset: bool,
+}
+
+/// The pages of a task that hold data, as one PAGEMAP_SCAN per VMA sees them.
+pub struct Scan {
+    runs: Vec<Run>,
+    scanned: u64,
+}
+
+/// Scans the task's private memory. With `tracking`, the same scan reads (and with `reset`,
+/// clears) the write bits of tracked VMAs; other VMAs count as written throughout.
+pub fn scan_pages(pid: pid_t, vmas: &[pb::VmaEntry], tracking: Option<&Tracking>) -> Result<Scan> {
+    use crate::sys::pagemap::{PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
+    let pagemap = Pagemap::open(pid)?;
     let mut runs: Vec<Run> = Vec::new();
     let mut scanned = 0;
-    let q = ScanQuery {
+    let plain = ScanQuery {
         anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         ret: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_GUARD,
         ..Default::default()
+    };
+    let tracked = |reset: bool| ScanQuery {
+        flags: PM_SCAN_CHECK_WPASYNC | if reset { PM_SCAN_WP_MATCHING } else { 0 },
+        ret: plain.ret | PAGE_IS_WRITTEN,
+        ..plain
     };
     let mut regions = Vec::new();
     for (i, v) in vmas.iter().enumerate() {
@@ -326,7 +349,36 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
         }
         scanned += (v.end - v.start) / PAGE_SIZE;
         regions.clear();
-        pagemap.scan(v.start, v.end, q, &mut regions)?;
+        // Whether the categories' write bits mean anything.
+        let mut writes_known = false;
+        if let Some(t) = tracking {
+            match pagemap.try_scan(v.start, v.end, tracked(t.reset), &mut regions) {
+                Ok(()) => writes_known = true,
+                Err(nix::errno::Errno::EPERM) => {
+                    // Not tracked (new since the last iteration, moved, or never registered).
+                    regions.clear();
+                    if t.reset && t.tracker.register(v.start, v.end) {
+                        // Every present page reads as written and gets protected.
+                        pagemap
+                            .try_scan(v.start, v.end, tracked(true), &mut regions)
+                            .map_err(|e| Error::sys(format!("PAGEMAP_SCAN of pid {pid}"), e))?;
+                    } else {
+                        pagemap.scan(v.start, v.end, plain, &mut regions)?;
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::sys(
+                        format!(
+                            "PAGEMAP_SCAN(write bits) of pid {pid} [{:#x}, {:#x})",
+                            v.start, v.end
+                        ),
+                        e,
+                    ))
+                }
+            }
+        } else {
+            pagemap.scan(v.start, v.end, plain, &mut regions)?;
+        }
         let anon = v.status & VMA_ANON_PRIVATE != 0;
         for r in &regions {
             if r.categories & PAGE_IS_GUARD != 0 {
@@ -345,13 +397,17 @@ fn pages_to_save(pid: pid_t, pagemap: &Pagemap, vmas: &[pb::VmaEntry]) -> Result
             if !keep {
                 continue;
             }
+            let mut cats = r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN);
+            if !writes_known {
+                cats |= PAGE_IS_WRITTEN;
+            }
             match runs.last_mut() {
-                Some(last) if last.0 == i && last.2 == r.start => last.2 = r.end,
-                _ => runs.push((i, r.start, r.end)),
+                Some(last) if last.0 == i && last.2 == r.start && last.3 == cats => last.2 = r.end,
+                _ => runs.push((i, r.start, r.end, cats)),
             }
         }
     }
-    Ok((runs, scanned))
+    Ok(Scan { runs, scanned })
 }
 
 /// Threads that copy a frozen task's memory into the image: a copy into new page-cache pages
@@ -369,6 +425,8 @@ type Piece = (u64, u64, u64, bool);
 enum Save {
     /// The parent task's page: recorded, not written (PE_COW).
     Cow,
+    /// Unchanged since the previous iteration, whose images hold it (PE_PARENT).
+    Parent,
     /// Written, read with process_vm_readv.
     Pinned,
     /// Written, read through /proc/PID/mem.
@@ -385,16 +443,40 @@ pub struct PagePlan {
     pub stats: PageStats,
 }
 
-/// Plans a task's memory dump. With `parent` (its parent task and that one's VMAs), pages
-/// still shared with the parent are recorded as the parent's.
+/// Splits [start, end) by the sorted, disjoint `cover`: (start, end, covered).
+fn split_by_cover(start: u64, end: u64, cover: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    let first = cover.partition_point(|c| c.1 <= start);
+    for &(cs, ce) in cover[first..].iter().take_while(|c| c.0 < end) {
+        if cs > at {
+            out.push((at, cs, false));
+        }
+        let (s, e) = (cs.max(at), ce.min(end));
+        out.push((s, e, true));
+        at = e;
+    }
+    if at < end {
+        out.push((at, end, false));
+    }
+    out
+}
+
+/// Plans a task's memory dump from its scan. With `parent` (its parent task and that one's
+/// VMAs), pages still shared with the parent are recorded as the parent's. With `held` (the
+/// pages the previous iteration's images hold, given only when the write bits are relative to
+/// those images), unwritten pages are recorded as being there.
 pub fn plan_pages(
     pid: pid_t,
     vmas: &[pb::VmaEntry],
+    scan: Scan,
     parent: Option<(pid_t, &[pb::VmaEntry])>,
+    held: Option<&[(u64, u64)]>,
 ) -> Result<PagePlan> {
-    use crate::sys::pagemap::{exclusive_or_swapped, same_frame, PagemapEntries};
-    let pagemap = Pagemap::open(pid)?;
-    let (runs, scanned) = pages_to_save(pid, &pagemap, vmas)?;
+    use crate::sys::pagemap::{
+        exclusive_or_swapped, is_pte_marker, same_frame, shows_frames, PagemapEntries,
+        PAGE_IS_WRITTEN,
+    };
     let inherited = match parent {
         Some((_, pv)) => inherited_from(vmas, pv),
         None => vec![None; vmas.len()],
@@ -405,28 +487,45 @@ pub fn plan_pages(
         None => None,
     };
     // Runs of pages saved the same way: (vma, start, end, how).
-    let mut parts: Vec<(usize, u64, u64, Save)> = Vec::with_capacity(runs.len());
-    for (i, start, end) in runs {
-        let readable = vmas[i].prot & libc::PROT_READ as u32 != 0;
-        let own = mine.read(start, end)?;
-        let parents = match (&theirs, inherited[i]) {
-            (Some(t), Some(_)) => Some(t.read(start, end)?),
-            _ => None,
+    let mut parts: Vec<(usize, u64, u64, Save)> = Vec::with_capacity(scan.runs.len());
+    let mut add = |i: usize, start: u64, end: u64, how: Save| match parts.last_mut() {
+        Some(last) if last.0 == i && last.2 == start && last.3 == how => last.2 = end,
+        _ => parts.push((i, start, end, how)),
+    };
+    for (i, run_start, run_end, cats) in scan.runs {
+        let clean = cats & PAGE_IS_WRITTEN == 0;
+        let pieces = match held {
+            Some(h) if clean => split_by_cover(run_start, run_end, h),
+            _ => vec![(run_start, run_end, false)],
         };
-        for (k, e) in own.iter().enumerate() {
-            let addr = start + k as u64 * PAGE_SIZE;
-            let how = if parents.as_ref().is_some_and(|p| same_frame(*e, p[k])) {
-                Save::Cow
-            } else if readable && exclusive_or_swapped(*e) {
-                Save::Pinned
-            } else {
-                Save::Unpinned
+        for (start, end, in_parent) in pieces {
+            if in_parent && cats & PAGE_IS_SWAPPED == 0 {
+                add(i, start, end, Save::Parent);
+                continue;
+            }
+            let readable = vmas[i].prot & libc::PROT_READ as u32 != 0;
+            let own = mine.read(start, end)?;
+            let parents = match (&theirs, inherited[i]) {
+                (Some(t), Some(_)) => Some(t.read(start, end)?),
+                _ => None,
             };
-            match parts.last_mut() {
-                Some(last) if last.0 == i && last.2 == addr && last.3 == how => {
-                    last.2 = addr + PAGE_SIZE
+            for (k, e) in own.iter().enumerate() {
+                let addr = start + k as u64 * PAGE_SIZE;
+                if is_pte_marker(*e) {
+                    // A write-protect marker on an empty pte: no data, the page reads as zero.
+                    continue;
                 }
-                _ => parts.push((i, addr, addr + PAGE_SIZE, how)),
+                let how = if in_parent && shows_frames(*e) {
+                    // Really swapped out (not a marker), and unchanged.
+                    Save::Parent
+                } else if parents.as_ref().is_some_and(|p| same_frame(*e, p[k])) {
+                    Save::Cow
+                } else if readable && exclusive_or_swapped(*e) {
+                    Save::Pinned
+                } else {
+                    Save::Unpinned
+                };
+                add(i, addr, addr + PAGE_SIZE, how);
             }
         }
     }
@@ -436,22 +535,22 @@ pub fn plan_pages(
         pieces: Vec::with_capacity(parts.len()),
         bytes: 0,
         stats: PageStats {
-            scanned,
+            scanned: scan.scanned,
             ..Default::default()
         },
     };
     for (_, start, end, how) in parts {
         let nr = (end - start) / PAGE_SIZE;
-        let flags = if how == Save::Cow {
-            crate::images::PE_COW
-        } else {
-            PE_PRESENT
+        let flags = match how {
+            Save::Cow => crate::images::PE_COW,
+            Save::Parent => crate::images::PE_PARENT,
+            Save::Pinned | Save::Unpinned => PE_PRESENT,
         };
         match plan.entries.last_mut() {
-            // Adjacent pages written either way share one entry.
+            // Adjacent pages saved the same way share one entry.
             Some(last)
-                if flags == PE_PRESENT
-                    && last.flags == Some(PE_PRESENT)
+                if flags != crate::images::PE_COW
+                    && last.flags == Some(flags)
                     && last.vaddr + last.nr_pages.unwrap_or(0) * PAGE_SIZE == start =>
             {
                 let n = last.nr_pages.unwrap_or(0) + nr;
@@ -467,31 +566,36 @@ pub fn plan_pages(
                 nr_pages: Some(nr),
             }),
         }
-        if how == Save::Cow {
-            plan.stats.cow += nr;
-            continue;
+        match how {
+            Save::Cow => plan.stats.cow += nr,
+            Save::Parent => plan.stats.skipped_parent += nr,
+            Save::Pinned | Save::Unpinned => {
+                plan.stats.written += nr;
+                plan.pieces
+                    .push((start, end - start, plan.bytes, how == Save::Unpinned));
+                plan.bytes += end - start;
+            }
         }
-        plan.stats.written += nr;
-        plan.pieces
-            .push((start, end - start, plan.bytes, how == Save::Unpinned));
-        plan.bytes += end - start;
     }
     Ok(plan)
 }
 
-/// Copies the planned pages of a frozen task into `out` (its pages-N.img).
-pub fn copy_pages(plan: &PagePlan, out: &File) -> Result<()> {
+/// Copies the planned pages into `out` (the task's pages-N.img). A frozen task must give every
+/// page. A running one (`live`: a pre-dump) may unmap or protect memory meanwhile: pages it no
+/// longer lets us read are left out of the plan, and the next iteration finds them missing from
+/// these images and copies them then. Returns how many pages were left out.
+pub fn copy_pages(plan: &mut PagePlan, out: &File, live: bool) -> Result<u64> {
     let pid = plan.pid;
     out.set_len(plan.bytes)
         .map_err(|e| Error::io("size the pages image", e))?;
     let map = crate::sys::mm::SharedFileMap::new(out, plan.bytes)?;
-    let out = &map;
     let parts = split_by_bytes(&plan.pieces, plan.bytes, COPY_THREADS);
-    std::thread::scope(|scope| {
+    let mut lost: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let map = &map;
         let workers: Vec<_> = parts
             .iter()
             .filter(|p| !p.is_empty())
-            .map(|p| scope.spawn(move || copy_pieces(pid, p, out)))
+            .map(|p| scope.spawn(move || copy_pieces(pid, p, map, live)))
             .collect();
         workers
             .into_iter()
@@ -499,9 +603,87 @@ pub fn copy_pages(plan: &PagePlan, out: &File) -> Result<()> {
                 w.join()
                     .unwrap_or_else(|_| Err(Error::task(pid, "memory copy thread panicked")))
             })
-            .collect::<Result<Vec<()>>>()
-    })?;
-    Ok(())
+            .collect::<Result<Vec<Vec<(u64, u64)>>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    if lost.is_empty() {
+        return Ok(0);
+    }
+    lost.sort_unstable();
+    let n = lost.len() as u64;
+    log::info!("pid {pid}: {n} pages went away while being copied; the next iteration takes them");
+    plan.drop_pages(&lost, &map)?;
+    drop(map);
+    out.set_len(plan.bytes)
+        .map_err(|e| Error::io("size the pages image", e))?;
+    Ok(n)
+}
+
+impl PagePlan {
+    /// Removes pages (sorted (addr, addr + PAGE_SIZE)) from the plan and their slots from the
+    /// data, which `map` holds.
+    fn drop_pages(
+        &mut self,
+        lost: &[(u64, u64)],
+        map: &crate::sys::mm::SharedFileMap,
+    ) -> Result<()> {
+        let gone = |a: u64| lost.binary_search_by(|l| l.0.cmp(&a)).is_ok();
+        let mut entries = Vec::with_capacity(self.entries.len());
+        let mut pieces = Vec::with_capacity(self.pieces.len());
+        let (mut src, mut dst) = (0u64, 0u64);
+        for e in self.entries.drain(..) {
+            let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+            if e.flags != Some(PE_PRESENT) {
+                entries.push(e);
+                continue;
+            }
+            for k in 0..nr {
+                let addr = e.vaddr + k * PAGE_SIZE;
+                if gone(addr) {
+                    src += PAGE_SIZE;
+                    self.stats.written -= 1;
+                    continue;
+                }
+                if src != dst {
+                    map.copy_within(src, dst, PAGE_SIZE)?;
+                }
+                match entries.last_mut() {
+                    Some(l)
+                        if l.flags == Some(PE_PRESENT)
+                            && l.vaddr + l.nr_pages.unwrap_or(0) * PAGE_SIZE == addr =>
+                    {
+                        let n = l.nr_pages.unwrap_or(0) + 1;
+                        l.nr_pages = Some(n);
+                        l.compat_nr_pages = u32::try_from(n).unwrap_or(0);
+                    }
+                    _ => entries.push(pb::PagemapEntry {
+                        vaddr: addr,
+                        compat_nr_pages: 1,
+                        in_parent: None,
+                        flags: Some(PE_PRESENT),
+                        nr_pages: Some(1),
+                    }),
+                }
+                pieces.push((addr, PAGE_SIZE, dst, false));
+                src += PAGE_SIZE;
+                dst += PAGE_SIZE;
+            }
+        }
+        self.entries = entries;
+        self.pieces = pieces;
+        self.bytes = dst;
+        Ok(())
+    }
+
+    /// The pages the plan writes into the image: (start, end), in order.
+    pub fn written_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.flags == Some(PE_PRESENT))
+            .map(|e| (e.vaddr, e.vaddr + e.nr_pages.unwrap_or(0) * PAGE_SIZE))
+    }
 }
 
 /// Splits pieces into `n` parts of about equal bytes, cutting pieces at page boundaries.
@@ -531,28 +713,55 @@ fn split_by_bytes(pieces: &[Piece], total: u64, n: usize) -> Vec<Vec<Piece>> {
 }
 
 /// Copies pieces from the task into the pages file at their offsets, CHUNK bytes per
-/// process_vm_readv (pages without PROT_READ through /proc/PID/mem).
-fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &crate::sys::mm::SharedFileMap) -> Result<()> {
+/// process_vm_readv (pages without PROT_READ through /proc/PID/mem). With `live`, a piece that
+/// fails is retried page by page and the pages that cannot be read are returned.
+fn copy_pieces(
+    pid: pid_t,
+    pieces: &[Piece],
+    out: &crate::sys::mm::SharedFileMap,
+    live: bool,
+) -> Result<Vec<(u64, u64)>> {
     let mut proc_mem: Option<ProcMem> = None;
+    let mut lost = Vec::new();
     // Consecutive pinned pieces are batched into one process_vm_readv, up to CHUNK bytes.
     let mut batch: Vec<(u64, usize)> = Vec::new();
     let (mut batch_len, mut batch_off) = (0usize, 0u64);
-    let flush =
-        |batch: &mut Vec<(u64, usize)>, batch_len: &mut usize, batch_off: u64| -> Result<()> {
-            if *batch_len == 0 {
-                return Ok(());
-            }
-            let n = out.read_remote_at(pid, batch_off, batch)?;
-            if n != *batch_len {
+    let flush = |batch: &mut Vec<(u64, usize)>,
+                 batch_len: &mut usize,
+                 batch_off: u64,
+                 lost: &mut Vec<(u64, u64)>|
+     -> Result<()> {
+        if *batch_len == 0 {
+            return Ok(());
+        }
+        let n = match out.read_remote_at(pid, batch_off, batch) {
+            Ok(n) => n,
+            Err(_) if live => 0,
+            Err(e) => return Err(e),
+        };
+        if n != *batch_len {
+            if !live {
                 return Err(Error::task(
                     pid,
                     format!("memory changed while frozen: read {n} of {batch_len} bytes"),
                 ));
             }
-            batch.clear();
-            *batch_len = 0;
-            Ok(())
-        };
+            // Page by page, to keep what can still be read.
+            let mut at = batch_off;
+            for &(addr, len) in batch.iter() {
+                for p in (0..len as u64).step_by(PAGE_SIZE as usize) {
+                    let page = [(addr + p, PAGE_SIZE as usize)];
+                    if out.read_remote_at(pid, at + p, &page).ok() != Some(PAGE_SIZE as usize) {
+                        lost.push((addr + p, addr + p + PAGE_SIZE));
+                    }
+                }
+                at += len as u64;
+            }
+        }
+        batch.clear();
+        *batch_len = 0;
+        Ok(())
+    };
     for &(start, len, off, via_mem) in pieces {
         let mut done = 0u64;
         while done < len {
@@ -561,7 +770,7 @@ fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &crate::sys::mm::SharedFileMap
             if !via_mem {
                 // A batch must be contiguous in the file.
                 if batch_len + n > CHUNK || (batch_len > 0 && batch_off + batch_len as u64 != at) {
-                    flush(&mut batch, &mut batch_len, batch_off)?;
+                    flush(&mut batch, &mut batch_len, batch_off, &mut lost)?;
                 }
                 if batch_len == 0 {
                     batch_off = at;
@@ -569,17 +778,28 @@ fn copy_pieces(pid: pid_t, pieces: &[Piece], out: &crate::sys::mm::SharedFileMap
                 batch.push((addr, n));
                 batch_len += n;
             } else {
-                flush(&mut batch, &mut batch_len, batch_off)?;
+                flush(&mut batch, &mut batch_len, batch_off, &mut lost)?;
                 let pm = match &proc_mem {
                     Some(p) => p,
                     None => proc_mem.insert(ProcMem::open(pid, false)?),
                 };
-                out.pread_at(pm, addr, at, n as u64)?;
+                match out.pread_at(pm, addr, at, n as u64) {
+                    Ok(()) => {}
+                    Err(_) if live => {
+                        for p in (0..n as u64).step_by(PAGE_SIZE as usize) {
+                            if out.pread_at(pm, addr + p, at + p, PAGE_SIZE).is_err() {
+                                lost.push((addr + p, addr + p + PAGE_SIZE));
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             done += n as u64;
         }
     }
-    flush(&mut batch, &mut batch_len, batch_off)
+    flush(&mut batch, &mut batch_len, batch_off, &mut lost)?;
+    Ok(lost)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,7 +967,7 @@ pub fn premap_shared(
     addr: u64,
     size: u64,
     pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &PageFile,
 ) -> Result<u64> {
     use crate::sys::mm;
     let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -825,11 +1045,7 @@ pub fn page_segments(
         let nr = pe.nr_pages.unwrap_or(pe.compat_nr_pages as u64);
         let flags = pe.flags.unwrap_or(PE_PRESENT);
         if flags & PE_PRESENT == 0 {
-            if flags & crate::images::PE_PARENT != 0 {
-                return Err(Error::InvalidOptions(
-                    "pages in a parent image are not supported yet".into(),
-                ));
-            }
+            // PE_PARENT entries were resolved when the images were opened (images::pages).
             continue;
         }
         let mut addr = pe.vaddr;
@@ -881,7 +1097,7 @@ pub fn premap(
     vmas: &[pb::VmaEntry],
     layout: &Layout,
     pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &PageFile,
     open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
     inherited: &[bool],
 ) -> Result<u64> {
@@ -994,11 +1210,10 @@ pub fn apply_inherited(
     pagemap: &[pb::PagemapEntry],
     parent_vmas: &[pb::VmaEntry],
     parent_pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &PageFile,
     inherited: &[bool],
 ) -> Result<CowStats> {
     use crate::sys::mm;
-    use std::os::unix::fs::FileExt;
     let mut stats = CowStats::default();
     if !inherited.iter().any(|&x| x) {
         return Ok(stats);
@@ -1031,9 +1246,7 @@ pub fn apply_inherited(
             let mut done = 0;
             while done < n {
                 let chunk = (n - done).min(buf.len() as u64) as usize;
-                pages
-                    .read_exact_at(&mut buf[..chunk], off + done)
-                    .map_err(|e| Error::io("read pages image", e))?;
+                pages.read_exact_at(&mut buf[..chunk], off + done)?;
                 for page in buf[..chunk].chunks_exact(PAGE_SIZE as usize).enumerate() {
                     let at = temp + (addr - v.start) + done + page.0 as u64 * PAGE_SIZE;
                     stats.compared += 1;
@@ -1114,8 +1327,7 @@ const MADV_POPULATE_WRITE: i32 = 23;
 const FILL_THREADS: usize = 2;
 
 /// Reads each (address, length, file offset) segment of the pages file into memory.
-fn fill_parallel(segments: &[(u64, u64, u64)], pages: &File) -> Result<()> {
-    use std::os::fd::AsFd;
+fn fill_parallel(segments: &[(u64, u64, u64)], pages: &PageFile) -> Result<()> {
     let pieces: Vec<Piece> = segments.iter().map(|&(a, l, o)| (a, l, o, true)).collect();
     let total: u64 = segments.iter().map(|s| s.1).sum();
     let parts = split_by_bytes(&pieces, total, FILL_THREADS);
@@ -1132,7 +1344,11 @@ fn fill_parallel(segments: &[(u64, u64, u64)], pages: &File) -> Result<()> {
                         while done < len {
                             let n = (len - done).min(CHUNK as u64);
                             let _ = crate::sys::mm::madvise(addr + done, n, MADV_POPULATE_WRITE);
-                            crate::sys::mm::pread_to(pages.as_fd(), addr + done, n, off + done)?;
+                            let mut at = addr + done;
+                            for (fd, foff, flen) in pages.file_pieces(off + done, n)? {
+                                crate::sys::mm::pread_to(fd, at, flen, foff)?;
+                                at += flen;
+                            }
                             done += n;
                         }
                     }

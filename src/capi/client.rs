@@ -265,22 +265,28 @@ fn restored_pid(resp: &CriuResp) -> c_int {
 }
 
 /// PRE_DUMP while `more` returns > 0, then DUMP, on one connection. `more` < 0 aborts with that
-/// value. Needs a pid (no iterative self-dump) and a callback, else -EINVAL.
-pub fn dump_iters(opts: &LibOpts, more: Option<MoreFn>) -> c_int {
-    let (Some(more), Some(_)) = (more, opts.rpc.pid) else {
+/// value. Needs a pid (no iterative self-dump) and a callback, else -EINVAL. The options are
+/// read again (`current`) before each request: `more` typically moves the images directory and
+/// the parent link on to the next iteration, as with libcriu.
+pub fn dump_iters(current: &dyn Fn() -> Option<LibOpts>, more: Option<MoreFn>) -> c_int {
+    let Some(first) = current() else {
         set_errno(0);
         return -libc::EINVAL;
     };
-    let pre = request(CriuReqType::PreDump, opts);
-    let last = request(CriuReqType::Dump, opts);
+    let (Some(more), Some(_)) = (more, first.rpc.pid) else {
+        set_errno(0);
+        return -libc::EINVAL;
+    };
     let run = || -> Outcome<CriuResp> {
-        check_supported(&opts.service, &pre)?;
-        check_supported(&opts.service, &last)?;
+        let mut opts = first;
+        check_supported(&opts.service, &request(CriuReqType::PreDump, &opts))?;
         let conn = transport::connect(&opts.service, false).map_err(|e| {
             log_line(&format!("cannot connect to criu: {e}"));
             fail(libc::ECONNREFUSED, e as i32)
         })?;
         loop {
+            let pre = request(CriuReqType::PreDump, &opts);
+            check_supported(&opts.service, &pre)?;
             let resp = exchange(conn.sk(), &pre, opts.notify)?;
             if !resp.success {
                 return Ok(resp);
@@ -293,10 +299,16 @@ pub fn dump_iters(opts: &LibOpts, more: Option<MoreFn>) -> c_int {
                     errno: 0,
                 });
             }
+            opts = current().ok_or(Failure {
+                code: -libc::EINVAL,
+                errno: 0,
+            })?;
             if more == 0 {
                 break;
             }
         }
+        let last = request(CriuReqType::Dump, &opts);
+        check_supported(&opts.service, &last)?;
         exchange(conn.sk(), &last, opts.notify)
     };
     finish(run(), |_| 0)

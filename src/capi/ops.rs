@@ -89,12 +89,15 @@ pub unsafe extern "C" fn criu_local_restore_child(opts: *mut LibOpts) -> c_int {
     unsafe { local(opts, client::restore_child) }
 }
 
-/// Pre-dumps while `more` returns > 0, then dumps; `more` < 0 aborts with that value.
+/// Pre-dumps while `more` returns > 0, then dumps; `more` < 0 aborts with that value. `more`
+/// may change the options (next images directory, parent) between requests.
 #[no_mangle]
 pub extern "C" fn criu_dump_iters(
     more: Option<unsafe extern "C" fn(pi: criu_predump_info) -> c_int>,
 ) -> c_int {
-    global(|o| client::dump_iters(o, more))
+    guard(EINVAL, || {
+        client::dump_iters(&|| Some(global_snapshot()), more)
+    })
 }
 
 #[no_mangle]
@@ -102,8 +105,15 @@ pub unsafe extern "C" fn criu_local_dump_iters(
     opts: *mut LibOpts,
     more: Option<unsafe extern "C" fn(pi: criu_predump_info) -> c_int>,
 ) -> c_int {
-    // SAFETY: forwarded from the C caller.
-    unsafe { local(opts, |o| client::dump_iters(o, more)) }
+    if opts.is_null() {
+        set_errno(0);
+        return EINVAL;
+    }
+    // No reference to the caller's options is held while `more` runs (it may set them).
+    guard(EINVAL, || {
+        // SAFETY: a live criu_opts from criu_local_init_opts; read, not kept.
+        client::dump_iters(&|| unsafe { opts.as_ref() }.cloned(), more)
+    })
 }
 
 /// The server's version as major * 10000 + minor * 100 + sublevel, or an error code.

@@ -144,7 +144,7 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
 
     // Refuse what we cannot do before touching anything, with a message naming it.
     match action {
-        Action::Dump | Action::PreDump | Action::Restore => {
+        Action::Dump | Action::PreDump | Action::Restore | Action::Dedup | Action::Untrack => {
             if let Some(name) = opts.first_unsupported() {
                 return Err(CliError::NotSupported(flag_spelling(name).to_string()));
             }
@@ -163,7 +163,6 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
         Action::LazyPages => return Err(CliError::CommandNotSupported("lazy-pages")),
         Action::CpuinfoDump => return Err(CliError::CommandNotSupported("cpuinfo dump")),
         Action::CpuinfoCheck => return Err(CliError::CommandNotSupported("cpuinfo check")),
-        Action::Dedup => return Err(CliError::CommandNotSupported("dedup")),
         Action::Swrk(_) => unreachable!("handled above"),
     }
 
@@ -213,6 +212,14 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
         Action::PreDump => {
             engine::pre_dump(&opts, &mut notify)?;
             log::info!("Pre-dumping finished successfully");
+            Ok(0)
+        }
+        Action::Dedup => {
+            engine::dedup(&opts)?;
+            Ok(0)
+        }
+        Action::Untrack => {
+            engine::untrack(&opts)?;
             Ok(0)
         }
         Action::Restore => {

@@ -64,6 +64,7 @@ pub enum Action {
     CpuinfoDump,
     CpuinfoCheck,
     Dedup,
+    Untrack,
 }
 
 impl Action {
@@ -81,6 +82,7 @@ impl Action {
             Action::CpuinfoDump => "cpuinfo dump",
             Action::CpuinfoCheck => "cpuinfo check",
             Action::Dedup => "dedup",
+            Action::Untrack => "untrack",
         }
     }
 }
@@ -539,6 +541,7 @@ fn finish(mut acc: Accum, words: &[String], env: &ParseEnv) -> Result<Invocation
         "lazy-pages" => Action::LazyPages,
         "service" => Action::Service,
         "dedup" => Action::Dedup,
+        "untrack" => Action::Untrack,
         "swrk" => {
             let [fd] = rest else {
                 return Err(CliError::Usage("usage: criu swrk FD".into()));

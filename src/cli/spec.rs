@@ -18,7 +18,9 @@ criu dump|pre-dump -t PID [<options>]
        criu service [<options>]
        criu lazy-pages -D DIR [<options>]
        criu swrk FD
-       criu cpuinfo dump|check";
+       criu cpuinfo dump|check
+       criu dedup -D DIR
+       criu untrack -t PID";
 
 const COMMANDS: &str = "\
 Commands:
@@ -32,7 +34,9 @@ Commands:
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
   cpuinfo dump   write CPU information into an image (not supported yet)
   cpuinfo check  compare the CPU with an image (not supported yet)
-  dedup          remove duplicate pages from an images chain (not supported yet)";
+  dedup          free pages of parent images that the images in DIR hold again
+  untrack        stop the memory tracking pre-dumps set up in the tree rooted at PID
+                 (criu-rs: for a migration that will not finish)";
 
 const AFTER_HELP: &str = "\
 Boolean options also have a negated form: --no-OPTION (e.g. --no-display-stats).
@@ -700,7 +704,7 @@ pub fn command() -> Command {
                 .action(ArgAction::Append)
                 .value_parser(ValueParser::string())
                 .hide(true)
-                .help("dump, pre-dump, restore, check, page-server, lazy-pages, service, swrk FD, cpuinfo dump|check, dedup"),
+                .help("dump, pre-dump, restore, check, page-server, lazy-pages, service, swrk FD, cpuinfo dump|check, dedup, untrack"),
         );
     c
 }
@@ -716,6 +720,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "service",
     "swrk",
     "dedup",
+    "untrack",
     "cpuinfo",
 ];
 

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use libc::pid_t;
 
 use crate::creds;
+use crate::engine::iteration::{link_parent, remove_created, ParentImages, TaskTracking};
 use crate::engine::{DumpOutcome, Notify};
 use crate::error::{Error, Result};
 use crate::files::{self, FileTable};
 use crate::freeze::{Frozen, FrozenTask, Member, Zombie};
 use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
-use crate::mem;
+use crate::mem::{self, Tracking};
 use crate::options::Options;
 use crate::pb;
 use crate::procfs;
@@ -43,13 +44,13 @@ struct TaskImages {
 }
 
 #[derive(Default)]
-struct Timing {
-    freezing: Duration,
-    frozen: Duration,
-    memdump: Duration,
-    memwrite: Duration,
-    stats: mem::PageStats,
-    shpages_written: u64,
+pub(crate) struct Timing {
+    pub freezing: Duration,
+    pub frozen: Duration,
+    pub memdump: Duration,
+    pub memwrite: Duration,
+    pub stats: mem::PageStats,
+    pub shpages_written: u64,
 }
 
 fn prctl_get(remote: &Remote, what: &str, option: i32) -> Result<u64> {
@@ -169,6 +170,7 @@ fn query_process(remote: &Remote) -> Result<ProcessQueries> {
 fn query_all(
     task: &mut FrozenTask,
     syscall_ip: u64,
+    in_process: &mut dyn FnMut(&Remote) -> Result<()>,
 ) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
     let pid = task.pid;
     let leader = task.leader();
@@ -192,7 +194,9 @@ fn query_all(
         }
     };
     let scratch = remote.scratch_range().0;
-    let gathered = query_process(&remote).and_then(|p| Ok((p, query_thread(&remote)?)));
+    let gathered = query_process(&remote)
+        .and_then(|p| Ok((p, query_thread(&remote)?)))
+        .and_then(|g| in_process(&remote).map(|_| g));
     // Back as it was now: the scratch frame is about to be rewritten for the other threads.
     leader.tracee.set_regs(&resume.regs)?;
     leader.tracee.set_sigmask(leader.sigmask)?;
@@ -333,6 +337,11 @@ fn tty_info(
 /// What the tasks of a tree add to images that are written once for all of them.
 #[derive(Default)]
 struct TreeImages {
+    /// The previous iteration's images (--prev-images-dir).
+    parent: Option<ParentImages>,
+    /// smaps of each task read before the freeze (see procfs::maps_hinted).
+    smaps_hints: std::collections::HashMap<pid_t, Vec<procfs::MapEntry>>,
+    tracking: Vec<TaskTracking>,
     files: FileTable,
     seccomp: Vec<pb::SeccompFilter>,
     shared: Vec<mem::SharedObject>,
@@ -349,6 +358,9 @@ fn dump_task(
     pages_id: u32,
 ) -> Result<TaskImages> {
     let TreeImages {
+        parent: parent_images,
+        smaps_hints,
+        tracking,
         files,
         seccomp: seccomp_filters,
         shared,
@@ -358,16 +370,43 @@ fn dump_task(
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
     // Read before our scratch page exists, so that it can never merge into the task's VMAs.
-    let maps = procfs::maps(pid)?;
+    let maps = match smaps_hints.get(&pid) {
+        Some(hint) => procfs::maps_hinted(pid, hint)?,
+        None => procfs::maps(pid)?,
+    };
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")
         .map(|m| (m.start, m.end));
     let syscall_ip = find_syscall_insn(pid, &task.leader().regs, vdso)?;
-    let (process, threads) = query_all(task, syscall_ip)?;
+    // Tracking goes on after this dump only for a task left running with --track-mem; a task
+    // left running without it gets its tracker taken out.
+    let keep_tracking = opts.track_mem && opts.leave_running;
+    tracking.push(TaskTracking::find(
+        pid,
+        stat.start_time,
+        parent_images.as_ref(),
+    )?);
+    let tt = tracking.last_mut().expect("just pushed");
+    let (process, threads) = query_all(task, syscall_ip, &mut |remote| {
+        if keep_tracking {
+            tt.ensure(remote)
+        } else if let (true, Some(t)) = (opts.leave_running, &tt.tracker) {
+            t.close_in_task(remote)
+        } else {
+            Ok(())
+        }
+    })?;
+    let tracker_fd = tt.tracker.as_ref().map(|t| t.fd_in_task);
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
-    let fdinfo = files::dump_fds(pid, files, opts.shell_job, opts.rpc_server_socket_ino)?;
+    let fdinfo = files::dump_fds(
+        pid,
+        files,
+        opts.shell_job,
+        opts.rpc_server_socket_ino,
+        tracker_fd,
+    )?;
 
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files, shared)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
@@ -385,10 +424,27 @@ fn dump_task(
     let parent = vmas_by_pid
         .get(&task.ppid)
         .map(|v| (task.ppid, v.as_slice()));
-    let page_plan = mem::plan_pages(pid, &vmas, parent)?;
+    if keep_tracking {
+        if let Some(t) = tt.tracker.as_mut() {
+            t.invalidate()?;
+        }
+    }
+    let scan = mem::scan_pages(
+        pid,
+        &vmas,
+        tt.tracker
+            .as_ref()
+            .map(|tracker| Tracking {
+                tracker,
+                reset: keep_tracking,
+            })
+            .as_ref(),
+    )?;
+    let page_plan = mem::plan_pages(pid, &vmas, scan, parent, tt.held.as_deref())?;
     timing.stats.scanned += page_plan.stats.scanned;
     timing.stats.written += page_plan.stats.written;
     timing.stats.cow += page_plan.stats.cow;
+    timing.stats.skipped_parent += page_plan.stats.skipped_parent;
     let _ = dir;
 
     let mm = pb::MmEntry {
@@ -650,6 +706,14 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     }
     // An inventory from an earlier run would make a half-written dump look complete.
     let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
+    let token = procfs::uptime_us()?;
+    let parent = link_parent(&dir, opts.prev_images_dir.as_deref())?;
+    // The final dump of a migration should not stay frozen through smaps' page-table walks.
+    let smaps_hints = if parent.is_some() {
+        smaps_of_tree(pid)
+    } else {
+        Default::default()
+    };
     notify.notify("pre-dump", pid, None)?;
 
     let mut timing = Timing::default();
@@ -678,14 +742,73 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     notify.notify("query-ext-files", pid, None)?;
 
     let mut tree = TreeImages {
+        parent,
+        smaps_hints,
         files: FileTable::new(),
         timing,
         ..Default::default()
     };
+    let written = write_tree(opts, &dir, &mut frozen, &mut tree, token);
+    let mut tracking = std::mem::take(&mut tree.tracking);
+    let mut timing = match written {
+        Ok(()) => tree.timing,
+        Err(e) => {
+            remove_created(&mut frozen.tasks, &mut tracking);
+            return Err(e);
+        }
+    };
+    notify.notify("post-dump", pid, None)?;
+
+    let frozen_at = frozen.frozen_at;
+    if opts.leave_running {
+        frozen.resume()?;
+    } else {
+        frozen.kill()?;
+    }
+    timing.frozen = frozen_at.elapsed();
+    for tt in tracking.iter_mut() {
+        match tt.tracker.as_mut() {
+            Some(t) if opts.track_mem && opts.leave_running => t.commit(token)?,
+            _ => crate::track::forget(tt.pid, tt.start_time),
+        }
+    }
+    write_stats(&dir, "dump", &timing, opts.display_stats)?;
+    log::info!(
+        "dump of pid {pid} finished: {} pages written, {} in the parent images",
+        timing.stats.written,
+        timing.stats.skipped_parent
+    );
+    Ok(DumpOutcome { restored: false })
+}
+
+/// smaps of every task of the tree below `root`, read while it runs (best effort: a task
+/// without one gets its smaps read while frozen).
+fn smaps_of_tree(root: pid_t) -> std::collections::HashMap<pid_t, Vec<procfs::MapEntry>> {
+    let mut out = std::collections::HashMap::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if let Ok(m) = procfs::maps(pid) {
+            out.insert(pid, m);
+        }
+        todo.extend(procfs::children(pid).unwrap_or_default());
+    }
+    out
+}
+
+/// Everything between the freeze and the release: every task's images, the tree's images, the
+/// inventory last.
+fn write_tree(
+    opts: &Options,
+    dir: &ImageDir,
+    frozen: &mut Frozen,
+    tree: &mut TreeImages,
+    token: u64,
+) -> Result<()> {
+    let dir = dir.clone();
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
         let pages_id = images.len() as u32 + 1;
-        let mut t = dump_task(task, opts, &dir, &mut tree, pages_id)?;
+        let mut t = dump_task(task, opts, &dir, tree, pages_id)?;
         t.pstree.ppid = task.ppid as u32;
         tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
         images.push(t);
@@ -694,7 +817,8 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         files,
         seccomp,
         shared,
-        mut timing,
+        timing,
+        parent,
         ..
     } = tree;
     // Pipes and sockets are whole only when every holder was dumped.
@@ -702,7 +826,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     files.check_complete(&pids)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
-    for t in &images {
+    for t in images.iter_mut() {
         let path = dir.file(&pages_file_name(t.pages_id));
         let out = File::options()
             .read(true)
@@ -711,17 +835,20 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             .truncate(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        mem::copy_pages(&t.pages, &out)?;
+        mem::copy_pages(&mut t.pages, &out, false)?;
     }
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();
     let t0 = Instant::now();
-    timing.shpages_written = mem::dump_shared(&shared, &dir, images.len() as u32 + 1)?;
+    timing.shpages_written = mem::dump_shared(shared, &dir, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
-    assign_ids(&frozen, &mut images)?;
+    assign_ids(frozen, &mut images)?;
     let mut fdinfo_written = Vec::new();
     for t in &images {
         write_images(&dir, t, &mut fdinfo_written)?;
+        if opts.auto_dedup && parent.is_some() {
+            crate::images::pages::dedup(&dir, t.pid)?;
+        }
     }
     let mut pstree = Vec::new();
     for m in &frozen.order {
@@ -747,7 +874,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             Kind::Seccomp,
             "",
             &pb::SeccompEntry {
-                seccomp_filters: seccomp,
+                seccomp_filters: std::mem::take(seccomp),
             },
         )?;
     }
@@ -774,28 +901,14 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             root_ids: Some(images[0].ids),
             ns_per_id: Some(true),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-            dump_uptime: Some(procfs::uptime_us()?),
+            dump_uptime: Some(token),
             pre_dump_mode: None,
             tcp_close: Some(opts.tcp_close),
             network_lock_method: Some(opts.network_lock as u32 + 1),
             ..Default::default()
         },
     )?;
-    notify.notify("post-dump", pid, None)?;
-
-    let frozen_at = frozen.frozen_at;
-    if opts.leave_running {
-        frozen.resume()?;
-    } else {
-        frozen.kill()?;
-    }
-    timing.frozen = frozen_at.elapsed();
-    write_stats(&dir, &timing, opts.display_stats)?;
-    log::info!(
-        "dump of pid {pid} finished: {} pages written",
-        timing.stats.written
-    );
-    Ok(DumpOutcome { restored: false })
+    Ok(())
 }
 
 fn write_timens(dir: &ImageDir) -> Result<()> {
@@ -816,7 +929,8 @@ fn write_timens(dir: &ImageDir) -> Result<()> {
     )
 }
 
-fn write_stats(dir: &ImageDir, t: &Timing, display: bool) -> Result<()> {
+/// stats-NAME: "dump" after a dump (and a pre-dump, as CRIU does), "pre-dump" after a pre-dump.
+pub(crate) fn write_stats(dir: &ImageDir, name: &str, t: &Timing, display: bool) -> Result<()> {
     let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
     let d = pb::DumpStatsEntry {
         freezing_time: us(t.freezing),
@@ -852,7 +966,7 @@ fn write_stats(dir: &ImageDir, t: &Timing, display: bool) -> Result<()> {
     }
     dir.write_one(
         Kind::Stats,
-        "dump",
+        name,
         &pb::StatsEntry {
             dump: Some(d),
             restore: None,

@@ -8,6 +8,8 @@ use crate::options::Options;
 
 pub mod dump;
 pub mod finalize;
+pub mod iteration;
+pub mod predump;
 pub mod restore;
 pub mod restore_task;
 
@@ -67,8 +69,26 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
 /// Writes memory images while the tree keeps running.
 pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
     reject_unsupported(opts)?;
-    let _ = notify;
-    Err(Error::OptionNotSupported("pre-dump"))
+    predump::pre_dump(opts, notify)
+}
+
+/// `criu dedup`: frees the data of parent images that `opts.images_dir` holds again.
+pub fn dedup(opts: &Options) -> Result<u64> {
+    let dir = crate::images::ImageDir::new(&opts.images_dir);
+    let mut freed = 0;
+    for pid in crate::images::pages::pagemap_pids(&dir)? {
+        freed += crate::images::pages::dedup(&dir, pid)?;
+    }
+    log::info!("dedup: {} KiB freed in the parent images", freed >> 10);
+    Ok(freed)
+}
+
+/// `criu untrack`: ends the memory tracking of every task of the tree at `opts.pid`.
+pub fn untrack(opts: &Options) -> Result<()> {
+    let pid = opts
+        .pid
+        .ok_or_else(|| Error::InvalidOptions("no process to untrack: give -t PID".into()))?;
+    predump::untrack(pid)
 }
 
 /// Rebuilds the tree stored in `opts.images_dir`.
@@ -83,7 +103,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
 pub fn features() -> Features {
     // What this build implements. Flip a field in the commit that lands the code using it.
     const IMPLEMENTED: Features = Features {
-        mem_track: false,
+        mem_track: true,
         lazy_pages: false,
         pidfd_store: false,
     };

@@ -20,13 +20,13 @@ use crate::engine::restore_task::run_task;
 use crate::engine::{Notify, RestoreOutcome};
 use crate::error::{Error, Result};
 use crate::files::FileImages;
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::images::pages::{open_pages, PageFile};
+use crate::images::{ImageDir, Kind, IMG_VERSION};
 use crate::mem::{self, Layout, LayoutRequest};
 use crate::options::Options;
 use crate::pb;
 use crate::procfs;
 use crate::sys::clone::{fork_with_pid, Forked};
-use crate::sys::mem::PAGE_SIZE;
 use crate::sys::ptrace::{
     Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
 };
@@ -41,8 +41,9 @@ pub struct TaskImage {
     pub threads: Vec<(pid_t, pb::CoreEntry)>,
     pub ids: pb::TaskKobjIdsEntry,
     pub mm: pb::MmEntry,
+    /// The pagemap with pages of earlier iterations resolved, and where their data is.
     pub pagemap: Vec<pb::PagemapEntry>,
-    pub pages_id: u32,
+    pub pages: PageFile,
     pub fs: pb::FsEntry,
     pub fdinfo: Vec<pb::FdinfoEntry>,
 }
@@ -69,11 +70,8 @@ impl TaskImage {
         }
         let ids: pb::TaskKobjIdsEntry = dir.read_one(Kind::Ids, pid)?;
         let mm: pb::MmEntry = dir.read_one(Kind::Mm, pid)?;
-        let mut pm = dir.open(Kind::Pagemap, pid)?;
-        let head: pb::PagemapHead = pm
-            .read_entry()?
-            .ok_or_else(|| Error::image(pm.path().to_owned(), "no pagemap head"))?;
-        let pagemap = pm.collect_all()?;
+        let (pagemap, pages) = open_pages(dir, Kind::Pagemap, pid as u64)?
+            .ok_or_else(|| Error::image(dir.file(&Kind::Pagemap.file_name(pid)), "missing"))?;
         let fs: pb::FsEntry = dir.read_one(Kind::Fs, pid)?;
         let fdinfo = dir.read_all_optional(Kind::Fdinfo, ids.files_id)?;
         Ok(TaskImage {
@@ -84,7 +82,7 @@ impl TaskImage {
             ids,
             mm,
             pagemap,
-            pages_id: head.pages_id,
+            pages,
             fs,
             fdinfo,
         })
@@ -138,9 +136,6 @@ pub struct Plan {
     pub shared: Vec<(u64, u64)>,
     /// Per process, per VMA: the parent's VMA it inherits (copy-on-write), if any.
     pub inherit: Vec<Vec<Option<usize>>>,
-    /// Per process: its pages file, kept open by the restorer across the forks for tasks that
-    /// patch inherited memory themselves.
-    pub pages_fds: Vec<Option<RawFd>>,
     /// Every file description of the tree, opened by the restorer before the first fork so that
     /// tasks sharing one (a pipe, a socket pair, a file offset) get the same: file id → fd.
     pub pool: std::collections::HashMap<u32, RawFd>,
@@ -279,7 +274,6 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         files: FileImages::load(dir)?,
         shared: Vec::new(),
         inherit,
-        pages_fds: Vec::new(),
         pool: Default::default(),
         parent,
         shell_job: opts.shell_job,
@@ -332,26 +326,6 @@ fn check_pids(plan: &Plan) -> Result<()> {
         if systask::pid_in_use(p.pid()) {
             return Err(Error::PidTaken(p.pid()));
         }
-    }
-    Ok(())
-}
-
-fn check_pages_size(task: &TaskImage, pages: &File, dir: &ImageDir) -> Result<()> {
-    let want: u64 = task
-        .pagemap
-        .iter()
-        .filter(|p| p.flags.unwrap_or(crate::images::PE_PRESENT) & crate::images::PE_PRESENT != 0)
-        .map(|p| p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE)
-        .sum();
-    let have = pages
-        .metadata()
-        .map_err(|e| Error::io("stat pages image", e))?
-        .len();
-    if have < want {
-        return Err(Error::image(
-            dir.file(&pages_file_name(task.pages_id)),
-            format!("truncated: {have} bytes, the pagemap needs {want}"),
-        ));
     }
     Ok(())
 }
@@ -500,41 +474,23 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     notify.notify("pre-restore", 0, None)?;
     // Every task's memory, built here and inherited through the forks.
     let mut pages_restored = 0;
-    let mut kept_pages: Vec<File> = Vec::new();
     for ((p, layout), inh) in plan.procs.iter().zip(&plan.layouts).zip(&inherited) {
         let (Proc::Alive(t), Some(layout)) = (p, layout) else {
-            plan.pages_fds.push(None);
             continue;
         };
-        let path = dir.file(&pages_file_name(t.pages_id));
-        let pages =
-            File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
-        check_pages_size(t, &pages, &dir)?;
         pages_restored += mem::premap(
             &t.mm.vmas,
             layout,
             &t.pagemap,
-            &pages,
+            &t.pages,
             &|id, flags| plan.files.open_path(id, flags),
             inh,
         )?;
-        // The task patches its inherited memory itself, from this file.
-        if inh.iter().any(|&x| x) {
-            plan.pages_fds.push(Some(pages.as_raw_fd()));
-            kept_pages.push(pages);
-        } else {
-            plan.pages_fds.push(None);
-        }
     }
     for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
-        let mut pm = dir.open(Kind::ShmemPagemap, shmid)?;
-        let head: pb::PagemapHead = pm
-            .read_entry()?
-            .ok_or_else(|| Error::image(pm.path().to_owned(), "no pagemap head"))?;
-        let entries: Vec<pb::PagemapEntry> = pm.collect_all()?;
-        let path = dir.file(&pages_file_name(head.pages_id));
-        let pages =
-            File::open(&path).map_err(|e| Error::image(&path, format!("cannot open: {e}")))?;
+        let (entries, pages) = open_pages(&dir, Kind::ShmemPagemap, shmid)?.ok_or_else(|| {
+            Error::image(dir.file(&Kind::ShmemPagemap.file_name(shmid)), "missing")
+        })?;
         pages_restored += mem::premap_shared(at, size, &entries, &pages)?;
     }
 
@@ -599,7 +555,6 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         Forked::Child => run_task(&plan, 0),
         Forked::Parent(pid) => created.root = Some(pid),
     }
-    drop(kept_pages);
     drop(pool);
     // Our ends: report read end and go write ends only.
     let mut report_r = File::from(channels.keep(plan.report.0));

@@ -136,14 +136,12 @@ fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
     if !inherited.iter().any(|&x| x) {
         return Ok(());
     }
-    let (Some(p), Some(fd)) = (plan.parent[idx], plan.pages_fds[idx]) else {
+    let Some(p) = plan.parent[idx] else {
         return Ok(());
     };
     let Proc::Alive(parent) = &plan.procs[p] else {
         return Ok(());
     };
-    // Borrow the inherited pages file without closing it: install_from_pool closes it later.
-    let pages = std::mem::ManuallyDrop::new(std::fs::File::from(sysfd::owned(fd)));
     let layout = plan.layouts[idx].as_ref().expect("alive");
     mem::apply_inherited(
         &task.mm.vmas,
@@ -151,7 +149,7 @@ fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
         &task.pagemap,
         &parent.mm.vmas,
         &parent.pagemap,
-        &pages,
+        &task.pages,
         &inherited,
     )?;
     Ok(())

@@ -13,6 +13,8 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 
+pub mod pages;
+
 pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 

@@ -217,6 +217,24 @@ impl SharedFileMap {
     }
 }
 
+impl SharedFileMap {
+    /// Moves `len` bytes from `src` to `dst` within the mapping (the ranges may overlap).
+    pub fn copy_within(&self, src: u64, dst: u64, len: u64) -> Result<()> {
+        self.check(src, len)?;
+        self.check(dst, len)?;
+        // SAFETY: both ranges lie inside our mapping (checked); ptr::copy allows overlap. Only
+        // one thread uses the mapping at this point.
+        unsafe {
+            std::ptr::copy(
+                (self.addr + src) as *const u8,
+                (self.addr + dst) as *mut u8,
+                len as usize,
+            )
+        };
+        Ok(())
+    }
+}
+
 impl Drop for SharedFileMap {
     fn drop(&mut self) {
         if self.len > 0 {

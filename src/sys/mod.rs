@@ -24,4 +24,5 @@ pub mod sock;
 pub mod sockmsg;
 pub mod sockopt;
 pub mod task;
+pub mod uffd;
 pub mod unix_diag;

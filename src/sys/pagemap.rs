@@ -82,6 +82,23 @@ impl Pagemap {
         q: ScanQuery,
         out: &mut Vec<PageRegion>,
     ) -> Result<()> {
+        self.try_scan(start, end, q, out).map_err(|e| {
+            Error::sys(
+                format!("PAGEMAP_SCAN of pid {} [{start:#x}, {end:#x})", self.pid),
+                e,
+            )
+        })
+    }
+
+    /// `scan`, with the bare errno: EPERM with PM_SCAN_CHECK_WPASYNC means the range is not
+    /// (or no longer) tracked.
+    pub fn try_scan(
+        &self,
+        start: u64,
+        end: u64,
+        q: ScanQuery,
+        out: &mut Vec<PageRegion>,
+    ) -> std::result::Result<(), Errno> {
         const BATCH: usize = 512;
         let mut vec = vec![PageRegion::default(); BATCH];
         let mut from = start;
@@ -102,10 +119,7 @@ impl Pagemap {
             // SAFETY: arg is a valid pm_scan_arg; vec has vec_len entries for the kernel to fill.
             let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
             if n < 0 {
-                return Err(Error::sys(
-                    format!("PAGEMAP_SCAN of pid {} [{from:#x}, {end:#x})", self.pid),
-                    Errno::last(),
-                ));
+                return Err(Errno::last());
             }
             out.extend_from_slice(&vec[..n as usize]);
             // Fewer regions than room means the walk reached `end`; a full vector means resume
@@ -179,6 +193,18 @@ pub fn exclusive_or_swapped(e: u64) -> bool {
     e & PM_SWAPPED != 0 || e & PM_MMAP_EXCLUSIVE != 0
 }
 const PM_PFN_MASK: u64 = (1 << 55) - 1;
+
+/// A swap-type entry of type 31 (SWP_PTE_MARKER, the last of the 5-bit swap types whatever the
+/// kernel's configuration) is no page at all: a userfaultfd write-protect marker on an empty
+/// pte (or a guard). Only visible with the frame bits, i.e. with CAP_SYS_ADMIN.
+pub fn is_pte_marker(e: u64) -> bool {
+    e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & 0x1f == 0x1f
+}
+
+/// Whether the entry carries frame/swap bits at all (zero without CAP_SYS_ADMIN).
+pub fn shows_frames(e: u64) -> bool {
+    e & PM_PFN_MASK != 0
+}
 
 /// Whether two pagemap entries are the same present physical page.
 pub fn same_frame(a: u64, b: u64) -> bool {

@@ -1,0 +1,212 @@
+/*
+ * Workload for iterative migration: keeps writing generation numbers into a region of MIB MiB.
+ * Round 0 writes every page; round g > 0 writes the pages i with (i + 37 g) % 1000 < PERMIL
+ * (with "fixed": i % 1000 < PERMIL, the same pages every round; "rot" or nothing: rotating),
+ * in ascending order, so which generation each page must hold follows from the current round
+ * and position alone. A page holds 512 words, word k = gen << 32 ^ (i * 512 + k).
+ *
+ * With "churn" it also keeps 32 side regions busy: mapped, filled, moved with mremap,
+ * write-protected and unprotected, unmapped and mapped again, each holding a pattern of its
+ * (slot, version) that is checked too.
+ *
+ * On SIGUSR1 it stops at a page boundary and checks every page and live side region against
+ * what they must hold; exit 0 when all match (1: a page, 2: a side region, 3: setup).
+ * "progress" holds the round number, rewritten after each round.
+ * With MIBPS, rounds after the first are paced to write about MIBPS MiB per second.
+ * Run as: generations DIR MIB PERMIL [churn|fixed|rot] [MIBPS]
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+#define WORDS (PAGE / 8)
+#define SLOTS 32
+
+static volatile sig_atomic_t stop_now;
+static void on_usr1(int sig) { (void)sig; stop_now = 1; }
+
+static size_t npages;
+static unsigned permil, stride = 37;
+/* Current round, and the pages below pos_now that it has written. */
+static volatile uint64_t round_now, pos_now;
+
+static int written_in(uint64_t i, uint64_t g)
+{
+	return g == 0 || (i + stride * g) % 1000 < permil;
+}
+
+/* The generation page i holds when round `g` has written pages [0, pos). */
+static uint64_t expected(uint64_t i, uint64_t g, uint64_t pos)
+{
+	if (written_in(i, g) && i < pos)
+		return g;
+	for (uint64_t k = g; k-- > 0;)
+		if (written_in(i, k))
+			return k;
+	return UINT64_MAX; /* unreachable: round 0 writes all */
+}
+
+static void fill(uint64_t *p, uint64_t i, uint64_t gen)
+{
+	for (uint64_t k = 0; k < WORDS; k++)
+		p[k] = gen << 32 ^ (i * WORDS + k);
+}
+
+struct slot {
+	uint64_t *addr;
+	size_t len;
+	uint64_t version;
+	int live;
+};
+static struct slot slots[SLOTS];
+
+static void fill_slot(struct slot *s, unsigned n)
+{
+	for (size_t k = 0; k < s->len / 8; k++)
+		s->addr[k] = (s->version << 40) ^ ((uint64_t)n << 32) ^ k;
+}
+
+static int check_slot(struct slot *s, unsigned n)
+{
+	for (size_t k = 0; k < s->len / 8; k++)
+		if (s->addr[k] != ((s->version << 40) ^ ((uint64_t)n << 32) ^ k))
+			return 0;
+	return 1;
+}
+
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t next_rand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* One step of side-region churn: every kind of mapping change a pre-dump can race with. */
+static void churn(void)
+{
+	unsigned n = next_rand() % SLOTS;
+	struct slot *s = &slots[n];
+	if (!s->live) {
+		s->len = (1 + next_rand() % 64) * PAGE;
+		s->addr = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (s->addr == MAP_FAILED)
+			exit(3);
+		s->version++;
+		fill_slot(s, n);
+		s->live = 1;
+		return;
+	}
+	switch (next_rand() % 4) {
+	case 0: /* move it */
+	{
+		void *to = mmap(NULL, s->len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		void *moved = mremap(s->addr, s->len, s->len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+		if (moved == MAP_FAILED)
+			exit(3);
+		s->addr = moved;
+		break;
+	}
+	case 1: /* protect and unprotect */
+		mprotect(s->addr, s->len, PROT_NONE);
+		mprotect(s->addr, s->len, PROT_READ);
+		mprotect(s->addr, s->len, PROT_READ | PROT_WRITE);
+		break;
+	case 2: /* rewrite */
+		s->version++;
+		fill_slot(s, n);
+		break;
+	default: /* drop */
+		munmap(s->addr, s->len);
+		s->live = 0;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 4 || chdir(argv[1]))
+		return 3;
+	setsid();
+	size_t size = (size_t)atol(argv[2]) << 20;
+	permil = (unsigned)atoi(argv[3]);
+	int with_churn = argc > 4 && !strcmp(argv[4], "churn");
+	if (argc > 4 && !strcmp(argv[4], "fixed"))
+		stride = 0;
+	double mibps = argc > 5 ? atof(argv[5]) : 0;
+	npages = size / PAGE;
+	uint64_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		return 3;
+	/* Page-sized tracking granularity: no transparent huge pages. */
+	madvise(mem, size, MADV_NOHUGEPAGE);
+	struct sigaction sa = { 0 };
+	sa.sa_handler = on_usr1;
+	sigaction(SIGUSR1, &sa, NULL);
+	int progress = open("progress", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	char buf[32];
+	struct timespec pause = { 0, 2 * 1000 * 1000 };
+	for (uint64_t g = 0;; g++) {
+		struct timespec round_start;
+		clock_gettime(CLOCK_MONOTONIC, &round_start);
+		pos_now = 0;
+		round_now = g;
+		for (uint64_t i = 0; i < npages; i++) {
+			if (stop_now)
+				goto check;
+			if (!written_in(i, g))
+				continue;
+			fill(mem + i * WORDS, i, g);
+			pos_now = i + 1;
+			if (with_churn && i % 256 == 0)
+				churn();
+		}
+		pos_now = npages;
+		int len = snprintf(buf, sizeof buf, "%20lu\n", (unsigned long)g);
+		pwrite(progress, buf, len, 0);
+		if (mibps > 0 && g > 0) {
+			/* This round's share of the rate, from its start. */
+			double secs = (double)npages * permil / 1000 * PAGE / (mibps * 1048576);
+			struct timespec until = round_start;
+			until.tv_sec += (time_t)secs;
+			until.tv_nsec += (long)((secs - (time_t)secs) * 1e9);
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) && !stop_now)
+				;
+		} else {
+			nanosleep(&pause, NULL);
+		}
+	}
+check:;
+	uint64_t g = round_now, pos = pos_now;
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t want = expected(i, g, pos);
+		uint64_t *p = mem + i * WORDS;
+		for (uint64_t k = 0; k < WORDS; k++)
+			if (p[k] != (want << 32 ^ (i * WORDS + k))) {
+				fprintf(stderr, "page %lu word %lu: %#lx, want generation %lu (round %lu pos %lu)\n",
+					(unsigned long)i, (unsigned long)k, (unsigned long)p[k],
+					(unsigned long)want, (unsigned long)g, (unsigned long)pos);
+				return 1;
+			}
+	}
+	for (unsigned n = 0; n < SLOTS; n++)
+		if (slots[n].live && !check_slot(&slots[n], n)) {
+			fprintf(stderr, "side region %u (version %lu) is wrong\n", n,
+				(unsigned long)slots[n].version);
+			return 2;
+		}
+	printf("checked %zu pages at round %lu\n", npages, (unsigned long)g);
+	return 0;
+}

@@ -1,0 +1,208 @@
+//! `criu pre-dump`: memory only, while the tree keeps running. The tree is frozen just long
+//! enough to list each task's mappings and to read and reset its write tracker in one
+//! PAGEMAP_SCAN per VMA; the pages are copied with process_vm_readv after the tree runs again.
+//!
+//! CRIU's two modes, splice (default) and read, are one here: CRIU's splice mode exists to
+//! vmsplice pages into pipes while the task is frozen, because soft-dirty bits say nothing about
+//! writes during the copy. The tracker does (a page written after the reset is reported by the
+//! next iteration), so both modes copy after unfreezing, through the same 4 MiB chunks.
+
+use std::fs::File;
+use std::time::Instant;
+
+use libc::pid_t;
+
+use crate::engine::dump::{write_stats, Timing};
+use crate::engine::iteration::{in_leader, link_parent, remove_created, TaskTracking};
+use crate::engine::Notify;
+use crate::error::{Error, Result};
+use crate::files::FileTable;
+use crate::freeze::Frozen;
+use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::mem::{self, PagePlan, Tracking};
+use crate::options::{Options, PreDumpMode};
+use crate::pb;
+use crate::procfs;
+
+/// One task's share of a pre-dump.
+struct TaskPlan {
+    pid: pid_t,
+    pages_id: u32,
+    plan: PagePlan,
+}
+
+pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
+    let pid = opts
+        .pid
+        .ok_or_else(|| Error::InvalidOptions("no process to pre-dump: give -t PID".into()))?;
+    if pid == std::process::id() as pid_t {
+        return Err(Error::InvalidOptions(format!(
+            "pid {pid} is the dumper itself"
+        )));
+    }
+    let dir = ImageDir::new(&opts.images_dir);
+    if !dir.path().is_dir() {
+        return Err(Error::InvalidOptions(format!(
+            "images directory {} does not exist",
+            dir.path().display()
+        )));
+    }
+    let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
+    let token = procfs::uptime_us()?;
+    let parent = link_parent(&dir, opts.prev_images_dir.as_deref())?;
+    notify.notify("pre-dump", pid, None)?;
+
+    let mut timing = Timing::default();
+    let t0 = Instant::now();
+    let timeout = std::time::Duration::from_secs(opts.timeout.unwrap_or(10) as u64);
+    let mut frozen = Frozen::freeze_tree(pid, timeout)?;
+    timing.freezing = t0.elapsed();
+    if frozen
+        .tasks
+        .iter()
+        .any(|t| t.pid == std::process::id() as pid_t)
+    {
+        return Err(Error::InvalidOptions(
+            "the dumper is inside the tree it dumps".into(),
+        ));
+    }
+    let mut tracking: Vec<TaskTracking> = Vec::new();
+    let planned = plan_frozen(&mut frozen, parent.as_ref(), &mut tracking);
+    let plans = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            remove_created(&mut frozen.tasks, &mut tracking);
+            return Err(e);
+        }
+    };
+    let frozen_at = frozen.frozen_at;
+    frozen.resume()?;
+    timing.frozen = frozen_at.elapsed();
+    log::info!("pre-dump of pid {pid}: tree frozen for {:?}", timing.frozen);
+
+    // The tree runs again: copy.
+    let t0 = Instant::now();
+    for mut t in plans {
+        let path = dir.file(&pages_file_name(t.pages_id));
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        mem::copy_pages(&mut t.plan, &out, true)?;
+        let mut pm = dir.create(Kind::Pagemap, t.pid)?;
+        pm.write(&pb::PagemapHead {
+            pages_id: t.pages_id,
+        })?;
+        for e in &t.plan.entries {
+            pm.write(e)?;
+        }
+        pm.finish()?;
+        timing.stats.scanned += t.plan.stats.scanned;
+        timing.stats.written += t.plan.stats.written;
+        timing.stats.skipped_parent += t.plan.stats.skipped_parent;
+        if opts.auto_dedup && parent.is_some() {
+            crate::images::pages::dedup(&dir, t.pid)?;
+        }
+    }
+    timing.memdump = t0.elapsed();
+    timing.memwrite = timing.memdump;
+    dir.write_one(
+        Kind::Inventory,
+        "",
+        &pb::InventoryEntry {
+            img_version: IMG_VERSION,
+            fdinfo_per_id: Some(true),
+            ns_per_id: Some(true),
+            lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+            dump_uptime: Some(token),
+            pre_dump_mode: Some(match opts.pre_dump_mode {
+                PreDumpMode::Splice => 1,
+                PreDumpMode::Read => 2,
+            }),
+            ..Default::default()
+        },
+    )?;
+    // CRIU (and p.haul, which reads it) calls a pre-dump's stats "dump" too.
+    write_stats(&dir, "dump", &timing, opts.display_stats)?;
+    write_stats(&dir, "pre-dump", &timing, false)?;
+    for tt in tracking.iter_mut() {
+        if let Some(t) = tt.tracker.as_mut() {
+            t.commit(token)?;
+        }
+    }
+    notify.notify("post-dump", pid, None)?;
+    log::info!(
+        "pre-dump of pid {pid} finished: {} pages written, {} in the parent images",
+        timing.stats.written,
+        timing.stats.skipped_parent
+    );
+    Ok(())
+}
+
+/// Takes the memory trackers out of every task of the tree at `pid`.
+pub fn untrack(pid: pid_t) -> Result<()> {
+    let mut frozen = Frozen::freeze_tree(pid, std::time::Duration::from_secs(10))?;
+    let mut found = 0;
+    for task in frozen.tasks.iter_mut() {
+        let stat = procfs::stat(task.pid, None)?;
+        let Some(tracker) = crate::track::Tracker::find(task.pid, stat.start_time)? else {
+            continue;
+        };
+        let maps = procfs::maps_quick(task.pid)?;
+        in_leader(task, &maps, |remote| tracker.remove(remote))?;
+        found += 1;
+    }
+    frozen.resume()?;
+    log::info!("untrack: {found} trackers removed below pid {pid}");
+    Ok(())
+}
+
+/// While the tree is frozen: each task's mappings, tracker and page plan.
+fn plan_frozen(
+    frozen: &mut Frozen,
+    parent: Option<&crate::engine::iteration::ParentImages>,
+    tracking: &mut Vec<TaskTracking>,
+) -> Result<Vec<TaskPlan>> {
+    let mut plans = Vec::new();
+    for task in frozen.tasks.iter_mut() {
+        let pid = task.pid;
+        let stat = procfs::stat(pid, None)?;
+        // Only the ranges and kinds of the mappings matter here: no smaps walk.
+        let maps = procfs::maps_quick(pid)?;
+        let mut tt = TaskTracking::find(pid, stat.start_time, parent)?;
+        if tt.tracker.is_none() {
+            in_leader(task, &maps, |remote| tt.ensure(remote))?;
+        }
+        tracking.push(tt);
+        let tt = tracking.last_mut().expect("just pushed");
+        let tracker = tt.tracker.as_mut().expect("ensured");
+        tracker.invalidate()?;
+        let mut shared = Vec::new();
+        let vmas = mem::collect_vmas(
+            pid,
+            &maps,
+            (0, 0),
+            stat.start_stack,
+            &mut FileTable::new(),
+            &mut shared,
+        )?;
+        let scan = mem::scan_pages(
+            pid,
+            &vmas,
+            Some(&Tracking {
+                tracker,
+                reset: true,
+            }),
+        )?;
+        let plan = mem::plan_pages(pid, &vmas, scan, None, tt.held.as_deref())?;
+        plans.push(TaskPlan {
+            pid,
+            pages_id: plans.len() as u32 + 1,
+            plan,
+        });
+    }
+    Ok(plans)
+}

@@ -1,0 +1,253 @@
+//! Which pages a task wrote since the previous dump iteration, without soft-dirty: a userfaultfd
+//! of the task's own mm in async write-protect mode, registered over its private memory. Every
+//! write clears a page's protection; a PAGEMAP_SCAN with WP_MATCHING reports exactly the pages
+//! written and protects them again, atomically (../shared/KERNEL-FACTS.md, probe p1).
+//!
+//! The tracker has to outlive the dumper (runc and podman run every iteration as a new `criu`),
+//! so it lives in the task: the descriptor is created there by an injected userfaultfd() and
+//! parked at a high fd number. Nothing of it reaches an image: the dump skips that fd, and a
+//! restored task starts untracked.
+//!
+//! The write bits only mean something relative to the iteration that last cleared them. A state
+//! file per task (`STATE_DIR/PID-STARTTIME`) records the tracker's fd and inode and the token
+//! (`inventory.dump_uptime`) of the images written at that reset. An iteration trusts the bits
+//! only when its parent images carry that very token; it clears the token before it resets the
+//! bits and writes its own once its images are complete. Whatever goes wrong in between (a
+//! killed dumper, a task that closed the fd, an exec, another dump run in between) leaves a
+//! mismatch, and the next iteration copies everything: a page can be copied needlessly, never
+//! missed.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::remote::Remote;
+use crate::sys::pidfd::PidFd;
+use crate::sys::uffd;
+
+/// Where state files live: a tmpfs that does not survive a reboot, as the trackers do not.
+fn state_dir() -> PathBuf {
+    let run = PathBuf::from("/run");
+    if nix::unistd::access(&run, nix::unistd::AccessFlags::W_OK).is_ok() {
+        run.join("criu-rs/track")
+    } else {
+        std::env::temp_dir().join(format!("criu-rs-track-{}", nix::unistd::geteuid()))
+    }
+}
+
+fn state_path(pid: pid_t, start_time: u64) -> PathBuf {
+    state_dir().join(format!("{pid}-{start_time}"))
+}
+
+/// The lowest fd number the tracker is moved to, counted down from the task's fd limit.
+const PARK_BELOW_LIMIT: u64 = 16;
+
+/// A task's write tracker, as seen from the dumper.
+pub struct Tracker {
+    pid: pid_t,
+    start_time: u64,
+    /// The tracker's number in the task's fd table.
+    pub fd_in_task: RawFd,
+    /// Our copy of it.
+    uffd: OwnedFd,
+    ino: u64,
+    /// The images the write bits are relative to (their dump_uptime), if known.
+    pub token: Option<u64>,
+}
+
+impl Tracker {
+    /// The tracker an earlier iteration left in the task, if it is still there and still the one
+    /// the state file names.
+    pub fn find(pid: pid_t, start_time: u64) -> Result<Option<Tracker>> {
+        let path = state_path(pid, start_time);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let mut words = text.split_whitespace();
+        let (Some(fd), Some(ino), Some(token)) = (
+            words.next().and_then(|w| w.parse::<RawFd>().ok()),
+            words.next().and_then(|w| w.parse::<u64>().ok()),
+            words.next(),
+        ) else {
+            log::warn!("ignoring malformed tracker state {}", path.display());
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        };
+        let token = token.parse::<u64>().ok();
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            log::info!("pid {pid}: the memory tracker at fd {fd} is gone: copying all memory");
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        let uffd = PidFd::open(pid)?.get_fd(fd)?;
+        let have = std::fs::metadata(format!("/proc/self/fd/{}", uffd.as_raw_fd()))
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        if have != ino {
+            log::info!("pid {pid}: fd {fd} is another userfaultfd than our tracker");
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        Ok(Some(Tracker {
+            pid,
+            start_time,
+            fd_in_task: fd,
+            uffd,
+            ino,
+            token,
+        }))
+    }
+
+    /// Creates a tracker inside the task (which `remote` drives) and parks it at a high fd.
+    pub fn create(remote: &Remote, start_time: u64) -> Result<Tracker> {
+        let pid = remote.pid();
+        // The task's own fd limit (prlimit from outside needs CAP_SYS_RESOURCE for other uids).
+        remote.syscall(
+            "prlimit64(RLIMIT_NOFILE)",
+            libc::SYS_prlimit64,
+            [0, libc::RLIMIT_NOFILE as u64, 0, remote.addr(0), 0, 0],
+        )?;
+        let fd_limit = remote.read_u64(0)?.min(1 << 20);
+        let flags = uffd::UFFD_USER_MODE_ONLY | (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let fd = match remote.syscall_raw(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])? {
+            fd if fd >= 0 => fd as u64,
+            err => {
+                // Seccomp profiles often forbid the syscall and leave the device alone.
+                log::debug!("pid {pid}: userfaultfd() gave {err}; trying /dev/userfaultfd");
+                from_device(remote, flags)?
+            }
+        };
+        let low = fd_limit.saturating_sub(PARK_BELOW_LIMIT).max(fd + 1);
+        let parked = remote.syscall_raw(
+            libc::SYS_fcntl,
+            [fd, libc::F_DUPFD_CLOEXEC as u64, low, 0, 0, 0],
+        )?;
+        let _ = remote.syscall_raw(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+        if parked < 0 {
+            return Err(Error::sys(
+                format!("pid {pid}: park the memory tracker at fd >= {low}"),
+                Errno::from_raw(-parked as i32),
+            ));
+        }
+        let fd_in_task = parked as RawFd;
+        let uffd = PidFd::open(pid)?.get_fd(fd_in_task)?;
+        uffd::api(uffd.as_fd(), uffd::TRACKER_FEATURES)?;
+        let ino = std::fs::metadata(format!("/proc/self/fd/{}", uffd.as_raw_fd()))
+            .map_err(|e| Error::io("stat the memory tracker", e))?
+            .ino();
+        let t = Tracker {
+            pid,
+            start_time,
+            fd_in_task,
+            uffd,
+            ino,
+            token: None,
+        };
+        t.save(None)?;
+        log::info!("pid {pid}: memory tracker created at fd {fd_in_task}");
+        Ok(t)
+    }
+
+    pub fn uffd(&self) -> BorrowedFd<'_> {
+        self.uffd.as_fd()
+    }
+
+    /// Starts tracking [start, end). False when the kernel refuses (the range belongs to
+    /// another userfaultfd, or cannot be tracked): it then stays untracked, copied in full.
+    pub fn register(&self, start: u64, end: u64) -> bool {
+        match uffd::register_wp(self.uffd(), start, end) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!(
+                    "pid {}: cannot track {start:#x}-{end:#x} ({e}): copied in full each time",
+                    self.pid
+                );
+                false
+            }
+        }
+    }
+
+    /// Forgets the token: called before the write bits are reset.
+    pub fn invalidate(&mut self) -> Result<()> {
+        self.token = None;
+        self.save(None)
+    }
+
+    /// Records that the write bits are now relative to the images with `token`.
+    pub fn commit(&mut self, token: u64) -> Result<()> {
+        self.token = Some(token);
+        self.save(Some(token))
+    }
+
+    fn save(&self, token: Option<u64>) -> Result<()> {
+        let dir = state_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let path = state_path(self.pid, self.start_time);
+        let tmp = path.with_extension("tmp");
+        let token = token.map_or("-".to_string(), |t| t.to_string());
+        std::fs::write(&tmp, format!("{} {} {token}\n", self.fd_in_task, self.ino))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    /// Takes the descriptor out of the task (`remote` drives it); tracking goes on as long as
+    /// this value (our copy) lives.
+    pub fn close_in_task(&self, remote: &Remote) -> Result<()> {
+        remote.syscall(
+            "close(memory tracker)",
+            libc::SYS_close,
+            [self.fd_in_task as u64, 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// Ends tracking: closes the task's descriptor (`remote` drives the task); the kernel drops
+    /// the registrations with the last descriptor, which is ours, when this value goes.
+    pub fn remove(self, remote: &Remote) -> Result<()> {
+        self.close_in_task(remote)?;
+        forget(self.pid, self.start_time);
+        log::info!("pid {}: memory tracking stopped", self.pid);
+        Ok(())
+    }
+}
+
+/// Drops the state of a task that is gone or no longer tracked.
+pub fn forget(pid: pid_t, start_time: u64) {
+    let _ = std::fs::remove_file(state_path(pid, start_time));
+}
+
+/// `open("/dev/userfaultfd")` + USERFAULTFD_IOC_NEW inside the task.
+fn from_device(remote: &Remote, flags: u64) -> Result<u64> {
+    const PATH: &[u8] = b"/dev/userfaultfd\0";
+    remote.write(0, PATH)?;
+    let dev = remote.syscall(
+        "open(/dev/userfaultfd)",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            remote.addr(0),
+            (libc::O_RDWR | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let fd = remote.syscall_raw(
+        libc::SYS_ioctl,
+        [dev, uffd::USERFAULTFD_IOC_NEW, flags, 0, 0, 0],
+    );
+    let _ = remote.syscall_raw(libc::SYS_close, [dev, 0, 0, 0, 0, 0]);
+    match fd? {
+        fd if fd >= 0 => Ok(fd as u64),
+        err => Err(Error::sys(
+            format!("pid {}: no userfaultfd for memory tracking", remote.pid()),
+            Errno::from_raw(-err as i32),
+        )),
+    }
+}
