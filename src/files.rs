@@ -229,14 +229,15 @@ pub fn dump_fds(
     files: &mut FileTable,
     shell_job: bool,
     service_sk_ino: Option<u64>,
-    memory_tracker: Option<i32>,
+    memory_trackers: &[u64],
 ) -> Result<Vec<pb::FdinfoEntry>> {
     let mut out: Vec<pb::FdinfoEntry> = Vec::new();
     let pidfd = OnceCell::new();
-    // The memory tracker is ours, not the task's (track.rs).
+    // Memory trackers (track.rs) are ours, not the task's: its own, or one a child inherited.
+    let ours = crate::track::fds_in_task(pid, memory_trackers);
     for fd in procfs::fds(pid)?
         .into_iter()
-        .filter(|&fd| Some(fd) != memory_tracker)
+        .filter(|fd| !ours.contains(fd))
     {
         let link = format!("/proc/{pid}/fd/{fd}");
         let target = match procfs::readlink(&link) {

@@ -16,7 +16,7 @@ use crate::pb;
 use crate::procfs::MapEntry;
 use crate::sys::mem::{ProcMem, PAGE_SIZE};
 use crate::sys::pagemap::{
-    Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
+    PageRegion, Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
     PAGE_IS_SWAPPED,
 };
 
@@ -326,60 +326,131 @@ pub struct Scan {
 }
 
 /// Scans the task's private memory. With `tracking`, the same scan reads (and with `reset`,
-/// clears) the write bits of tracked VMAs; other VMAs count as written throughout.
-pub fn scan_pages(pid: pid_t, vmas: &[pb::VmaEntry], tracking: Option<&Tracking>) -> Result<Scan> {
+/// clears) the write bits of tracked VMAs; other VMAs count as written throughout. `held` (the
+/// pages the parent images hold, when the write bits are relative to them) lets anonymous VMAs
+/// be scanned in two cheap passes instead of one that looks at every page (see below).
+pub fn scan_pages(
+    pid: pid_t,
+    vmas: &[pb::VmaEntry],
+    tracking: Option<&Tracking>,
+    held: Option<&[(u64, u64)]>,
+) -> Result<Scan> {
     use crate::sys::pagemap::{PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
+    use nix::errno::Errno;
     let pagemap = Pagemap::open(pid)?;
     let mut runs: Vec<Run> = Vec::new();
     let mut scanned = 0;
-    let plain = ScanQuery {
+    // PAGE_IS_FILE costs a look at every page's struct page: only asked where it can be set.
+    let plain = |anon: bool| ScanQuery {
         anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        ret: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_GUARD,
+        ret: PAGE_IS_PRESENT
+            | PAGE_IS_SWAPPED
+            | PAGE_IS_PFNZERO
+            | PAGE_IS_GUARD
+            | if anon { 0 } else { PAGE_IS_FILE },
         ..Default::default()
     };
-    let tracked = |reset: bool| ScanQuery {
-        flags: PM_SCAN_CHECK_WPASYNC | if reset { PM_SCAN_WP_MATCHING } else { 0 },
-        ret: plain.ret | PAGE_IS_WRITTEN,
-        ..plain
+    let wp = |reset: bool| PM_SCAN_CHECK_WPASYNC | if reset { PM_SCAN_WP_MATCHING } else { 0 };
+    let tracked = |anon: bool, reset: bool| ScanQuery {
+        flags: wp(reset),
+        ret: plain(anon).ret | PAGE_IS_WRITTEN,
+        ..plain(anon)
     };
-    let mut regions = Vec::new();
+    // The kernel's fast path: only the written pages, found and re-protected.
+    let written_only = |reset: bool| ScanQuery {
+        flags: wp(reset),
+        mask: PAGE_IS_WRITTEN,
+        ret: PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    let scan_err = |v: &pb::VmaEntry, e: Errno| {
+        Error::sys(
+            format!("PAGEMAP_SCAN of pid {pid} [{:#x}, {:#x})", v.start, v.end),
+            e,
+        )
+    };
+    let mut regions: Vec<PageRegion> = Vec::new();
     for (i, v) in vmas.iter().enumerate() {
         if !holds_private_pages(v) {
             continue;
         }
         scanned += (v.end - v.start) / PAGE_SIZE;
+        let anon = v.status & VMA_ANON_PRIVATE != 0;
         regions.clear();
         // Whether the categories' write bits mean anything.
         let mut writes_known = false;
-        if let Some(t) = tracking {
-            match pagemap.try_scan(v.start, v.end, tracked(t.reset), &mut regions) {
-                Ok(()) => writes_known = true,
-                Err(nix::errno::Errno::EPERM) => {
-                    // Not tracked (new since the last iteration, moved, or never registered).
-                    regions.clear();
-                    if t.reset && t.tracker.register(v.start, v.end) {
-                        // Every present page reads as written and gets protected.
-                        pagemap
-                            .try_scan(v.start, v.end, tracked(true), &mut regions)
-                            .map_err(|e| Error::sys(format!("PAGEMAP_SCAN of pid {pid}"), e))?;
-                    } else {
-                        pagemap.scan(v.start, v.end, plain, &mut regions)?;
+        // Unwritten pages the parent images hold, known present without looking at them.
+        let mut unchanged: Vec<(u64, u64)> = Vec::new();
+        let first = match (tracking, held) {
+            // An anonymous VMA drops a zapped page outright (no write-protect marker stays),
+            // so a page that was present at the last scan and is not reported written since is
+            // still there, in memory or in swap, unchanged. Only the written pages and those
+            // the parent images lack need a closer look.
+            (Some(t), Some(held)) if anon => {
+                // Written pages still present, with their categories (the kernel's slow path:
+                // a look at each pte, no struct page)...
+                let present_written = ScanQuery {
+                    flags: PM_SCAN_CHECK_WPASYNC,
+                    mask: PAGE_IS_WRITTEN,
+                    ..plain(true)
+                };
+                // ...then all written pages, present or not, re-protected (the fast path). A
+                // written page missing from the first list was zapped: it reads as zero.
+                let mut written = Vec::new();
+                match pagemap
+                    .try_scan(v.start, v.end, present_written, &mut regions)
+                    .and_then(|_| {
+                        pagemap.try_scan(v.start, v.end, written_only(t.reset), &mut written)
+                    }) {
+                    Ok(()) => {
+                        let written: Vec<(u64, u64)> =
+                            written.iter().map(|r| (r.start, r.end)).collect();
+                        let lacking = subtract((v.start, v.end), held);
+                        let mut look = written.clone();
+                        look.extend(lacking.iter().copied());
+                        unchanged = subtract((v.start, v.end), &merge(look));
+                        // Unwritten pages the parent images lack (new since): usually few ranges.
+                        for r in lacking {
+                            for (s, e) in subtract(r, &written) {
+                                pagemap.scan(s, e, plain(true), &mut regions)?;
+                            }
+                        }
+                        Ok(())
                     }
-                }
-                Err(e) => {
-                    return Err(Error::sys(
-                        format!(
-                            "PAGEMAP_SCAN(write bits) of pid {pid} [{:#x}, {:#x})",
-                            v.start, v.end
-                        ),
-                        e,
-                    ))
+                    Err(e) => Err(e),
                 }
             }
-        } else {
-            pagemap.scan(v.start, v.end, plain, &mut regions)?;
+            (Some(t), _) => {
+                let r = pagemap.try_scan(v.start, v.end, tracked(anon, t.reset), &mut regions);
+                writes_known = r.is_ok();
+                r
+            }
+            (None, _) => {
+                pagemap.scan(v.start, v.end, plain(anon), &mut regions)?;
+                Ok(())
+            }
+        };
+        match first {
+            Ok(()) => {}
+            Err(Errno::EPERM) if tracking.is_some() => {
+                // Not tracked (new since the last iteration, moved, or never registered).
+                let t = tracking.expect("checked");
+                regions.clear();
+                if t.reset && t.tracker.register(v.start, v.end) {
+                    // Every present page reads as written and gets protected.
+                    pagemap
+                        .try_scan(v.start, v.end, tracked(anon, true), &mut regions)
+                        .map_err(|e| scan_err(v, e))?;
+                } else {
+                    pagemap.scan(v.start, v.end, plain(anon), &mut regions)?;
+                }
+            }
+            Err(e) => return Err(scan_err(v, e)),
         }
-        let anon = v.status & VMA_ANON_PRIVATE != 0;
+        let mut mine: Vec<Run> = unchanged
+            .into_iter()
+            .map(|(s, e)| (i, s, e, PAGE_IS_PRESENT))
+            .collect();
         for r in &regions {
             if r.categories & PAGE_IS_GUARD != 0 {
                 return Err(Error::unsupported(
@@ -401,9 +472,13 @@ pub fn scan_pages(pid: pid_t, vmas: &[pb::VmaEntry], tracking: Option<&Tracking>
             if !writes_known {
                 cats |= PAGE_IS_WRITTEN;
             }
+            mine.push((i, r.start, r.end, cats));
+        }
+        mine.sort_unstable_by_key(|r| r.1);
+        for r in mine {
             match runs.last_mut() {
-                Some(last) if last.0 == i && last.2 == r.start && last.3 == cats => last.2 = r.end,
-                _ => runs.push((i, r.start, r.end, cats)),
+                Some(last) if last.0 == i && last.2 == r.1 && last.3 == r.3 => last.2 = r.2,
+                _ => runs.push(r),
             }
         }
     }
@@ -443,6 +518,38 @@ pub struct PagePlan {
     pub stats: PageStats,
 }
 
+/// Raw pagemap entries read ahead: many small runs close together cost one read, not one each
+/// (a read costs about as much as 32 entries).
+#[derive(Default)]
+struct RawWindow {
+    start: u64,
+    entries: Vec<u64>,
+}
+
+impl RawWindow {
+    const AHEAD: u64 = 32 * PAGE_SIZE;
+
+    fn get(
+        &mut self,
+        from: &crate::sys::pagemap::PagemapEntries,
+        start: u64,
+        end: u64,
+    ) -> Result<&[u64]> {
+        let have_end = self.start + self.entries.len() as u64 * PAGE_SIZE;
+        if start < self.start || end > have_end {
+            let want_end = end.max(start.saturating_add(Self::AHEAD));
+            // Past the end of the address space the read would fail: no read-ahead there.
+            self.entries = from
+                .read(start, want_end)
+                .or_else(|_| from.read(start, end))?;
+            self.start = start;
+        }
+        let i = ((start - self.start) / PAGE_SIZE) as usize;
+        let n = ((end - start) / PAGE_SIZE) as usize;
+        Ok(&self.entries[i..i + n])
+    }
+}
+
 /// Splits [start, end) by the sorted, disjoint `cover`: (start, end, covered).
 fn split_by_cover(start: u64, end: u64, cover: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
     let mut out = Vec::new();
@@ -472,6 +579,7 @@ pub fn plan_pages(
     scan: Scan,
     parent: Option<(pid_t, &[pb::VmaEntry])>,
     held: Option<&[(u64, u64)]>,
+    defer_pinning: bool,
 ) -> Result<PagePlan> {
     use crate::sys::pagemap::{
         exclusive_or_swapped, is_pte_marker, same_frame, shows_frames, PagemapEntries,
@@ -486,6 +594,7 @@ pub fn plan_pages(
         Some((ppid, _)) => Some(PagemapEntries::open(ppid)?),
         None => None,
     };
+    let mut own_window = RawWindow::default();
     // Runs of pages saved the same way: (vma, start, end, how).
     let mut parts: Vec<(usize, u64, u64, Save)> = Vec::with_capacity(scan.runs.len());
     let mut add = |i: usize, start: u64, end: u64, how: Save| match parts.last_mut() {
@@ -504,7 +613,22 @@ pub fn plan_pages(
                 continue;
             }
             let readable = vmas[i].prot & libc::PROT_READ as u32 != 0;
-            let own = mine.read(start, end)?;
+            if defer_pinning && cats & PAGE_IS_SWAPPED == 0 && inherited[i].is_none() {
+                // Present pages, no sharing with a parent task to find: which can be pinned is
+                // decided after the freeze (refine_pinning).
+                add(
+                    i,
+                    start,
+                    end,
+                    if readable {
+                        Save::Pinned
+                    } else {
+                        Save::Unpinned
+                    },
+                );
+                continue;
+            }
+            let own = own_window.get(&mine, start, end)?;
             let parents = match (&theirs, inherited[i]) {
                 (Some(t), Some(_)) => Some(t.read(start, end)?),
                 _ => None,
@@ -589,6 +713,12 @@ pub fn copy_pages(plan: &mut PagePlan, out: &File, live: bool) -> Result<u64> {
     out.set_len(plan.bytes)
         .map_err(|e| Error::io("size the pages image", e))?;
     let map = crate::sys::mm::SharedFileMap::new(out, plan.bytes)?;
+    log::debug!(
+        "pid {pid}: copying {} pieces ({} through /proc/PID/mem), {} bytes",
+        plan.pieces.len(),
+        plan.pieces.iter().filter(|p| p.3).count(),
+        plan.bytes
+    );
     let parts = split_by_bytes(&plan.pieces, plan.bytes, COPY_THREADS);
     let mut lost: Vec<(u64, u64)> = std::thread::scope(|scope| {
         let map = &map;
@@ -674,6 +804,41 @@ impl PagePlan {
         self.entries = entries;
         self.pieces = pieces;
         self.bytes = dst;
+        Ok(())
+    }
+
+    /// Sends the pinned pieces' pages that are not exclusively the task's (shared copy-on-write
+    /// with another process) through /proc/PID/mem instead: pinning them would unshare them.
+    /// For a plan made with `defer_pinning`, once the task runs again.
+    pub fn refine_pinning(&mut self) -> Result<()> {
+        use crate::sys::pagemap::{exclusive_or_swapped, PagemapEntries};
+        let entries = PagemapEntries::open(self.pid)?;
+        let mut pieces = Vec::with_capacity(self.pieces.len());
+        for &(start, len, off, via_mem) in &self.pieces {
+            if via_mem {
+                pieces.push((start, len, off, via_mem));
+                continue;
+            }
+            let raw = match entries.read(start, start + len) {
+                Ok(r) => r,
+                // Gone meanwhile: the copy finds out page by page.
+                Err(_) => {
+                    pieces.push((start, len, off, via_mem));
+                    continue;
+                }
+            };
+            for (k, e) in raw.iter().enumerate() {
+                let unpinned = !exclusive_or_swapped(*e) && *e & (1 << 63) != 0;
+                let (a, o) = (start + k as u64 * PAGE_SIZE, off + k as u64 * PAGE_SIZE);
+                match pieces.last_mut() {
+                    Some(l) if l.0 + l.1 == a && l.2 + l.1 == o && l.3 == unpinned => {
+                        l.1 += PAGE_SIZE
+                    }
+                    _ => pieces.push((a, PAGE_SIZE, o, unpinned)),
+                }
+            }
+        }
+        self.pieces = pieces;
         Ok(())
     }
 

@@ -196,25 +196,64 @@ impl Tracker {
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
 
-    /// Takes the descriptor out of the task (`remote` drives it); tracking goes on as long as
-    /// this value (our copy) lives.
-    pub fn close_in_task(&self, remote: &Remote) -> Result<()> {
-        remote.syscall(
-            "close(memory tracker)",
-            libc::SYS_close,
-            [self.fd_in_task as u64, 0, 0, 0, 0, 0],
-        )?;
-        Ok(())
+    pub fn ino(&self) -> u64 {
+        self.ino
     }
 
     /// Ends tracking: closes the task's descriptor (`remote` drives the task); the kernel drops
     /// the registrations with the last descriptor, which is ours, when this value goes.
     pub fn remove(self, remote: &Remote) -> Result<()> {
-        self.close_in_task(remote)?;
+        remote.syscall(
+            "close(memory tracker)",
+            libc::SYS_close,
+            [self.fd_in_task as u64, 0, 0, 0, 0, 0],
+        )?;
         forget(self.pid, self.start_time);
         log::info!("pid {}: memory tracking stopped", self.pid);
         Ok(())
     }
+}
+
+/// The inodes of every tracker we know of (children inherit their parent's across fork).
+pub fn known_inodes() -> Vec<u64> {
+    let Ok(rd) = std::fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| t.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+/// The fds of task `pid` that are trackers with one of these inodes.
+pub fn fds_in_task(pid: pid_t, inodes: &[u64]) -> Vec<RawFd> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
+                && std::fs::metadata(e.path()).is_ok_and(|m| inodes.contains(&m.ino()))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Closes every copy of a tracker in the task `remote` drives (its own and inherited ones):
+/// a copy left anywhere would keep the registrations, and their cost, alive.
+pub fn close_all_in_task(remote: &Remote, inodes: &[u64]) -> Result<usize> {
+    let fds = fds_in_task(remote.pid(), inodes);
+    for &fd in &fds {
+        remote.syscall(
+            "close(memory tracker)",
+            libc::SYS_close,
+            [fd as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(fds.len())
 }
 
 /// Drops the state of a task that is gone or no longer tracked.

@@ -269,3 +269,42 @@ fn auto_dedup_and_dedup_free_parent_pages_that_were_rewritten() {
     let _ = child.wait();
     assert_eq!(restore_and_check(&s, "4"), 0, "{}", s.read("out"));
 }
+
+#[test]
+fn a_child_forked_while_tracked_is_dumped_without_the_inherited_tracker() {
+    become_subreaper();
+    let s = Scratch::new("predumpfork");
+    let (mut child, pid) = start_generations(&s, 32, 10, "");
+    pre_dump(&s, pid, "1", None, &[]);
+    // The child gets a copy of its parent's tracker with the rest of the fd table.
+    assert!(kill(pid, libc::SIGUSR2));
+    let kid: i32 = s.wait_file("child", T).trim().parse().unwrap();
+    assert!(has_tracker_fd(kid));
+    pre_dump(&s, pid, "2", Some("../1"), &[]);
+    final_dump(&s, pid, "3", Some("../2"), &[]);
+    let _ = child.wait();
+    let _ = wait_exit(kid, T);
+    run(
+        &s,
+        "3",
+        "restore.log",
+        &["restore", "-d", "--pidfile", "restored.pid"],
+    );
+    assert!(!has_tracker_fd(pid) && !has_tracker_fd(kid));
+    // The child exits on SIGUSR1 (its parent does not reap it: a zombie until the parent goes).
+    assert!(kill(kid, libc::SIGUSR1));
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{kid}/stat")).is_ok_and(|st| {
+        st.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(t0.elapsed() < T, "the restored child did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(wait_exit(pid, T), 0, "{}", s.read("out"));
+    assert_eq!(wait_exit(kid, T), 0);
+}

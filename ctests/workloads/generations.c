@@ -6,10 +6,11 @@
  * and position alone. A page holds 512 words, word k = gen << 32 ^ (i * 512 + k).
  *
  * With "churn" it also keeps 32 side regions busy: mapped, filled, moved with mremap,
- * write-protected and unprotected, unmapped and mapped again, each holding a pattern of its
- * (slot, version) that is checked too.
+ * write-protected and unprotected, half dropped with MADV_DONTNEED (then zero), unmapped and
+ * mapped again, each holding a pattern of its (slot, version) that is checked too.
  *
- * On SIGUSR1 it stops at a page boundary and checks every page and live side region against
+ * On SIGUSR2 it forks a child (at the end of a round) that waits for SIGUSR1, then exits 0; its
+ * pid goes into "child". On SIGUSR1 it stops at a page boundary and checks every page and live side region against
  * what they must hold; exit 0 when all match (1: a page, 2: a side region, 3: setup).
  * "progress" holds the round number, rewritten after each round.
  * With MIBPS, rounds after the first are paced to write about MIBPS MiB per second.
@@ -30,8 +31,9 @@
 #define WORDS (PAGE / 8)
 #define SLOTS 32
 
-static volatile sig_atomic_t stop_now;
+static volatile sig_atomic_t stop_now, fork_now;
 static void on_usr1(int sig) { (void)sig; stop_now = 1; }
+static void on_usr2(int sig) { (void)sig; fork_now = 1; }
 
 static size_t npages;
 static unsigned permil, stride = 37;
@@ -63,6 +65,8 @@ static void fill(uint64_t *p, uint64_t i, uint64_t gen)
 struct slot {
 	uint64_t *addr;
 	size_t len;
+	/* Bytes from here on were dropped with MADV_DONTNEED: they must read as zero. */
+	size_t zero_from;
 	uint64_t version;
 	int live;
 };
@@ -72,13 +76,16 @@ static void fill_slot(struct slot *s, unsigned n)
 {
 	for (size_t k = 0; k < s->len / 8; k++)
 		s->addr[k] = (s->version << 40) ^ ((uint64_t)n << 32) ^ k;
+	s->zero_from = s->len;
 }
 
 static int check_slot(struct slot *s, unsigned n)
 {
-	for (size_t k = 0; k < s->len / 8; k++)
-		if (s->addr[k] != ((s->version << 40) ^ ((uint64_t)n << 32) ^ k))
+	for (size_t k = 0; k < s->len / 8; k++) {
+		uint64_t want = k * 8 >= s->zero_from ? 0 : (s->version << 40) ^ ((uint64_t)n << 32) ^ k;
+		if (s->addr[k] != want)
 			return 0;
+	}
 	return 1;
 }
 
@@ -106,7 +113,7 @@ static void churn(void)
 		s->live = 1;
 		return;
 	}
-	switch (next_rand() % 4) {
+	switch (next_rand() % 5) {
 	case 0: /* move it */
 	{
 		void *to = mmap(NULL, s->len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -125,6 +132,15 @@ static void churn(void)
 		s->version++;
 		fill_slot(s, n);
 		break;
+	case 3: /* drop the second half's pages: they read as zero from now on */
+	{
+		size_t half = s->len / 2 / PAGE * PAGE;
+		if (half < s->zero_from) {
+			madvise((char *)s->addr + half, s->len - half, MADV_DONTNEED);
+			s->zero_from = half;
+		}
+		break;
+	}
 	default: /* drop */
 		munmap(s->addr, s->len);
 		s->live = 0;
@@ -151,9 +167,11 @@ int main(int argc, char **argv)
 	struct sigaction sa = { 0 };
 	sa.sa_handler = on_usr1;
 	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_usr2;
+	sigaction(SIGUSR2, &sa, NULL);
 	int progress = open("progress", O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	char buf[32];
-	struct timespec pause = { 0, 2 * 1000 * 1000 };
+	struct timespec breather = { 0, 2 * 1000 * 1000 };
 	for (uint64_t g = 0;; g++) {
 		struct timespec round_start;
 		clock_gettime(CLOCK_MONOTONIC, &round_start);
@@ -170,6 +188,18 @@ int main(int argc, char **argv)
 				churn();
 		}
 		pos_now = npages;
+		if (fork_now) {
+			fork_now = 0;
+			pid_t kid = fork();
+			if (kid == 0) {
+				while (!stop_now)
+					pause();
+				_exit(0);
+			}
+			int cf = open("child", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			dprintf(cf, "%d\n", kid);
+			close(cf);
+		}
 		int len = snprintf(buf, sizeof buf, "%20lu\n", (unsigned long)g);
 		pwrite(progress, buf, len, 0);
 		if (mibps > 0 && g > 0) {
@@ -185,7 +215,7 @@ int main(int argc, char **argv)
 			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) && !stop_now)
 				;
 		} else {
-			nanosleep(&pause, NULL);
+			nanosleep(&breather, NULL);
 		}
 	}
 check:;

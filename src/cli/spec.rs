@@ -30,7 +30,7 @@ Commands:
   check          report which kernel mechanisms and features this machine and build offer
   page-server    receive pages from a remote dump (not supported yet)
   lazy-pages     serve memory of a lazily restored tree (not supported yet)
-  service        serve RPC requests on a socket (not supported yet)
+  service        serve RPC requests on a socket
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
   cpuinfo dump   write CPU information into an image (not supported yet)
   cpuinfo check  compare the CPU with an image (not supported yet)

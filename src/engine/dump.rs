@@ -143,8 +143,10 @@ struct ProcessQueries {
 }
 
 fn query_process(remote: &Remote) -> Result<ProcessQueries> {
+    let sigactions = signals::dump_actions(remote)?;
+    log::debug!("pid {}: signal actions read", remote.pid());
     Ok(ProcessQueries {
-        sigactions: signals::dump_actions(remote)?,
+        sigactions,
         timers: timers::dump(remote)?,
         rlimits: creds::dump_rlimits(remote)?,
         dumpable: prctl_get(remote, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE)?,
@@ -194,6 +196,7 @@ fn query_all(
         }
     };
     let scratch = remote.scratch_range().0;
+    log::debug!("pid {pid}: scratch area mapped");
     let gathered = query_process(&remote)
         .and_then(|p| Ok((p, query_thread(&remote)?)))
         .and_then(|g| in_process(&remote).map(|_| g));
@@ -232,6 +235,7 @@ fn query_all(
         }
         Ok((process, threads))
     });
+    log::debug!("pid {pid}: queries done");
     let deferred = remote.finish();
     let leader = task.leader();
     leader.tracee.set_regs(&restart_adjusted(&leader.regs))?;
@@ -342,6 +346,8 @@ struct TreeImages {
     /// smaps of each task read before the freeze (see procfs::maps_hinted).
     smaps_hints: std::collections::HashMap<pid_t, Vec<procfs::MapEntry>>,
     tracking: Vec<TaskTracking>,
+    /// Inodes of every memory tracker we know of (track::known_inodes).
+    trackers: Vec<u64>,
     files: FileTable,
     seccomp: Vec<pb::SeccompFilter>,
     shared: Vec<mem::SharedObject>,
@@ -361,6 +367,7 @@ fn dump_task(
         parent: parent_images,
         smaps_hints,
         tracking,
+        trackers,
         files,
         seccomp: seccomp_filters,
         shared,
@@ -391,13 +398,17 @@ fn dump_task(
     let (process, threads) = query_all(task, syscall_ip, &mut |remote| {
         if keep_tracking {
             tt.ensure(remote)
-        } else if let (true, Some(t)) = (opts.leave_running, &tt.tracker) {
-            t.close_in_task(remote)
+        } else if opts.leave_running {
+            // Our copy of the task's own tracker keeps its bits readable for this dump.
+            crate::track::close_all_in_task(remote, trackers).map(|_| ())
         } else {
             Ok(())
         }
     })?;
-    let tracker_fd = tt.tracker.as_ref().map(|t| t.fd_in_task);
+    log::debug!("pid {pid}: queried");
+    if let Some(t) = tt.tracker.as_ref().filter(|_| tt.created) {
+        trackers.push(t.ino());
+    }
 
     // Files first: they are the usual reason to refuse a task, before any page is copied.
     let fdinfo = files::dump_fds(
@@ -405,9 +416,10 @@ fn dump_task(
         files,
         opts.shell_job,
         opts.rpc_server_socket_ino,
-        tracker_fd,
+        trackers,
     )?;
 
+    log::debug!("pid {pid}: files dumped");
     let vmas = mem::collect_vmas(pid, &maps, (0, 0), stat.start_stack, files, shared)?;
     let exe = procfs::readlink(&format!("/proc/{pid}/exe"))?
         .to_string_lossy()
@@ -439,8 +451,11 @@ fn dump_task(
                 reset: keep_tracking,
             })
             .as_ref(),
+        tt.held.as_deref(),
     )?;
-    let page_plan = mem::plan_pages(pid, &vmas, scan, parent, tt.held.as_deref())?;
+    log::debug!("pid {pid}: memory scanned");
+    let page_plan = mem::plan_pages(pid, &vmas, scan, parent, tt.held.as_deref(), false)?;
+    log::debug!("pid {pid}: memory planned");
     timing.stats.scanned += page_plan.stats.scanned;
     timing.stats.written += page_plan.stats.written;
     timing.stats.cow += page_plan.stats.cow;
@@ -744,6 +759,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let mut tree = TreeImages {
         parent,
         smaps_hints,
+        trackers: crate::track::known_inodes(),
         files: FileTable::new(),
         timing,
         ..Default::default()
@@ -762,10 +778,12 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     let frozen_at = frozen.frozen_at;
     if opts.leave_running {
         frozen.resume()?;
+        timing.frozen = frozen_at.elapsed();
     } else {
+        // Frozen until killed (waiting for the exit, which frees the memory, is not frozen).
+        timing.frozen = frozen_at.elapsed();
         frozen.kill()?;
     }
-    timing.frozen = frozen_at.elapsed();
     for tt in tracking.iter_mut() {
         match tt.tracker.as_mut() {
             Some(t) if opts.track_mem && opts.leave_running => t.commit(token)?,
@@ -839,6 +857,7 @@ fn write_tree(
     }
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();
+    log::debug!("pages copied");
     let t0 = Instant::now();
     timing.shpages_written = mem::dump_shared(shared, &dir, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
@@ -887,6 +906,7 @@ fn write_tree(
     if !ttys.is_empty() {
         dir.write_all(Kind::TtyInfo, "", ttys)?;
     }
+    log::debug!("images written");
     write_timens(&dir)?;
     dir.write_one(
         Kind::Inventory,

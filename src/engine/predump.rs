@@ -91,6 +91,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             .truncate(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        t.plan.refine_pinning()?;
         mem::copy_pages(&mut t.plan, &out, true)?;
         let mut pm = dir.create(Kind::Pagemap, t.pid)?;
         pm.write(&pb::PagemapHead {
@@ -145,18 +146,21 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
 /// Takes the memory trackers out of every task of the tree at `pid`.
 pub fn untrack(pid: pid_t) -> Result<()> {
     let mut frozen = Frozen::freeze_tree(pid, std::time::Duration::from_secs(10))?;
-    let mut found = 0;
+    let inodes = crate::track::known_inodes();
+    let mut closed = 0;
     for task in frozen.tasks.iter_mut() {
         let stat = procfs::stat(task.pid, None)?;
-        let Some(tracker) = crate::track::Tracker::find(task.pid, stat.start_time)? else {
+        crate::track::forget(task.pid, stat.start_time);
+        if crate::track::fds_in_task(task.pid, &inodes).is_empty() {
             continue;
-        };
+        }
         let maps = procfs::maps_quick(task.pid)?;
-        in_leader(task, &maps, |remote| tracker.remove(remote))?;
-        found += 1;
+        closed += in_leader(task, &maps, |remote| {
+            crate::track::close_all_in_task(remote, &inodes)
+        })?;
     }
     frozen.resume()?;
-    log::info!("untrack: {found} trackers removed below pid {pid}");
+    log::info!("untrack: {closed} tracker descriptors closed below pid {pid}");
     Ok(())
 }
 
@@ -172,7 +176,9 @@ fn plan_frozen(
         let stat = procfs::stat(pid, None)?;
         // Only the ranges and kinds of the mappings matter here: no smaps walk.
         let maps = procfs::maps_quick(pid)?;
+        log::debug!("pid {pid}: maps read");
         let mut tt = TaskTracking::find(pid, stat.start_time, parent)?;
+        log::debug!("pid {pid}: tracker found");
         if tt.tracker.is_none() {
             in_leader(task, &maps, |remote| tt.ensure(remote))?;
         }
@@ -180,6 +186,7 @@ fn plan_frozen(
         let tt = tracking.last_mut().expect("just pushed");
         let tracker = tt.tracker.as_mut().expect("ensured");
         tracker.invalidate()?;
+        log::debug!("pid {pid}: tracker ready");
         let mut shared = Vec::new();
         let vmas = mem::collect_vmas(
             pid,
@@ -196,8 +203,11 @@ fn plan_frozen(
                 tracker,
                 reset: true,
             }),
+            tt.held.as_deref(),
         )?;
-        let plan = mem::plan_pages(pid, &vmas, scan, None, tt.held.as_deref())?;
+        log::debug!("pid {pid}: scanned");
+        let plan = mem::plan_pages(pid, &vmas, scan, None, tt.held.as_deref(), true)?;
+        log::debug!("pid {pid}: planned");
         plans.push(TaskPlan {
             pid,
             pages_id: plans.len() as u32 + 1,
