@@ -1743,11 +1743,13 @@ fn entries_with_extra_bytes() {
             pipe_id: 123456,
             bytes: small.len() as u32,
             size: Some(65536),
+            packets: Vec::new(),
         },
         pb::PipeDataEntry {
             pipe_id: 123457,
             bytes: big.len() as u32,
             size: None,
+            packets: Vec::new(),
         },
     ];
     for kind in [Kind::PipesData, Kind::FifoData] {
@@ -2409,6 +2411,7 @@ fn crit_encoded_pagemap_and_pipe_data_read_back() {
         pipe_id: 5,
         bytes: 3,
         size: None,
+        packets: Vec::new(),
     })
     .unwrap();
     w.write_raw(b"abc").unwrap();
