@@ -678,7 +678,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     notify.notify("query-ext-files", pid, None)?;
 
     let mut tree = TreeImages {
-        files: FileTable::new(),
+        files: FileTable::for_dump(opts),
         timing,
         ..Default::default()
     };
@@ -698,7 +698,11 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         ..
     } = tree;
     // Pipes and sockets are whole only when every holder was dumped.
-    let pids: Vec<pid_t> = images.iter().map(|t| t.pid).collect();
+    let pids: Vec<pid_t> = images
+        .iter()
+        .map(|t| t.pid)
+        .chain(frozen.zombies.iter().map(|z| z.pid))
+        .collect();
     files.check_complete(&pids)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
