@@ -906,7 +906,14 @@ pub fn open_all(
         by_id: HashMap::new(),
         epoll_owner: HashMap::new(),
     };
-    for &id in &wanted {
+    // fanotify groups last: one with permission marks would make our own opens of the files
+    // it marks wait for an answer no one gives.
+    let is_fanotify = |id: &u32| files.by_id.get(id).is_some_and(|e| e.ffy.is_some());
+    let order = wanted
+        .iter()
+        .filter(|id| !is_fanotify(id))
+        .chain(wanted.iter().filter(|id| is_fanotify(id)));
+    for &id in order {
         if out.by_id.contains_key(&id) {
             continue;
         }

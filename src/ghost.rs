@@ -7,7 +7,7 @@
 //! Restore creates each ghost once, at its old path when that is free (so that
 //! /proc/PID/fd/N reads as before) or else next to it as `PATH.cr.ID.ghost` (CRIU's name),
 //! with its contents, owner, mode and times; every fd and mapping of it is opened there; once
-//! every file of the tree is open (`FileImages`'s `open_all`) the name is unlinked again.
+//! every file of the tree is open (`files::open_all`) the name is unlinked again.
 //! A file that still has another name (link count above 0) would need --link-remap: refused.
 
 use std::cell::RefCell;

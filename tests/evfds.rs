@@ -1,7 +1,7 @@
 //! Event fds and special files through dump and restore of a real process tree
 //! (ctests/workloads/evfds.c, which checks each one from inside): epoll, signalfd, timerfd,
 //! inotify, fanotify, pidfds, deleted files open and mapped, O_PATH and /proc files, flock,
-//! POSIX and OFD locks, a packet-mode pipe. Also: the images as Debian's crit reads them, locks
+//! POSIX and OFD locks and a lease, a packet-mode pipe. Also: the images as Debian's crit reads them, locks
 //! refused without --file-locks, --ghost-limit, and every unsupported fd of a task reported in
 //! one error while the task runs on.
 
@@ -94,7 +94,7 @@ fn dump_kill_restore_checks_every_kind() {
     // The locks are held again, by the restored task, as another process sees them.
     let mut held = locks_of(pid);
     held.sort();
-    assert_eq!(held, ["FLOCK", "POSIX"], "locks held by pid {pid}");
+    assert_eq!(held, ["FLOCK", "LEASE", "POSIX"], "locks held by pid {pid}");
     verify(&s, pid, "the restored task");
 }
 
@@ -150,6 +150,7 @@ fn locks_need_file_locks() {
         ("lk_flock", "flock"),
         ("lk_posix", "POSIX"),
         ("lk_ofd", "OFD"),
+        ("lk_lease", "lease"),
     ] {
         let want = format!("fd {}: ", fds[name]);
         let line = err
@@ -502,6 +503,7 @@ fn check_images_with_crit(s: &Scratch, pid: i32) {
         (fds["lk_flock"], 2, 1, 0, 0),
         (fds["lk_posix"], 1, 1, 10, 20),
         (fds["lk_ofd"], 4, 0, 0, 0),
+        (fds["lk_lease"], 8, 0, 0, 0),
     ];
     want.sort();
     assert_eq!(got, want, "(fd, FL_*, F_*LCK, start, len)");

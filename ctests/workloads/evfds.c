@@ -1,7 +1,7 @@
 /*
  * Workload for checkpoint/restore of "event" fds and special files: epoll, signalfd, timerfd,
  * inotify, fanotify, pidfd, deleted files (open and mapped), O_PATH fds, /proc files, file
- * locks (flock, POSIX, OFD) and a packet-mode (O_DIRECT) pipe.
+ * locks (flock, POSIX, OFD, a read lease) and a packet-mode (O_DIRECT) pipe.
  *
  * It forks a child first (the process its pidfd refers to; it exits with the byte it reads
  * from a pipe), and has another child exit and be reaped (a pidfd of a dead process). Then it
@@ -79,7 +79,7 @@ static int ghost, ghost_mapped_fd;
 static unsigned char *ghost_map, *ghost_map_shared;
 static int opath_dir, opath_link;
 static int proc_status, proc_child_stat;
-static int lk_flock, lk_posix, lk_ofd;
+static int lk_flock, lk_posix, lk_ofd, lk_lease;
 static int pkt[2];
 static int take_locks = 1;
 static double setup_time;
@@ -243,15 +243,18 @@ static void setup(const char *dir)
 	write_file("lock_flock", "0123456789");
 	write_file("lock_posix", "0123456789012345678901234567890123456789");
 	write_file("lock_ofd", "0123456789");
+	write_file("lock_lease", "0123456789");
 	lk_flock = open("lock_flock", O_RDWR);
 	lk_posix = open("lock_posix", O_RDWR);
 	lk_ofd = open("lock_ofd", O_RDONLY);
+	lk_lease = open("lock_lease", O_RDONLY);
 	if (take_locks) {
 		if (flock(lk_flock, LOCK_EX | LOCK_NB)) die("flock");
 		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 20 };
 		if (fcntl(lk_posix, F_SETLK, &fl)) die("F_SETLK");
 		struct flock ofd = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
 		if (fcntl(lk_ofd, F_OFD_SETLK, &ofd)) die("F_OFD_SETLK");
+		if (fcntl(lk_lease, F_SETLEASE, F_RDLCK)) die("F_SETLEASE");
 	}
 
 	/* A packet-mode pipe with three packets in it. */
@@ -285,6 +288,7 @@ static void setup(const char *dir)
 	note("lk_flock", lk_flock);
 	note("lk_posix", lk_posix);
 	note("lk_ofd", lk_ofd);
+	note("lk_lease", lk_lease);
 	note("pkt_r", pkt[0]);
 	note("pkt_w", pkt[1]);
 	fclose(fds_file);
@@ -580,6 +584,8 @@ static void check_locks(void)
 	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 20 };
 	if (fcntl(lk_posix, F_SETLK, &fl)) fail(26, "lock_posix_ours");
 	if (flock(lk_flock, LOCK_SH | LOCK_NB)) fail(26, "lock_flock_ours");
+	/* 28: the read lease is there (only a read-only description can hold one). */
+	if (fcntl(lk_lease, F_GETLEASE) != F_RDLCK) fail(28, "lease_read");
 }
 
 static void check_packets(void)
