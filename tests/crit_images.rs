@@ -239,7 +239,7 @@ fn schemas_match_crit() {
         "schema differences:\n{}",
         errors.join("\n")
     );
-    // What crit 3.17 cannot show (CRIU added it later, or it is ours: xsave_area).
+    // What crit 3.17 cannot show (CRIU added it later, or it is ours: xsave_area, packets).
     let expected = [
         "creds_entry.no_new_privs",
         "creds_entry.cap_amb",
@@ -255,6 +255,7 @@ fn schemas_match_crit() {
         "memfd_inode_entry.mode",
         "pagemap_entry.nr_pages",
         "pidfd_entry",
+        "pipe_data_entry.packets",
         "plugins_entry",
         "task_core_entry.stop_signo",
         "task_core_entry.membarrier_registration_mask",
