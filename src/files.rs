@@ -136,7 +136,7 @@ impl FileTable {
         name: &str,
         flags: u32,
     ) -> Result<u32> {
-        let ghost = match self.ghosts.add(map_file, name, self.ghost_limit)? {
+        let ghost = match self.ghosts.add(pid, map_file, name, self.ghost_limit)? {
             Ok(g) => g,
             Err(why) => {
                 let range = map_file.rsplit('/').next().unwrap_or(map_file);
@@ -535,15 +535,7 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
                 "{target}: a file of a process that is gone (not supported)"
             )));
         }
-        // memfd and SysV shared memory live on a kernel-internal mount, in no mount table:
-        // they have no path to be made again at.
-        let mounts = procfs::mountinfo(fd.pid)?;
-        if !mounts.iter().any(|m| m.mnt_id as i32 == fd.info.mnt_id) {
-            return Err(fd.unsupported(format!(
-                "{target} (memfd or shared memory: not supported yet)"
-            )));
-        }
-        let ghost = match files.ghosts.add(&link, path, files.ghost_limit)? {
+        let ghost = match files.ghosts.add(fd.pid, &link, path, files.ghost_limit)? {
             Ok(g) => g,
             Err(why) => return Err(fd.unsupported(why)),
         };

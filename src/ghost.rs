@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use crate::error::{Error, Result};
@@ -44,10 +44,12 @@ pub struct GhostDump {
 }
 
 impl GhostDump {
-    /// The deleted file behind `proc_link` (/proc/PID/fd/N or /proc/PID/map_files/A-B), once
-    /// named `path`: its ghost id, made on first sight. `Ok(Err(why))` is a refusal.
+    /// The deleted file behind `proc_link` (/proc/PID/fd/N or /proc/PID/map_files/A-B of
+    /// task `pid`), once named `path`: its ghost id, made on first sight. `Ok(Err(why))` is a
+    /// refusal.
     pub fn add(
         &mut self,
+        pid: libc::pid_t,
         proc_link: &str,
         path: &str,
         limit: u64,
@@ -70,6 +72,21 @@ impl GhostDump {
         if let Some(&id) = self.by_inode.get(&(meta.dev(), meta.ino())) {
             return Ok(Ok(id));
         }
+        let contents = File::open(proc_link)
+            .map_err(|e| Error::io(format!("open {proc_link} to read it"), e))?;
+        // memfds, SysV shared memory and AIO rings look like deleted files too, but live on
+        // kernel-internal mounts, in no mount table: there is no directory to make them again in.
+        let mnt_id =
+            crate::procfs::fdinfo(std::process::id() as libc::pid_t, contents.as_raw_fd())?.mnt_id;
+        if !crate::procfs::mountinfo(pid)?
+            .iter()
+            .any(|m| m.mnt_id as i32 == mnt_id)
+        {
+            return Ok(Err(format!(
+                "{path} (deleted) is on a kernel-internal mount (memfd, shared memory, AIO...): \
+                 not supported yet"
+            )));
+        }
         let allocated = meta.blocks() * 512;
         if allocated > limit {
             return Ok(Err(format!(
@@ -77,8 +94,6 @@ impl GhostDump {
                  {limit} bytes (raise it with --ghost-limit)"
             )));
         }
-        let contents = File::open(proc_link)
-            .map_err(|e| Error::io(format!("open {proc_link} to read it"), e))?;
         let id = self.ghosts.len() as u32 + 1;
         let size = meta.size();
         let dev = libc::major(meta.dev()) << 20 | libc::minor(meta.dev());
@@ -343,9 +358,13 @@ mod tests {
 
         let mut d = GhostDump::default();
         let name = path.to_str().unwrap();
-        assert!(d.add(&link, name, 4096).unwrap().is_err(), "over the limit");
-        let id = d.add(&link, name, DEFAULT_LIMIT).unwrap().unwrap();
-        assert_eq!(d.add(&link, name, DEFAULT_LIMIT).unwrap().unwrap(), id);
+        let me = std::process::id() as libc::pid_t;
+        assert!(
+            d.add(me, &link, name, 4096).unwrap().is_err(),
+            "over the limit"
+        );
+        let id = d.add(me, &link, name, DEFAULT_LIMIT).unwrap().unwrap();
+        assert_eq!(d.add(me, &link, name, DEFAULT_LIMIT).unwrap().unwrap(), id);
         d.remap(7, id);
         d.write_images(&dir).unwrap();
 

@@ -259,7 +259,10 @@ fn every_unsupported_fd_is_listed_at_once() {
             fds[0],
             "anon_inode:[userfaultfd] (not supported yet)".to_owned(),
         ),
-        (fds[1], "/memfd:scratch (deleted) (memfd".to_owned()),
+        (
+            fds[1],
+            "/memfd:scratch (deleted) is on a kernel-internal mount".to_owned(),
+        ),
         (
             fds[2],
             format!("pidfd of process {me}, which is not being dumped"),
