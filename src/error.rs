@@ -26,6 +26,11 @@ pub enum Error {
     #[error("pid {pid}: cannot dump {resource}")]
     Unsupported { pid: i32, resource: String },
 
+    /// Everything of the tree that cannot be checkpointed, found in one pass (each one an
+    /// `Unsupported`), so that the user sees the whole list at once. The task is left running.
+    #[error("{}", unsupported_list(.0))]
+    UnsupportedAll(Vec<Error>),
+
     /// An option was given that this build parses but does not implement.
     #[error("option {0} is not supported yet")]
     OptionNotSupported(&'static str),
@@ -107,7 +112,9 @@ impl Error {
         match self {
             Error::Sys { errno, .. } => *errno as i32,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::Unsupported { .. } | Error::OptionNotSupported(_) => libc::EOPNOTSUPP,
+            Error::Unsupported { .. } | Error::UnsupportedAll(_) | Error::OptionNotSupported(_) => {
+                libc::EOPNOTSUPP
+            }
             Error::InvalidOptions(_) => libc::EINVAL,
             Error::Image { .. } => libc::EBADMSG,
             Error::PidTaken(_) => libc::EEXIST,
@@ -115,6 +122,26 @@ impl Error {
             Error::Rpc(_) => libc::EBADMSG,
             Error::BadRequest(_) => libc::EBADRQC,
             Error::Aborted(_) => libc::ECANCELED,
+        }
+    }
+}
+
+fn unsupported_list(list: &[Error]) -> String {
+    let mut out = format!("cannot dump {} resources of the tree:", list.len());
+    for e in list {
+        out.push_str("\n  ");
+        out.push_str(&e.to_string());
+    }
+    out
+}
+
+impl Error {
+    /// One error for a list of refusals: the refusal itself when there is only one.
+    pub fn unsupported_all(mut list: Vec<Error>) -> Error {
+        if list.len() == 1 {
+            list.pop().expect("one")
+        } else {
+            Error::UnsupportedAll(list)
         }
     }
 }

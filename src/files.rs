@@ -1,12 +1,23 @@
 //! Open files: the fd table (fdinfo-N.img) and the file descriptions it points to (files.img).
-//! Regular files and directories are reopened by path with their flags and offset; character
-//! devices by path; with --shell-job, a terminal inherited from the shell is replaced by the
-//! restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets (unix.rs) and eventfds
-//! (eventfd.rs) are created anew, with the data that was in them.
+//! Regular files and directories are reopened by path with their flags and offset (O_PATH fds
+//! too, also of symlinks, FIFOs and sockets); character devices by path; deleted files from the
+//! contents saved with them (ghost.rs); with --shell-job, a terminal inherited from the shell
+//! is replaced by the restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets
+//! (unix.rs), eventfds (eventfd.rs), epolls (eventpoll.rs), signalfds (signalfd.rs),
+//! timerfds (timerfd.rs), inotify and fanotify (fsnotify.rs) and pidfds (pidfd.rs) are created
+//! anew with their state; file locks come with --file-locks (filelocks.rs).
+//!
+//! Dump goes through every fd of every task even after something is refused: everything that
+//! cannot be dumped is reported in one error by `check_complete`.
 //!
 //! Restore has two phases so that the tasks of a tree can share kernel objects: `open_all`
 //! creates every file description once (one pipe() for both ends, one socketpair() for both
 //! sockets), and `install_from_pool` puts one task's fd numbers in place from what was created.
+//! Three things wait for the second phase, which each task runs itself once every process of
+//! the tree exists: pidfds of tree members and files under /proc/PID (their process does not
+//! exist before the forks), epoll watches (added with the fd numbers of the task's complete
+//! table, as the kernel keys them by number) and file locks (a POSIX lock is owned by the
+//! process).
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -17,13 +28,20 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::eventfd;
+use crate::eventpoll;
+use crate::filelocks;
+use crate::fsnotify;
+use crate::ghost;
 use crate::images::{ImageDir, Kind};
 use crate::pb;
+use crate::pidfd;
 use crate::pipes;
 use crate::procfs;
+use crate::signalfd;
 use crate::sys::fd as sysfd;
 use crate::sys::kcmp;
 use crate::sys::pidfd::PidFd;
+use crate::timerfd;
 use crate::unix;
 
 /// files.img under construction: one entry per open file description, plus the files behind
@@ -43,13 +61,37 @@ pub struct FileTable {
     /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
     /// seen holding them: a holder outside the dump would make the restore wrong.
     shared: BTreeMap<String, (pid_t, i32)>,
+    /// What could not be dumped so far, as (pid, "fd N: why"): the dump goes on looking at
+    /// every fd and `check_complete` fails once with the whole list.
+    refused: Vec<(pid_t, String)>,
+    /// --ghost-limit: the largest deleted file carried in the images.
+    ghost_limit: u64,
+    /// --file-locks.
+    file_locks: bool,
+    ghosts: ghost::GhostDump,
+    /// Regular-file entries of ghosts mapped by tasks: (ghost id, flags) → file id.
+    ghost_entries: HashMap<(u32, u32), u32>,
+    locks: filelocks::LockDump,
+    /// Pidfds of live processes as (process, holder pid, holder fd): the process must be one of
+    /// the dump.
+    pidfd_targets: Vec<(pid_t, pid_t, i32)>,
 }
 
 impl FileTable {
     pub fn new() -> Self {
         FileTable {
             next_id: 1,
+            ghost_limit: ghost::DEFAULT_LIMIT,
             ..Default::default()
+        }
+    }
+
+    /// A table for a dump with `opts` (--ghost-limit, --file-locks).
+    pub fn for_dump(opts: &crate::options::Options) -> Self {
+        FileTable {
+            ghost_limit: opts.ghost_limit.unwrap_or(ghost::DEFAULT_LIMIT),
+            file_locks: opts.file_locks,
+            ..FileTable::new()
         }
     }
 
@@ -80,34 +122,105 @@ impl FileTable {
         self.entries.iter().find(|e| e.id == id)
     }
 
-    /// After every task's fds are dumped: each connected socket's peer was dumped too, and no
-    /// process outside `dumped` (nor ourselves) holds a pipe or socket of the dump. Either
-    /// would leave the restored tasks connected to nothing.
-    pub fn check_complete(&self, dumped: &[pid_t]) -> Result<()> {
-        self.unix.check_peers()?;
-        if self.shared.is_empty() {
-            return Ok(());
+    /// An entry for a deleted file mapped through `map_file` (/proc/PID/map_files/A-B), once
+    /// named `name`: its contents go into the images as a ghost file (see ghost.rs), within
+    /// --ghost-limit. For mem.rs; the id is what a file mapping's `shmid` holds.
+    ///
+    /// A file that cannot be carried is refused like an fd: the refusal is kept for
+    /// `check_complete`, which fails the dump with every other refusal, and 0 (no file's id)
+    /// is returned meanwhile.
+    pub fn add_ghost_mapping(
+        &mut self,
+        pid: pid_t,
+        map_file: &str,
+        name: &str,
+        flags: u32,
+    ) -> Result<u32> {
+        let ghost = match self.ghosts.add(pid, map_file, name, self.ghost_limit)? {
+            Ok(g) => g,
+            Err(why) => {
+                let range = map_file.rsplit('/').next().unwrap_or(map_file);
+                self.refused.push((pid, format!("mapping {range}: {why}")));
+                return Ok(0);
+            }
+        };
+        if let Some(&id) = self.ghost_entries.get(&(ghost, flags)) {
+            return Ok(id);
         }
-        let me = std::process::id() as pid_t;
-        for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
-            if let Some(&(pid, our_fd)) = self.shared.get(&link) {
-                return Err(Error::unsupported(
-                    pid,
+        let meta =
+            std::fs::metadata(map_file).map_err(|e| Error::io(format!("stat {map_file}"), e))?;
+        let id = self.alloc_id();
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(reg_entry(id, name, flags, 0, &meta)),
+            ..Default::default()
+        });
+        self.ghosts.remap(id, ghost);
+        self.ghost_entries.insert((ghost, flags), id);
+        Ok(id)
+    }
+
+    /// After every task's fds are dumped: nothing was refused, each connected socket's peer
+    /// was dumped too, each pidfd refers to a process of the dump, and no process outside
+    /// `dumped` (the tree's processes and zombies) nor ourselves holds a pipe or socket of the
+    /// dump (which would leave the restored tasks connected to nothing). Everything found
+    /// wrong is reported in one error.
+    pub fn check_complete(&self, dumped: &[pid_t]) -> Result<()> {
+        let mut refused: Vec<Error> = self
+            .refused
+            .iter()
+            .map(|(pid, what)| Error::unsupported(*pid, what.clone()))
+            .collect();
+        for &(target, holder, fd) in &self.pidfd_targets {
+            if !dumped.contains(&target) {
+                refused.push(Error::unsupported(
+                    holder,
                     format!(
-                        "fd {our_fd}: {link} is also open in pid {other} (fd {fd}), which is \
-                         not being dumped: the restored task would lose that connection"
+                        "fd {fd}: pidfd of process {target}, which is not being dumped (after a \
+                         restore it would refer to whatever process has that pid)"
                     ),
                 ));
             }
         }
-        Ok(())
+        match self.unix.check_peers() {
+            Ok(()) => {}
+            Err(e @ Error::Unsupported { .. }) => refused.push(e),
+            Err(e) => return Err(e),
+        }
+        if !self.shared.is_empty() {
+            let me = std::process::id() as pid_t;
+            let mut reported: HashSet<&str> = HashSet::new();
+            for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
+                if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
+                    if reported.insert(key.as_str()) {
+                        refused.push(Error::unsupported(
+                            pid,
+                            format!(
+                                "fd {our_fd}: {link} is also open in pid {other} (fd {fd}), \
+                                 which is not being dumped: the restored task would lose that \
+                                 connection"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::unsupported_all(refused))
+        }
     }
 
     /// files.img and the images of file contents: pipes-data.img, fifo-data.img,
-    /// sk-queues.img (each only when it has entries).
+    /// sk-queues.img, remap-fpath.img with ghost-file-N.img, filelocks.img (each only when
+    /// it has entries).
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
         dir.write_all(Kind::Files, "", &self.entries)?;
         self.pipes.write_images(dir)?;
+        self.ghosts.write_images(dir)?;
+        self.locks.write_images(dir)?;
         self.unix.write_images(dir)
     }
 }
@@ -142,6 +255,20 @@ impl TaskFd<'_> {
     /// "pid P: cannot dump fd N: `what`".
     pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
         Error::unsupported(self.pid, format!("fd {}: {what}", self.fd))
+    }
+
+    /// The value of fdinfo line `name` ("name: value"), trimmed.
+    pub fn field<'b>(&'b self, name: &'b str) -> Option<&'b str> {
+        self.fields(name).next()
+    }
+
+    /// The values of every fdinfo line `name`, in order (epoll "tfd", inotify "inotify wd").
+    pub fn fields<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'b str> + 'b {
+        self.info
+            .extra
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.trim())
     }
 }
 
@@ -264,7 +391,21 @@ pub fn dump_fds(
                 break;
             }
         }
+        let lock_lines = info
+            .extra
+            .iter()
+            .filter(|(k, _)| k == "lock")
+            .map(|(_, v)| v.as_str());
         if let Some(id) = shared_id {
+            // A description seen before: only its owner's POSIX locks are new here.
+            if let Err(why) = files
+                .locks
+                .note(pid, fd, lock_lines, false, files.file_locks)
+            {
+                files
+                    .refused
+                    .push((pid, format!("fd {fd}: {target}: {why}")));
+            }
             let ty = files
                 .get(id)
                 .map(|e| e.r#type)
@@ -289,7 +430,22 @@ pub fn dump_fds(
             service_sk_ino,
         };
         let id = files.alloc_id();
-        let ty = dump_description(&task_fd, id, files, shell_job)?;
+        let ty = match dump_description(&task_fd, id, files, shell_job) {
+            Ok(ty) => ty,
+            Err(Error::Unsupported { pid, resource }) => {
+                files.refused.push((pid, resource));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(why) = files
+            .locks
+            .note(pid, fd, lock_lines, true, files.file_locks)
+        {
+            files
+                .refused
+                .push((pid, format!("fd {fd}: {target}: {why}")));
+        }
         files
             .by_ino
             .entry(info.ino)
@@ -350,20 +506,69 @@ fn dump_description(
         files.entries.push(e);
         return Ok(pb::FdTypes::Unixsk);
     }
-    if target == "anon_inode:[eventfd]" {
-        files.entries.push(eventfd::dump(fd, id)?);
-        return Ok(pb::FdTypes::Eventfd);
-    }
-    if !target.starts_with('/') {
-        // anon_inode:[eventpoll], anon_inode:[timerfd]...
-        return Err(fd.unsupported(format!("{target} (not supported yet)")));
-    }
-    if target.ends_with(" (deleted)") {
-        return Err(fd.unsupported(format!("deleted file {target} (not supported yet)")));
-    }
+    let (entry, ty) = match target {
+        "anon_inode:[eventfd]" => (eventfd::dump(fd, id)?, pb::FdTypes::Eventfd),
+        "anon_inode:[eventpoll]" => (eventpoll::dump(fd, id)?, pb::FdTypes::Eventpoll),
+        "anon_inode:[signalfd]" => (signalfd::dump(fd, id)?, pb::FdTypes::Signalfd),
+        "anon_inode:[timerfd]" => (timerfd::dump(fd, id)?, pb::FdTypes::Timerfd),
+        "anon_inode:inotify" => (fsnotify::dump_inotify(fd, id)?, pb::FdTypes::Inotify),
+        "anon_inode:[fanotify]" => (fsnotify::dump_fanotify(fd, id)?, pb::FdTypes::Fanotify),
+        "anon_inode:[pidfd]" => {
+            let (e, process) = pidfd::dump(fd, id)?;
+            if let Some(p) = process {
+                files.pidfd_targets.push((p, fd.pid, fd.fd));
+            }
+            (e, pb::FdTypes::Pidfd)
+        }
+        _ if !target.starts_with('/') => {
+            // anon_inode:[io_uring], anon_inode:[userfaultfd], memfd...
+            return Err(fd.unsupported(format!("{target} (not supported yet)")));
+        }
+        _ => return dump_path(fd, id, files, shell_job),
+    };
+    files.entries.push(entry);
+    Ok(ty)
+}
+
+/// A file the fd reaches by a path: a regular file, directory, device, FIFO, or an O_PATH fd
+/// of anything; a deleted regular file becomes a ghost file.
+fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Result<pb::FdTypes> {
+    let target = fd.link;
     let link = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+    if let Some(path) = target.strip_suffix(" (deleted)") {
+        if path.starts_with("/proc/") {
+            return Err(fd.unsupported(format!(
+                "{target}: a file of a process that is gone (not supported)"
+            )));
+        }
+        let ghost = match files.ghosts.add(fd.pid, &link, path, files.ghost_limit)? {
+            Ok(g) => g,
+            Err(why) => return Err(fd.unsupported(why)),
+        };
+        let meta = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(reg_entry(id, path, fd.flags, fd.info.pos, &meta)),
+            ..Default::default()
+        });
+        files.ghosts.remap(id, ghost);
+        return Ok(pb::FdTypes::Reg);
+    }
+    // For an O_PATH fd of a symlink this is the symlink itself: /proc's link leads to what the
+    // fd refers to and is not followed further.
     let meta = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
     let ft = meta.file_type();
+    if fd.flags & libc::O_PATH as u32 != 0 {
+        // Only a path: whatever is there, it is reopened with O_PATH.
+        files.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(reg_entry(id, target, fd.flags, 0, &meta)),
+            ..Default::default()
+        });
+        return Ok(pb::FdTypes::Reg);
+    }
     if is_tty(&meta) {
         if !shell_job {
             return Err(fd.unsupported(format!(
@@ -426,13 +631,16 @@ fn tty_info_id(meta: &std::fs::Metadata) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Restore
 
-/// files.img by id, and the contents that go with its files (pipe buffers, socket queues).
+/// files.img by id, and the contents that go with its files (pipe buffers, socket queues,
+/// ghost files, locks).
 pub struct FileImages {
     by_id: HashMap<u32, pb::FileEntry>,
     /// Unix sockets: inode → file id, to find a socket's peer.
     unix_by_ino: HashMap<u32, u32>,
     pipes: pipes::PipeImages,
     queues: unix::QueueImages,
+    ghosts: ghost::GhostImages,
+    locks: filelocks::LockImages,
 }
 
 impl FileImages {
@@ -446,6 +654,12 @@ impl FileImages {
             .or(e.usk.as_ref().map(|x| &x.fown))
             .or(e.efd.as_ref().map(|x| &x.fown))
             .or(e.tty.as_ref().map(|x| &x.fown))
+            .or(e.epfd.as_ref().map(|x| &x.fown))
+            .or(e.sgfd.as_ref().map(|x| &x.fown))
+            .or(e.tfd.as_ref().map(|x| &x.fown))
+            .or(e.ify.as_ref().map(|x| &x.fown))
+            .or(e.ffy.as_ref().map(|x| &x.fown))
+            .or(e.pidfd.as_ref().map(|x| &x.fown))
     }
 
     pub fn load(dir: &ImageDir) -> Result<FileImages> {
@@ -459,6 +673,8 @@ impl FileImages {
             unix_by_ino,
             pipes: pipes::PipeImages::load(dir)?,
             queues: unix::QueueImages::load(dir)?,
+            ghosts: ghost::GhostImages::load(dir)?,
+            locks: filelocks::LockImages::load(dir)?,
         })
     }
 
@@ -474,10 +690,40 @@ impl FileImages {
         })
     }
 
-    /// Opens the regular file `id` by its path (for mappings, the executable, cwd).
+    /// Opens the regular file `id` by its path (for mappings, the executable, cwd). A deleted
+    /// file is made again first (its name goes away once `open_all` is done).
     pub fn open_path(&self, id: u32, flags: i32) -> Result<OwnedFd> {
         let reg = self.reg(id)?;
-        open_path(&reg.name, flags)
+        open_path(&self.path_of(id, reg)?, flags)
+    }
+
+    /// Where regular file `id` is opened: its path, or where its ghost was made.
+    fn path_of(&self, id: u32, reg: &pb::RegFileEntry) -> Result<String> {
+        Ok(self
+            .ghosts
+            .path_for(id, &reg.name)?
+            .unwrap_or_else(|| reg.name.clone()))
+    }
+
+    /// Whether file `id` can only be opened by a task of the tree once every process exists:
+    /// a pidfd of a tree member, a file under /proc/PID.
+    fn is_late(&self, id: u32) -> bool {
+        let Some(e) = self.by_id.get(&id) else {
+            return false;
+        };
+        if let Some(p) = &e.pidfd {
+            return pidfd::is_live(p);
+        }
+        e.reg.as_ref().is_some_and(|r| is_proc_pid_path(&r.name))
+    }
+
+    /// Opens a file `is_late` says waits for the tasks (in the task installing it).
+    fn open_late(&self, id: u32) -> Result<OwnedFd> {
+        let e = self.get(id)?;
+        match &e.pidfd {
+            Some(p) => pidfd::open_live(p),
+            None => self.open_description(e, None),
+        }
     }
 
     /// The member of entry `id` that matches its type, or an error naming what is missing.
@@ -506,50 +752,70 @@ pub(crate) fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Opens one saved file description of a kind that needs nothing but its own entry: a regular
-/// file, directory or device by path, or the restorer's terminal.
-fn open_description(
-    e: &pb::FileEntry,
-    tty: Option<std::os::fd::BorrowedFd<'_>>,
-) -> Result<OwnedFd> {
-    match (pb::FdTypes::try_from(e.r#type), e.reg.as_ref()) {
-        (Ok(pb::FdTypes::Reg), Some(reg)) => {
-            let flags = reg.flags as i32
-                & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
-            let fd = open_path(&reg.name, flags | libc::O_NOCTTY)?;
-            let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                .map_err(|err| Error::io(format!("stat {}", reg.name), err))?;
-            if let Some(size) = reg.size {
-                if meta.is_file()
-                    && flags & libc::O_ACCMODE == libc::O_RDONLY
-                    && meta.size() != size
-                {
-                    return Err(Error::InvalidOptions(format!(
-                        "file {} has size {} but {size} at checkpoint time: it changed",
-                        reg.name,
-                        meta.size()
-                    )));
+/// "/proc/123/status": a file of a process (which, in the tree, only exists after the forks).
+fn is_proc_pid_path(path: &str) -> bool {
+    path.strip_prefix("/proc/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl FileImages {
+    /// Opens one saved file description of a kind that needs nothing but its own entry: a regular
+    /// file, directory or device by path (a ghost file where it was made again), or the
+    /// restorer's terminal.
+    fn open_description(
+        &self,
+        e: &pb::FileEntry,
+        tty: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<OwnedFd> {
+        match (pb::FdTypes::try_from(e.r#type), e.reg.as_ref()) {
+            (Ok(pb::FdTypes::Reg), Some(reg)) if reg.flags & libc::O_PATH as u32 != 0 => {
+                // Only a path; of a symlink, the symlink itself.
+                let is_link = reg.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
+                let flags = libc::O_PATH
+                    | (reg.flags as i32 & (libc::O_DIRECTORY | libc::O_NOFOLLOW))
+                    | if is_link { libc::O_NOFOLLOW } else { 0 };
+                open_path(&self.path_of(e.id, reg)?, flags)
+            }
+            (Ok(pb::FdTypes::Reg), Some(reg)) => {
+                let flags = reg.flags as i32
+                    & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+                let fd = open_path(&self.path_of(e.id, reg)?, flags | libc::O_NOCTTY)?;
+                let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .map_err(|err| Error::io(format!("stat {}", reg.name), err))?;
+                if let Some(size) = reg.size {
+                    if meta.is_file()
+                        && flags & libc::O_ACCMODE == libc::O_RDONLY
+                        && meta.size() != size
+                    {
+                        return Err(Error::InvalidOptions(format!(
+                            "file {} has size {} but {size} at checkpoint time: it changed",
+                            reg.name,
+                            meta.size()
+                        )));
+                    }
                 }
+                if meta.is_file() || meta.is_dir() {
+                    nix::unistd::lseek(&fd, reg.pos as i64, nix::unistd::Whence::SeekSet).map_err(
+                        |err| Error::sys(format!("lseek {} to {}", reg.name, reg.pos), err),
+                    )?;
+                }
+                Ok(fd)
             }
-            if meta.is_file() || meta.is_dir() {
-                nix::unistd::lseek(&fd, reg.pos as i64, nix::unistd::Whence::SeekSet)
-                    .map_err(|err| Error::sys(format!("lseek {} to {}", reg.name, reg.pos), err))?;
+            (Ok(pb::FdTypes::Tty), _) => {
+                let t = tty.ok_or_else(|| {
+                    Error::InvalidOptions(
+                        "the task had a terminal: restore with --shell-job from a terminal".into(),
+                    )
+                })?;
+                let fd = nix::unistd::dup(t).map_err(|err| Error::sys("dup terminal", err))?;
+                Ok(fd)
             }
-            Ok(fd)
+            _ => Err(Error::InvalidOptions(format!(
+                "file {} has type {} which this build cannot restore",
+                e.id, e.r#type
+            ))),
         }
-        (Ok(pb::FdTypes::Tty), _) => {
-            let t = tty.ok_or_else(|| {
-                Error::InvalidOptions(
-                    "the task had a terminal: restore with --shell-job from a terminal".into(),
-                )
-            })?;
-            let fd = nix::unistd::dup(t).map_err(|err| Error::sys("dup terminal", err))?;
-            Ok(fd)
-        }
-        _ => Err(Error::InvalidOptions(format!(
-            "file {} has type {} which this build cannot restore",
-            e.id, e.r#type
-        ))),
     }
 }
 
@@ -562,6 +828,7 @@ pub fn inherited_terminal() -> Option<RawFd> {
 /// `lowest_fd` it was given and close-on-exec; dropping the set closes them.
 pub struct OpenFiles {
     by_id: HashMap<u32, OwnedFd>,
+    epoll_owner: HashMap<u32, pid_t>,
 }
 
 impl OpenFiles {
@@ -569,44 +836,82 @@ impl OpenFiles {
         self.by_id.get(&id).map(|f| f.as_fd())
     }
 
-    /// The fd numbers, for processes forked after `open_all` (they inherit the same numbers).
-    pub fn numbers(&self) -> HashMap<u32, RawFd> {
-        self.by_id
-            .iter()
-            .map(|(&id, fd)| (id, fd.as_raw_fd()))
-            .collect()
+    /// What processes forked after `open_all` need to install their tables: the fd numbers
+    /// (they inherit the same numbers) and who finishes which file.
+    pub fn numbers(&self) -> Pool {
+        Pool {
+            fds: self
+                .by_id
+                .iter()
+                .map(|(&id, fd)| (id, fd.as_raw_fd()))
+                .collect(),
+            epoll_owner: self.epoll_owner.clone(),
+        }
     }
 }
 
-/// Phase 1 of the restore of fd tables: creates every file description in `ids` (any order,
-/// duplicates allowed), each kernel object once — both ends of a pipe from one pipe(), both
-/// sockets of a pair from one socketpair() — with buffers and queues refilled, file flags and
-/// owners set. Every fd lands at `lowest_fd` or above, out of the way of the fd numbers the
-/// tasks' tables will use. `terminal` stands in for a saved terminal (--shell-job).
+/// The restorer's open files as the tasks of the tree inherit them, for `install_from_pool`.
+#[derive(Clone, Debug, Default)]
+pub struct Pool {
+    /// File id → fd number.
+    fds: HashMap<u32, RawFd>,
+    /// Epoll file id → the task that adds its watches (the first in pstree order holding it:
+    /// the one whose fd numbers the dump saved the watches under).
+    epoll_owner: HashMap<u32, pid_t>,
+}
+
+/// Phase 1 of the restore of fd tables: creates every file description of `tables` (each
+/// process's pid and fd table, in pstree order), each kernel object once — both ends of a pipe
+/// from one pipe(), both sockets of a pair from one socketpair() — with buffers and queues
+/// refilled, file flags set. Epolls are created empty. Every fd lands at `lowest_fd` or above, out of the way of
+/// the fd numbers the tasks' tables will use. `terminal` stands in for a saved terminal
+/// (--shell-job). Deleted files are made again for this (and for mappings, opened before) and
+/// their names removed at the end.
 ///
-/// Nothing here depends on which task runs it: for a tree, one task can call it with the ids
-/// of all tasks, and tasks forked after it inherit the set. It raises the caller's soft
+/// Left for `install_from_pool`, which each task runs once every process exists: pidfds of
+/// tree members and files under /proc/PID, epoll watches, file locks.
+///
+/// Nothing here depends on which task runs it: for a tree, one task can call it with the
+/// tables of all tasks, and tasks forked after it inherit the set. It raises the caller's soft
 /// RLIMIT_NOFILE to the hard limit (the task's saved limits are set after it).
 pub fn open_all(
-    ids: &[u32],
+    tables: &[(pid_t, &[pb::FdinfoEntry])],
     files: &FileImages,
     lowest_fd: RawFd,
     terminal: Option<BorrowedFd<'_>>,
 ) -> Result<OpenFiles> {
     crate::sys::process::raise_nofile_limit()?;
-    let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-    // Pipe ends by pipe, in id order, for the one pipe() that serves them all.
+    let wanted: BTreeSet<u32> = tables
+        .iter()
+        .flat_map(|(_, t)| t.iter().map(|f| f.id))
+        .filter(|&id| !files.is_late(id))
+        .collect();
+    // Pipe ends by pipe, in id order, for the one pipe() that serves them all; pidfds of a
+    // dead process by that process, for the one short-lived child that serves them all.
     let mut pipe_ends: BTreeMap<u32, Vec<&pb::PipeEntry>> = BTreeMap::new();
+    let mut dead_pidfds: BTreeMap<u32, Vec<&pb::PidfdEntry>> = BTreeMap::new();
     for &id in &wanted {
-        if let Some(p) = files.get(id)?.pipe.as_ref() {
+        let e = files.get(id)?;
+        if let Some(p) = e.pipe.as_ref() {
             pipe_ends.entry(p.pipe_id).or_default().push(p);
+        }
+        if let Some(p) = e.pidfd.as_ref() {
+            dead_pidfds.entry(p.ino).or_default().push(p);
         }
     }
     let mut fifos_filled: HashSet<u32> = HashSet::new();
     let mut out = OpenFiles {
         by_id: HashMap::new(),
+        epoll_owner: HashMap::new(),
     };
-    for &id in &wanted {
+    // fanotify groups last: one with permission marks would make our own opens of the files
+    // it marks wait for an answer no one gives.
+    let is_fanotify = |id: &u32| files.by_id.get(id).is_some_and(|e| e.ffy.is_some());
+    let order = wanted
+        .iter()
+        .filter(|id| !is_fanotify(id))
+        .chain(wanted.iter().filter(|id| is_fanotify(id)));
+    for &id in order {
         if out.by_id.contains_key(&id) {
             continue;
         }
@@ -647,7 +952,31 @@ pub fn open_all(
                 let efd = files.member(id, "EVENTFD", |e| e.efd.as_ref())?;
                 vec![(id, eventfd::open(efd)?)]
             }
-            _ => vec![(id, open_description(e, terminal)?)],
+            Ok(pb::FdTypes::Eventpoll) => {
+                let ep = files.member(id, "EVENTPOLL", |e| e.epfd.as_ref())?;
+                vec![(id, eventpoll::open(ep)?)]
+            }
+            Ok(pb::FdTypes::Signalfd) => {
+                let sg = files.member(id, "SIGNALFD", |e| e.sgfd.as_ref())?;
+                vec![(id, signalfd::open(sg)?)]
+            }
+            Ok(pb::FdTypes::Timerfd) => {
+                let t = files.member(id, "TIMERFD", |e| e.tfd.as_ref())?;
+                vec![(id, timerfd::open(t)?)]
+            }
+            Ok(pb::FdTypes::Inotify) => {
+                let i = files.member(id, "INOTIFY", |e| e.ify.as_ref())?;
+                vec![(id, fsnotify::open_inotify(i)?)]
+            }
+            Ok(pb::FdTypes::Fanotify) => {
+                let f = files.member(id, "FANOTIFY", |e| e.ffy.as_ref())?;
+                vec![(id, fsnotify::open_fanotify(f)?)]
+            }
+            Ok(pb::FdTypes::Pidfd) => {
+                let p = files.member(id, "PIDFD", |e| e.pidfd.as_ref())?;
+                pidfd::open_dead(&dead_pidfds[&p.ino])?
+            }
+            _ => vec![(id, files.open_description(e, terminal)?)],
         };
         for (made_id, fd) in made {
             let moved = sysfd::dup_above(fd.as_fd(), lowest_fd)?;
@@ -655,19 +984,35 @@ pub fn open_all(
             out.by_id.insert(made_id, moved);
         }
     }
+    // Every deleted file made again is open now (mappings were opened before us).
+    files.ghosts.unlink_all();
+    for &(pid, table) in tables {
+        for f in table {
+            if files.get(f.id)?.epfd.is_some() {
+                out.epoll_owner.entry(f.id).or_insert(pid);
+            }
+        }
+    }
     Ok(out)
 }
 
 /// In a task of a tree: replaces its fd table with the saved one, from the file descriptions
-/// the restorer opened for the whole tree before forking it (`pool`: file id → fd number we
-/// inherited). `keep` are fds of ours still needed (moved above the pool; updated in place).
+/// the restorer opened for the whole tree before forking it (`pool`). `keep` are fds of ours
+/// still needed (moved above the pool; updated in place).
+///
+/// Every process of the tree exists by now, so this is where the files that wait for them are
+/// opened (pidfds of tree members, /proc/PID files: each task opens its own). Once the table
+/// is complete, the task adds the watches of the epolls it owns, and then takes the file locks
+/// saved under it: nothing of the table is closed after that (a close drops the process's
+/// POSIX locks on that file).
 pub fn install_from_pool(
     fdinfo: &[pb::FdinfoEntry],
-    pool: &HashMap<u32, RawFd>,
+    pool: &Pool,
     files: &FileImages,
     keep: &mut [RawFd],
 ) -> Result<()> {
     let top = pool
+        .fds
         .values()
         .copied()
         .max()
@@ -676,7 +1021,11 @@ pub fn install_from_pool(
     for fd in keep.iter_mut() {
         *fd = sysfd::move_above(*fd, top + 1)?;
     }
-    let mut ours: Vec<RawFd> = keep.iter().copied().chain(pool.values().copied()).collect();
+    let mut ours: Vec<RawFd> = keep
+        .iter()
+        .copied()
+        .chain(pool.fds.values().copied())
+        .collect();
     ours.sort_unstable();
     let mut next = 0u32;
     for &fd in &ours {
@@ -686,19 +1035,49 @@ pub fn install_from_pool(
         next = fd as u32 + 1;
     }
     sysfd::close_range(next, u32::MAX)?;
+    let mut late: HashMap<u32, OwnedFd> = HashMap::new();
     for f in fdinfo {
-        let fd = *pool.get(&f.id).ok_or_else(|| {
-            Error::InvalidOptions(format!("fd {}: file {} was not opened", f.fd, f.id))
-        })?;
+        if pool.fds.contains_key(&f.id) || late.contains_key(&f.id) || !files.is_late(f.id) {
+            continue;
+        }
+        let fd = files
+            .open_late(f.id)
+            .map_err(|e| Error::InvalidOptions(format!("fd {}: {e}", f.fd)))?;
+        late.insert(f.id, sysfd::dup_above(fd.as_fd(), top + 1)?);
+    }
+    for f in fdinfo {
+        let fd = match (pool.fds.get(&f.id), late.get(&f.id)) {
+            (Some(&fd), _) => fd,
+            (None, Some(fd)) => fd.as_raw_fd(),
+            (None, None) => {
+                return Err(Error::InvalidOptions(format!(
+                    "fd {}: file {} was not opened",
+                    f.fd, f.id
+                )))
+            }
+        };
         sysfd::install(fd, f.fd as RawFd, f.flags & libc::FD_CLOEXEC as u32 != 0)?;
         if let Some(fown) = files.fown_of(f.id) {
             restore_owner(sysfd::borrow(fd), fown)?;
         }
     }
-    for &fd in pool.values() {
+    for &fd in pool.fds.values() {
         if !fdinfo.iter().any(|f| f.fd as RawFd == fd) {
             sysfd::close(fd);
         }
+    }
+    drop(late);
+    let me = std::process::id() as pid_t;
+    let mut done: HashSet<u32> = HashSet::new();
+    for f in fdinfo {
+        if pool.epoll_owner.get(&f.id) != Some(&me) || !done.insert(f.id) {
+            continue;
+        }
+        let ep = files.member(f.id, "EVENTPOLL", |e| e.epfd.as_ref())?;
+        eventpoll::add_watches(f.fd as RawFd, ep)?;
+    }
+    for lock in files.locks.of(me) {
+        filelocks::take(lock)?;
     }
     Ok(())
 }

@@ -161,9 +161,6 @@ pub fn collect_vmas(
                 });
             }
             _ if m.is_file() && !m.name.starts_with('[') => {
-                if m.name.ends_with(" (deleted)") {
-                    return Err(unsupported("mapped deleted files are not supported yet"));
-                }
                 if m.name.starts_with("/SYSV") {
                     return Err(unsupported("SysV shared memory is not supported yet"));
                 }
@@ -195,7 +192,11 @@ pub fn collect_vmas(
                     } else {
                         libc::O_RDONLY
                     } as u32;
-                    e.shmid = files.add_path(&m.name, open_flags)? as u64;
+                    e.shmid = match m.name.strip_suffix(" (deleted)") {
+                        // Its contents go into the images (a ghost file, see ghost.rs).
+                        Some(name) => files.add_ghost_mapping(pid, &map_file, name, open_flags)?,
+                        None => files.add_path(&m.name, open_flags)?,
+                    } as u64;
                     e.fdflags = Some(open_flags);
                     e.status |= if m.shared {
                         VMA_FILE_SHARED

@@ -265,7 +265,6 @@ impl Options {
             (self.tcp_established, "tcp-established"),
             (self.tcp_close, "tcp-close"),
             (self.tcp_skip_in_flight, "tcp-skip-in-flight"),
-            (self.file_locks, "file-locks"),
             (self.link_remap, "link-remap"),
             (self.orphan_pts_master, "orphan-pts-master"),
             (!self.external.is_empty(), "external"),

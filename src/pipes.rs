@@ -8,6 +8,11 @@
 //!
 //! Restore: one pipe() per pipe_id serves every end that names it; its capacity is set and its
 //! buffer refilled before anyone can read. A FIFO is reopened by path, its buffer refilled once.
+//!
+//! A pipe in packet mode (pipe2 O_DIRECT: each write is a packet, each read returns at most
+//! one) keeps its packets: the copy of its buffer is read back one packet per read, their sizes
+//! go into the images (a criu-rs field, `pipe_data_entry.packets`), and restore writes them one
+//! by one through a write end in packet mode. FIFOs in packet mode are still refused.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -25,6 +30,8 @@ pub struct PipeBuffer {
     /// The capacity (F_GETPIPE_SZ); None in images that did not record it.
     pub capacity: Option<u32>,
     pub bytes: Vec<u8>,
+    /// Sizes of the packets `bytes` is made of, in a pipe in packet mode; empty otherwise.
+    pub packets: Vec<u32>,
 }
 
 /// What the dump gathered beyond files.img: each pipe's and FIFO's buffer, once.
@@ -52,6 +59,7 @@ impl PipeDump {
                     pipe_id: *pipe_id,
                     bytes: buf.bytes.len() as u32,
                     size: buf.capacity,
+                    packets: buf.packets.clone(),
                 })?;
                 w.write_raw(&buf.bytes)?;
             }
@@ -63,12 +71,6 @@ impl PipeDump {
 
 /// One end of the pipe `pipe:[ino]`.
 pub fn dump_pipe(fd: &TaskFd, ino: u64, id: u32, dump: &mut PipeDump) -> Result<pb::FileEntry> {
-    if fd.flags & libc::O_DIRECT as u32 != 0 {
-        return Err(fd.unsupported(format!(
-            "{} in packet mode (O_DIRECT) (not supported yet)",
-            fd.link
-        )));
-    }
     let pipe_id = u32::try_from(ino)
         .map_err(|_| fd.unsupported(format!("{}: inode above 32 bits", fd.link)))?;
     let copy = fd.copy()?;
@@ -167,6 +169,7 @@ fn read_buffer(fd: &TaskFd, copy: &OwnedFd) -> Result<PipeBuffer> {
         return Ok(PipeBuffer {
             capacity: Some(capacity),
             bytes: Vec::new(),
+            packets: Vec::new(),
         });
     }
     let copied = syspipe::tee(reader.as_fd(), steal_w.as_fd(), capacity as usize)?;
@@ -179,12 +182,18 @@ fn read_buffer(fd: &TaskFd, copy: &OwnedFd) -> Result<PipeBuffer> {
             ),
         ));
     }
+    // One read takes all there is, unless the buffer holds packets (tee keeps them): then each
+    // read returns one packet.
     let mut bytes = vec![0u8; copied];
     let mut got = 0;
+    let mut reads: Vec<u32> = Vec::new();
     while got < copied {
         match nix::unistd::read(&steal_r, &mut bytes[got..]) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                reads.push(n as u32);
+            }
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(Error::sys("read the copy of a pipe buffer", e)),
         }
@@ -198,9 +207,14 @@ fn read_buffer(fd: &TaskFd, copy: &OwnedFd) -> Result<PipeBuffer> {
             ),
         ));
     }
+    let packets = if reads.len() > 1 { reads } else { Vec::new() };
+    if !packets.is_empty() {
+        log::debug!("{}: {} packets", fd.link, packets.len());
+    }
     Ok(PipeBuffer {
         capacity: Some(capacity),
         bytes,
+        packets,
     })
 }
 
@@ -238,9 +252,21 @@ fn load_buffers(dir: &ImageDir, kind: Kind) -> Result<HashMap<u32, PipeBuffer>> 
     };
     while let Some(e) = r.read_entry::<pb::PipeDataEntry>()? {
         let bytes = r.read_raw(e.bytes as usize)?;
+        if !e.packets.is_empty()
+            && e.packets.iter().map(|&p| p as usize).sum::<usize>() != bytes.len()
+        {
+            return Err(Error::image(
+                r.path().to_owned(),
+                format!(
+                    "pipe {}: packet sizes do not add up to its bytes",
+                    e.pipe_id
+                ),
+            ));
+        }
         let buf = PipeBuffer {
             capacity: e.size,
             bytes,
+            packets: e.packets,
         };
         if out.insert(e.pipe_id, buf).is_some() {
             return Err(Error::image(
@@ -330,12 +356,38 @@ pub fn open_fifo(reg: &pb::RegFileEntry, buffer: Option<&PipeBuffer>) -> Result<
     Ok(fd)
 }
 
-/// Sets the capacity, then writes the saved bytes into a non-blocking write end.
+/// Sets the capacity, then writes the saved bytes into a non-blocking write end (the packets of
+/// a packet-mode pipe one write each, with the end in packet mode; the caller sets its saved
+/// flags afterwards).
 fn refill(w: BorrowedFd<'_>, buf: &PipeBuffer) -> Result<()> {
     if let Some(cap) = buf.capacity {
         if cap != syspipe::capacity(w)? {
             syspipe::set_capacity(w, cap)?;
         }
+    }
+    if !buf.packets.is_empty() {
+        files::restore_status_flags(w, (libc::O_DIRECT | libc::O_NONBLOCK) as u32)?;
+        let mut off = 0;
+        for &len in &buf.packets {
+            let packet = &buf.bytes[off..off + len as usize];
+            let n = loop {
+                match nix::unistd::write(w, packet) {
+                    Err(nix::errno::Errno::EINTR) => {}
+                    r => {
+                        break r.map_err(|e| {
+                            Error::sys(format!("refill a packet of {len} bytes"), e)
+                        })?
+                    }
+                }
+            };
+            if n != packet.len() {
+                return Err(Error::InvalidOptions(format!(
+                    "refill: a packet of {len} bytes went in as {n}"
+                )));
+            }
+            off += len as usize;
+        }
+        return Ok(());
     }
     let mut done = 0;
     while done < buf.bytes.len() {
@@ -385,6 +437,7 @@ mod tests {
             PipeBuffer {
                 capacity: Some(1 << 20),
                 bytes: big.clone(),
+                packets: Vec::new(),
             },
         ));
         dump.pipes.push((
@@ -392,6 +445,7 @@ mod tests {
             PipeBuffer {
                 capacity: Some(4096),
                 bytes: Vec::new(),
+                packets: Vec::new(),
             },
         ));
         dump.fifos.push((
@@ -399,6 +453,7 @@ mod tests {
             PipeBuffer {
                 capacity: None,
                 bytes: b"fifo".to_vec(),
+                packets: vec![1, 3],
             },
         ));
         dump.write_images(&dir).unwrap();
@@ -407,6 +462,7 @@ mod tests {
         assert_eq!(back.pipe(5).unwrap().capacity, Some(1 << 20));
         assert!(back.pipe(6).unwrap().bytes.is_empty());
         assert_eq!(back.fifo(5).unwrap().bytes, b"fifo");
+        assert_eq!(back.fifo(5).unwrap().packets, [1, 3]);
         assert!(back.pipe(7).is_none());
     }
 
@@ -423,6 +479,7 @@ mod tests {
         let buf = PipeBuffer {
             capacity: Some(256 << 10),
             bytes: data.clone(),
+            packets: Vec::new(),
         };
         let refs: Vec<&pb::PipeEntry> = ends.iter().collect();
         let fds: HashMap<u32, OwnedFd> =
@@ -450,5 +507,29 @@ mod tests {
         let mut one = [0u8; 1];
         assert_eq!(nix::unistd::read(&fds[&3], &mut one).unwrap(), 1);
         assert_eq!(&one, b"z");
+    }
+
+    /// A packet-mode pipe gets its packets back one per read, and its write end stays in
+    /// packet mode.
+    #[test]
+    fn packets_stay_packets() {
+        let ends = [
+            end(1, libc::O_RDONLY | libc::O_NONBLOCK),
+            end(2, libc::O_WRONLY | libc::O_DIRECT),
+        ];
+        let buf = PipeBuffer {
+            capacity: None,
+            bytes: b"abcdefgh".to_vec(),
+            packets: vec![3, 5],
+        };
+        let refs: Vec<&pb::PipeEntry> = ends.iter().collect();
+        let fds: HashMap<u32, OwnedFd> =
+            open_pipe(&refs, Some(&buf)).unwrap().into_iter().collect();
+        let mut got = [0u8; 4096];
+        assert_eq!(nix::unistd::read(&fds[&1], &mut got).unwrap(), 3);
+        assert_eq!(&got[..3], b"abc");
+        assert_eq!(nix::unistd::read(&fds[&1], &mut got).unwrap(), 5);
+        assert_ne!(flags_of(&fds[&2]) & libc::O_DIRECT, 0);
+        assert_eq!(flags_of(&fds[&2]) & libc::O_NONBLOCK, 0);
     }
 }

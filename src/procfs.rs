@@ -488,9 +488,84 @@ pub fn uptime_us() -> Result<u64> {
     Ok(ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000)
 }
 
+/// One line of /proc/PID/mountinfo: mount id, device (major, minor), root within the
+/// filesystem, mount point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub mnt_id: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub root: String,
+    pub mount_point: String,
+}
+
+/// Undoes mountinfo's octal escapes ("\040" for a space).
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_mount_line(line: &str) -> Option<Mount> {
+    let mut w = line.split_whitespace();
+    let mnt_id = w.next()?.parse().ok()?;
+    let _parent = w.next()?;
+    let (major, minor) = w.next()?.split_once(':')?;
+    let root = unescape_octal(w.next()?);
+    let mount_point = unescape_octal(w.next()?);
+    Some(Mount {
+        mnt_id,
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+        root,
+        mount_point,
+    })
+}
+
+pub fn mountinfo(pid: pid_t) -> Result<Vec<Mount>> {
+    let path = format!("/proc/{pid}/mountinfo");
+    let text = read_string(&path)?;
+    text.lines()
+        .map(|l| parse_mount_line(l).ok_or_else(|| parse_err(&path, l)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_line() {
+        let m = parse_mount_line("27 1 254:0 / /a\\040b rw,relatime shared:1 - ext4 /dev/vda rw")
+            .unwrap();
+        assert_eq!(
+            m,
+            Mount {
+                mnt_id: 27,
+                major: 254,
+                minor: 0,
+                root: "/".into(),
+                mount_point: "/a b".into(),
+            }
+        );
+        assert!(mountinfo(std::process::id() as pid_t)
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == "/"));
+    }
 
     #[test]
     fn map_line() {

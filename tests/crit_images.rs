@@ -239,7 +239,7 @@ fn schemas_match_crit() {
         "schema differences:\n{}",
         errors.join("\n")
     );
-    // What crit 3.17 cannot show (CRIU added it later, or it is ours: xsave_area).
+    // What crit 3.17 cannot show (CRIU added it later, or it is ours: xsave_area, packets).
     let expected = [
         "creds_entry.no_new_privs",
         "creds_entry.cap_amb",
@@ -255,6 +255,7 @@ fn schemas_match_crit() {
         "memfd_inode_entry.mode",
         "pagemap_entry.nr_pages",
         "pidfd_entry",
+        "pipe_data_entry.packets",
         "plugins_entry",
         "task_core_entry.stop_signo",
         "task_core_entry.membarrier_registration_mask",
@@ -1743,11 +1744,13 @@ fn entries_with_extra_bytes() {
             pipe_id: 123456,
             bytes: small.len() as u32,
             size: Some(65536),
+            packets: Vec::new(),
         },
         pb::PipeDataEntry {
             pipe_id: 123457,
             bytes: big.len() as u32,
             size: None,
+            packets: Vec::new(),
         },
     ];
     for kind in [Kind::PipesData, Kind::FifoData] {
@@ -2409,6 +2412,7 @@ fn crit_encoded_pagemap_and_pipe_data_read_back() {
         pipe_id: 5,
         bytes: 3,
         size: None,
+        packets: Vec::new(),
     })
     .unwrap();
     w.write_raw(b"abc").unwrap();

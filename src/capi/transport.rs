@@ -79,7 +79,13 @@ fn spawn(binary: Option<&CString>, detach: bool) -> Result<Connection, Errno> {
             let fd = CString::new(theirs.as_raw_fd().to_string()).map_err(|_| Errno::EINVAL)?;
             ChildServer::Exec(vec![bin.clone(), c"swrk".to_owned(), fd])
         }
-        None => ChildServer::Embedded,
+        None => {
+            // The engine's kernel facts are a once-cell: should another thread of the caller be
+            // filling it at the fork, the child would wait forever for a thread it does not
+            // have. Fill it here first (or wait for whoever is filling it).
+            let _ = crate::kerndat::get();
+            ChildServer::Embedded
+        }
     };
     match fork::fork()? {
         Forked::Child => {

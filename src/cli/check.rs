@@ -67,7 +67,7 @@ const FEATURES: &[Feature] = &[
     not_built("tun"),
     not_built("tun_ns"),
     not_built("userns"),
-    not_built("fdinfo_lock"),
+    kernel("fdinfo_lock", |_| fdinfo_lock()),
     kernel("seccomp_suspend", |k| {
         errno_verdict(&k.ptrace_suspend_seccomp)
     }),
@@ -205,6 +205,22 @@ fn epoll(k: &KernDat) -> Verdict {
     k.kcmp_epoll_tfd
         .map(|_| String::new())
         .map_err(|e| format!("kcmp(KCMP_EPOLL_TFD): {e}"))
+}
+
+/// Whether /proc/PID/fdinfo shows a file's locks ("lock:" lines), which --file-locks reads:
+/// flock a scratch file and look.
+fn fdinfo_lock() -> Verdict {
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = std::env::temp_dir().join(format!("criu-check-lock-{}", std::process::id()));
+    let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    crate::sys::evfds::flock(f.as_fd(), true).map_err(|e| e.to_string())?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", f.as_raw_fd()))
+        .map_err(|e| format!("/proc/self/fdinfo: {e}"))?;
+    yes_if(
+        info.lines().any(|l| l.starts_with("lock:")),
+        "no lock lines in /proc/PID/fdinfo",
+    )
 }
 
 fn pidfd(k: &KernDat) -> Verdict {
@@ -511,6 +527,7 @@ mod tests {
             "timerfd",
             "epoll",
             "kcmp_epoll",
+            "fdinfo_lock",
             "pagemap_scan_guard_pages",
             "external_net_ns",
         ] {

@@ -334,7 +334,7 @@ pub fn command() -> Command {
         "file-locks",
         "no-file-locks",
         Some('l'),
-        "checkpoint/restore file locks (not supported yet)",
+        "checkpoint/restore file locks (flock, POSIX, OFD, leases)",
     );
     c = c
         .arg(

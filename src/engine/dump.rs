@@ -760,7 +760,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         parent,
         smaps_hints,
         trackers: crate::track::known_inodes(),
-        files: FileTable::new(),
+        files: FileTable::for_dump(opts),
         timing,
         ..Default::default()
     };
@@ -840,7 +840,11 @@ fn write_tree(
         ..
     } = tree;
     // Pipes and sockets are whole only when every holder was dumped.
-    let pids: Vec<pid_t> = images.iter().map(|t| t.pid).collect();
+    let pids: Vec<pid_t> = images
+        .iter()
+        .map(|t| t.pid)
+        .chain(frozen.zombies.iter().map(|z| z.pid))
+        .collect();
     files.check_complete(&pids)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();

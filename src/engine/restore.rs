@@ -138,7 +138,7 @@ pub struct Plan {
     pub inherit: Vec<Vec<Option<usize>>>,
     /// Every file description of the tree, opened by the restorer before the first fork so that
     /// tasks sharing one (a pipe, a socket pair, a file offset) get the same: file id → fd.
-    pub pool: std::collections::HashMap<u32, RawFd>,
+    pub pool: crate::files::Pool,
     pub parent: Vec<Option<usize>>,
     pub shell_job: bool,
     /// Per process: the pipe it waits on for "go" (read end, write end).
@@ -495,14 +495,13 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     }
 
     // Every file description, once, above every fd number the tasks use.
-    let ids: Vec<u32> = plan
+    let tables: Vec<(pid_t, &[pb::FdinfoEntry])> = plan
         .procs
         .iter()
         .filter_map(|p| match p {
-            Proc::Alive(t) => Some(t.fdinfo.iter().map(|f| f.id)),
+            Proc::Alive(t) => Some((t.pid, t.fdinfo.as_slice())),
             Proc::Zombie { .. } => None,
         })
-        .flatten()
         .collect();
     let lowest = plan
         .procs
@@ -520,7 +519,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     let pool = crate::files::open_all(
-        &ids,
+        &tables,
         &plan.files,
         lowest.max(3),
         terminal.map(crate::sys::fd::borrow_std),

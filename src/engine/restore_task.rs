@@ -205,7 +205,7 @@ fn build_self(
     task: &TaskImage,
     files: &FileImages,
     layout: &Layout,
-    pool: &std::collections::HashMap<u32, RawFd>,
+    pool: &crate::files::Pool,
     go: RawFd,
     report_fd: &mut RawFd,
 ) -> Result<()> {

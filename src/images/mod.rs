@@ -418,6 +418,17 @@ impl ImageReader {
         }
         Ok(buf)
     }
+
+    /// Up to `max` raw bytes: fewer only at the end of the file (empty there). For contents
+    /// that run to the end of the image (a ghost file kept whole).
+    pub fn read_raw_upto(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(max.min(1 << 20));
+        (&mut self.input)
+            .take(max as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.err(format!("read failed: {e}")))?;
+        Ok(buf)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod clone;
 pub mod cpu;
 pub mod eventfd;
+pub mod evfds;
 pub mod fd;
 pub mod fork;
 pub mod inject;
