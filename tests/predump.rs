@@ -308,3 +308,18 @@ fn a_child_forked_while_tracked_is_dumped_without_the_inherited_tracker() {
     assert_eq!(wait_exit(pid, T), 0, "{}", s.read("out"));
     assert_eq!(wait_exit(kid, T), 0);
 }
+
+#[test]
+fn corrupt_parent_images_cost_a_full_copy_not_a_wrong_restore() {
+    become_subreaper();
+    let s = Scratch::new("predumpcorrupt");
+    let (mut child, pid) = start_generations(&s, 16, 10, "");
+    pre_dump(&s, pid, "1", None, &[]);
+    let pm = s.path(&format!("1/pagemap-{pid}.img"));
+    let bytes = std::fs::read(&pm).unwrap();
+    std::fs::write(&pm, &bytes[..bytes.len().min(13)]).unwrap();
+    final_dump(&s, pid, "2", Some("../1"), &[]);
+    let _ = child.wait();
+    assert_eq!(stats(&s.path("2")).pages_skipped_parent, 0);
+    assert_eq!(restore_and_check(&s, "2"), 0, "{}", s.read("out"));
+}

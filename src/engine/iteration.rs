@@ -74,7 +74,13 @@ impl TaskTracking {
     pub fn find(pid: pid_t, start_time: u64, parent: Option<&ParentImages>) -> Result<Self> {
         let tracker = Tracker::find(pid, start_time)?;
         let held = match (&tracker, parent) {
-            (Some(t), Some(p)) if t.token == Some(p.token) => held_ranges(&p.dir, pid)?,
+            (Some(t), Some(p)) if t.token == Some(p.token) => match held_ranges(&p.dir, pid) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::warn!("pid {pid}: parent images unreadable ({e}): copying all memory");
+                    None
+                }
+            },
             (Some(_), Some(_)) => {
                 log::info!("pid {pid}: write tracking is not relative to the parent images: copying all memory");
                 None
