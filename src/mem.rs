@@ -388,33 +388,23 @@ pub fn scan_pages(
             // still there, in memory or in swap, unchanged. Only the written pages and those
             // the parent images lack need a closer look.
             (Some(t), Some(held)) if anon => {
-                // Written pages still present, with their categories (the kernel's slow path:
-                // a look at each pte, no struct page)...
-                let present_written = ScanQuery {
-                    flags: PM_SCAN_CHECK_WPASYNC,
-                    mask: PAGE_IS_WRITTEN,
-                    ..plain(true)
-                };
-                // ...then all written pages, present or not, re-protected (the fast path). A
-                // written page missing from the first list was zapped: it reads as zero.
+                // All written pages, present or not, re-protected (the kernel's fast path)...
                 let mut written = Vec::new();
-                match pagemap
-                    .try_scan(v.start, v.end, present_written, &mut regions)
-                    .and_then(|_| {
-                        pagemap.try_scan(v.start, v.end, written_only(t.reset), &mut written)
-                    }) {
+                match pagemap.try_scan(v.start, v.end, written_only(t.reset), &mut written) {
                     Ok(()) => {
                         let written: Vec<(u64, u64)> =
                             written.iter().map(|r| (r.start, r.end)).collect();
+                        // ...then which of them are still there (a written page missing here
+                        // was zapped: it reads as zero), and which of the unwritten pages the
+                        // parent images lack (new since) are: usually few ranges, so these
+                        // per-page looks cost what was written, not what is mapped.
                         let lacking = subtract((v.start, v.end), held);
                         let mut look = written.clone();
                         look.extend(lacking.iter().copied());
-                        unchanged = subtract((v.start, v.end), &merge(look));
-                        // Unwritten pages the parent images lack (new since): usually few ranges.
-                        for r in lacking {
-                            for (s, e) in subtract(r, &written) {
-                                pagemap.scan(s, e, plain(true), &mut regions)?;
-                            }
+                        let look = merge(look);
+                        unchanged = subtract((v.start, v.end), &look);
+                        for (s, e) in look {
+                            pagemap.scan(s, e, plain(true), &mut regions)?;
                         }
                         Ok(())
                     }

@@ -1,6 +1,7 @@
 //! `criu pre-dump`: memory only, while the tree keeps running. The tree is frozen just long
-//! enough to list each task's mappings and to read and reset its write tracker in one
-//! PAGEMAP_SCAN per VMA; the pages are copied with process_vm_readv after the tree runs again.
+//! enough to list each task's mappings (and to give it a write tracker on the first
+//! iteration); its write bits are read and reset by one PAGEMAP_SCAN per VMA, and the pages
+//! copied with process_vm_readv, after the tree runs again.
 //!
 //! CRIU's two modes, splice (default) and read, are one here: CRIU's splice mode exists to
 //! vmsplice pages into pipes while the task is frozen, because soft-dirty bits say nothing about
@@ -19,16 +20,16 @@ use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::freeze::Frozen;
 use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
-use crate::mem::{self, PagePlan, Tracking};
+use crate::mem::{self, Tracking};
 use crate::options::{Options, PreDumpMode};
 use crate::pb;
 use crate::procfs;
 
-/// One task's share of a pre-dump.
-struct TaskPlan {
+/// One task's share of a pre-dump: its mappings, listed while the tree was frozen.
+struct TaskVmas {
     pid: pid_t,
     pages_id: u32,
-    plan: PagePlan,
+    vmas: Vec<pb::VmaEntry>,
 }
 
 pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
@@ -67,8 +68,8 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         ));
     }
     let mut tracking: Vec<TaskTracking> = Vec::new();
-    let planned = plan_frozen(&mut frozen, parent.as_ref(), &mut tracking);
-    let plans = match planned {
+    let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking);
+    let tasks = match listed {
         Ok(p) => p,
         Err(e) => {
             remove_created(&mut frozen.tasks, &mut tracking);
@@ -80,9 +81,29 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
     timing.frozen = frozen_at.elapsed();
     log::info!("pre-dump of pid {pid}: tree frozen for {:?}", timing.frozen);
 
-    // The tree runs again: copy.
+    // The tree runs again: scan (reading and resetting the write bits), then copy. A page
+    // written after its bit was reset is the next iteration's; one written before is copied
+    // after, so the copy holds its new content. Mappings changed since the listing are the
+    // next iteration's too: a new one is not tracked yet, a moved one loses its tracking.
     let t0 = Instant::now();
-    for mut t in plans {
+    for t in tasks {
+        let tt = tracking
+            .iter()
+            .find(|tt| tt.pid == t.pid)
+            .expect("every listed task has its tracking");
+        let tracker = tt.tracker.as_ref().expect("ensured");
+        let scan = mem::scan_pages(
+            t.pid,
+            &t.vmas,
+            Some(&Tracking {
+                tracker,
+                reset: true,
+            }),
+            tt.held.as_deref(),
+        )?;
+        log::debug!("pid {}: scanned", t.pid);
+        let mut plan = mem::plan_pages(t.pid, &t.vmas, scan, None, tt.held.as_deref(), true)?;
+        log::debug!("pid {}: planned", t.pid);
         let path = dir.file(&pages_file_name(t.pages_id));
         let out = File::options()
             .read(true)
@@ -91,19 +112,19 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             .truncate(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        t.plan.refine_pinning()?;
-        mem::copy_pages(&mut t.plan, &out, true)?;
+        plan.refine_pinning()?;
+        mem::copy_pages(&mut plan, &out, true)?;
         let mut pm = dir.create(Kind::Pagemap, t.pid)?;
         pm.write(&pb::PagemapHead {
             pages_id: t.pages_id,
         })?;
-        for e in &t.plan.entries {
+        for e in &plan.entries {
             pm.write(e)?;
         }
         pm.finish()?;
-        timing.stats.scanned += t.plan.stats.scanned;
-        timing.stats.written += t.plan.stats.written;
-        timing.stats.skipped_parent += t.plan.stats.skipped_parent;
+        timing.stats.scanned += plan.stats.scanned;
+        timing.stats.written += plan.stats.written;
+        timing.stats.skipped_parent += plan.stats.skipped_parent;
         if opts.auto_dedup && parent.is_some() {
             crate::images::pages::dedup(&dir, t.pid)?;
         }
@@ -164,13 +185,14 @@ pub fn untrack(pid: pid_t) -> Result<()> {
     Ok(())
 }
 
-/// While the tree is frozen: each task's mappings, tracker and page plan.
-fn plan_frozen(
+/// While the tree is frozen: each task's mappings and tracker (created, with a few injected
+/// syscalls, where the task has none).
+fn list_frozen(
     frozen: &mut Frozen,
     parent: Option<&crate::engine::iteration::ParentImages>,
     tracking: &mut Vec<TaskTracking>,
-) -> Result<Vec<TaskPlan>> {
-    let mut plans = Vec::new();
+) -> Result<Vec<TaskVmas>> {
+    let mut tasks = Vec::new();
     for task in frozen.tasks.iter_mut() {
         let pid = task.pid;
         let stat = procfs::stat(pid, None)?;
@@ -184,8 +206,9 @@ fn plan_frozen(
         }
         tracking.push(tt);
         let tt = tracking.last_mut().expect("just pushed");
-        let tracker = tt.tracker.as_mut().expect("ensured");
-        tracker.invalidate()?;
+        // Cleared before the bits are reset: a dumper killed from here on leaves a tracker
+        // no later iteration trusts.
+        tt.tracker.as_mut().expect("ensured").invalidate()?;
         log::debug!("pid {pid}: tracker ready");
         let mut shared = Vec::new();
         let vmas = mem::collect_vmas(
@@ -196,23 +219,11 @@ fn plan_frozen(
             &mut FileTable::new(),
             &mut shared,
         )?;
-        let scan = mem::scan_pages(
+        tasks.push(TaskVmas {
             pid,
-            &vmas,
-            Some(&Tracking {
-                tracker,
-                reset: true,
-            }),
-            tt.held.as_deref(),
-        )?;
-        log::debug!("pid {pid}: scanned");
-        let plan = mem::plan_pages(pid, &vmas, scan, None, tt.held.as_deref(), true)?;
-        log::debug!("pid {pid}: planned");
-        plans.push(TaskPlan {
-            pid,
-            pages_id: plans.len() as u32 + 1,
-            plan,
+            pages_id: tasks.len() as u32 + 1,
+            vmas,
         });
     }
-    Ok(plans)
+    Ok(tasks)
 }
