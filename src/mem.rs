@@ -314,10 +314,22 @@ pub struct PageStats {
 type Run = (usize, u64, u64, u64);
 
 /// Write tracking during a scan: `reset` clears the write bits as they are read (the tracker is
-/// then relative to this iteration) and starts tracking VMAs not tracked yet.
+/// then relative to this iteration) and, in a frozen task, starts tracking VMAs not tracked yet.
+/// A running task's mappings may have changed since they were listed, and registering a listed
+/// range that is now part of a larger mapping would split it: its registration is done while
+/// it was frozen (`register_listed`), and what is untracked when scanned is copied in full.
 pub struct Tracking<'a> {
     pub tracker: &'a crate::track::Tracker,
     pub reset: bool,
+    pub live: bool,
+}
+
+/// Starts tracking the listed VMAs that hold private pages (those tracked already are left as
+/// they are). For a frozen task, whose listing is current: each range is one whole mapping.
+pub fn register_listed(tracker: &crate::track::Tracker, vmas: &[pb::VmaEntry]) {
+    for v in vmas.iter().filter(|v| holds_private_pages(v)) {
+        tracker.register(v.start, v.end);
+    }
 }
 
 /// The pages of a task that hold data, as one PAGEMAP_SCAN per VMA sees them.
@@ -427,7 +439,7 @@ pub fn scan_pages(
                 // Not tracked (new since the last iteration, moved, or never registered).
                 let t = tracking.expect("checked");
                 regions.clear();
-                if t.reset && t.tracker.register(v.start, v.end) {
+                if t.reset && !t.live && t.tracker.register(v.start, v.end) {
                     // Every present page reads as written and gets protected.
                     pagemap
                         .try_scan(v.start, v.end, tracked(anon, true), &mut regions)

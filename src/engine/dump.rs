@@ -449,6 +449,7 @@ fn dump_task(
             .map(|tracker| Tracking {
                 tracker,
                 reset: keep_tracking,
+                live: false,
             })
             .as_ref(),
         tt.held.as_deref(),

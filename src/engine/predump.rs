@@ -98,6 +98,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             Some(&Tracking {
                 tracker,
                 reset: true,
+                live: true,
             }),
             tt.held.as_deref(),
         )?;
@@ -219,6 +220,7 @@ fn list_frozen(
             &mut FileTable::new(),
             &mut shared,
         )?;
+        mem::register_listed(tt.tracker.as_ref().expect("ensured"), &vmas);
         tasks.push(TaskVmas {
             pid,
             pages_id: tasks.len() as u32 + 1,
