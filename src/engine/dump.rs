@@ -863,6 +863,8 @@ fn write_tree(
     timing.memwrite += t0.elapsed();
     log::debug!("pages copied");
     let t0 = Instant::now();
+    // Memfds' contents are dumped like shared anonymous memory.
+    shared.extend_from_slice(files.memfd_contents());
     timing.shpages_written = mem::dump_shared(shared, &dir, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
     assign_ids(frozen, &mut images)?;
