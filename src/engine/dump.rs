@@ -691,14 +691,31 @@ fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
                 "shares its fd table with another process (CLONE_FILES): not supported yet",
             ));
         }
-        if images[..i].iter().any(|t| t.ids.fs_id == ids[2]) {
-            return Err(Error::unsupported(
-                pid,
-                "shares cwd/root/umask with another process (CLONE_FS): not supported yet",
-            ));
-        }
         let e = &mut images[i].ids;
         (e.vm_id, e.files_id, e.fs_id, e.sighand_id) = (ids[0], ids[1], ids[2], ids[3]);
+    }
+    // cwd/root/umask shared (CLONE_FS) come back by forking each sharer with CLONE_FS from its
+    // parent: the processes sharing one must hang together from one of them down.
+    for i in 0..images.len() {
+        let fs_id = images[i].ids.fs_id;
+        let parent_shares = |t: usize| {
+            frozen
+                .tasks
+                .iter()
+                .position(|p| p.pid == frozen.tasks[t].ppid)
+                .is_some_and(|p| images[p].ids.fs_id == fs_id)
+        };
+        let group: Vec<usize> = (0..images.len())
+            .filter(|&t| images[t].ids.fs_id == fs_id)
+            .collect();
+        let tops = group.iter().filter(|&&t| !parent_shares(t)).count();
+        if group.len() > 1 && tops != 1 {
+            return Err(Error::unsupported(
+                frozen.tasks[i].pid,
+                "shares cwd/root/umask (CLONE_FS) with a process that is neither its parent nor \
+                 a child: not supported",
+            ));
+        }
     }
     Ok(())
 }

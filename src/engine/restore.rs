@@ -259,6 +259,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
             parent[k] = Some(i);
         }
     }
+    check_shared_ids(&procs, &parent).map_err(|why| Error::image(dir.file("pstree.img"), why))?;
     // Private memory still shared with the parent at checkpoint time is inherited again.
     let inherit = (0..procs.len())
         .map(|i| match (&procs[i], parent[i].map(|p| &procs[p])) {
@@ -310,6 +311,56 @@ fn check_sessions(procs: &[Proc], shell_job: bool) -> Result<()> {
                 "pid {}: process group {} has no leader in the images (not supported yet)",
                 e.pid, e.pgid
             )));
+        }
+    }
+    Ok(())
+}
+
+/// What processes share that we can rebuild: cwd/root/umask (CLONE_FS) when the sharers hang
+/// together from one of them down (each is forked with CLONE_FS from its parent); nothing else
+/// (an fd table, an address space, signal handlers shared by two processes).
+fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Result<(), String> {
+    let alive: Vec<(usize, &TaskImage)> = procs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Proc::Alive(t) => Some((i, &**t)),
+            Proc::Zombie { .. } => None,
+        })
+        .collect();
+    for (n, &(_, t)) in alive.iter().enumerate() {
+        for &(_, u) in &alive[..n] {
+            let what = if t.ids.files_id == u.ids.files_id {
+                "an fd table (CLONE_FILES)"
+            } else if t.ids.vm_id == u.ids.vm_id {
+                "an address space (CLONE_VM)"
+            } else if t.ids.sighand_id == u.ids.sighand_id {
+                "signal handlers (CLONE_SIGHAND)"
+            } else {
+                continue;
+            };
+            return Err(format!(
+                "processes {} and {} share {what}: not supported",
+                u.pid, t.pid
+            ));
+        }
+    }
+    for &(_, t) in &alive {
+        let fs_id = t.ids.fs_id;
+        let tops = alive
+            .iter()
+            .filter(|(_, u)| u.ids.fs_id == fs_id)
+            .filter(|&&(i, _)| {
+                !parent[i]
+                    .is_some_and(|p| matches!(&procs[p], Proc::Alive(pt) if pt.ids.fs_id == fs_id))
+            })
+            .count();
+        if tops != 1 {
+            return Err(format!(
+                "process {} shares cwd/root/umask with a process that is neither its parent \
+                 nor a child: not supported",
+                t.pid
+            ));
         }
     }
     Ok(())

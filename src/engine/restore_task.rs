@@ -88,7 +88,12 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     }
     drop_foreign_builds(plan, idx)?;
     for &c in &plan.children[idx] {
-        match fork_with_pid(Some(plan.procs[c].pid()), 0)? {
+        let flags = if shares_fs_with_parent(plan, c) {
+            libc::CLONE_FS as u64
+        } else {
+            0
+        };
+        match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
             Forked::Child => run_task(plan, c),
             Forked::Parent(_) => {}
         }
@@ -128,7 +133,24 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     let layout = plan.layouts[idx]
         .as_ref()
         .expect("live tasks have a layout");
-    build_self(task, &plan.files, layout, &plan.pool, go, report_fd)
+    build_self(
+        task,
+        &plan.files,
+        layout,
+        &plan.pool,
+        go,
+        report_fd,
+        shares_fs_with_parent(plan, idx),
+    )
+}
+
+/// Whether process `idx` shares cwd, root and umask with its parent (CLONE_FS): it is forked
+/// with CLONE_FS and leaves them to the parent.
+fn shares_fs_with_parent(plan: &Plan, idx: usize) -> bool {
+    let (Some(p), Proc::Alive(t)) = (plan.parent[idx], &plan.procs[idx]) else {
+        return false;
+    };
+    matches!(&plan.procs[p], Proc::Alive(pt) if pt.ids.fs_id == t.ids.fs_id)
 }
 
 fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
@@ -208,6 +230,7 @@ fn build_self(
     pool: &crate::files::Pool,
     go: RawFd,
     report_fd: &mut RawFd,
+    fs_from_parent: bool,
 ) -> Result<()> {
     let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
     build_ctrl(layout)?;
@@ -219,15 +242,19 @@ fn build_self(
     let exe_fd = keep[1];
     sysfd::close(keep[2]);
 
-    let cwd = files.reg(task.fs.cwd_id)?.name.clone();
-    let root = files.reg(task.fs.root_id)?.name.clone();
-    if root != "/" {
-        nix::unistd::chroot(root.as_str()).map_err(|e| Error::sys(format!("chroot {root}"), e))?;
+    // With CLONE_FS they are the parent's, which sets them.
+    if !fs_from_parent {
+        let cwd = files.reg(task.fs.cwd_id)?.name.clone();
+        let root = files.reg(task.fs.root_id)?.name.clone();
+        if root != "/" {
+            nix::unistd::chroot(root.as_str())
+                .map_err(|e| Error::sys(format!("chroot {root}"), e))?;
+        }
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            task.fs.umask.unwrap_or(0o22),
+        ));
     }
-    nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        task.fs.umask.unwrap_or(0o22),
-    ));
 
     let tc = task.tc();
     if let Some(rl) = &tc.rlimits {
