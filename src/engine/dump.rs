@@ -609,8 +609,8 @@ fn zombie_core(z: &Zombie) -> pb::CoreEntry {
 }
 
 /// Checks that the tree is one we can restore: sessions and process groups must have their
-/// leaders inside the tree (or, with --shell-job, be the shell's), and tasks may not share an
-/// address space without being threads (vfork children).
+/// leaders inside the tree or gone (or, with --shell-job, be the shell's); the root's session
+/// leader may not be gone.
 fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
     let root = frozen.tasks[0].pid;
     let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
@@ -622,23 +622,29 @@ fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
         members.push((z.pid, z.stat.pgid, z.stat.sid));
     }
     let inside = |p: pid_t| members.iter().any(|m| m.0 == p);
+    // A leader that is gone (its pid free) is stood in for at restore by a helper process with
+    // its pid (see restore.rs); one that lives outside the tree cannot be.
+    let gone = |p: pid_t| !crate::sys::task::pid_in_use(p);
     let (_, root_pgid, root_sid) = members[0];
     for &(pid, pgid, sid) in &members {
         let outside_ok = opts.shell_job && sid == root_sid && (pgid == root_pgid || inside(pgid));
-        if !inside(sid) && !outside_ok {
+        if !inside(sid) && !outside_ok && (pid == root || !gone(sid)) {
             return Err(Error::unsupported(
                 pid,
-                format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)"),
+                if pid == root && gone(sid) {
+                    format!("session {sid} whose leader is gone (not supported for the root of the dump)")
+                } else {
+                    format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)")
+                },
             ));
         }
-        if !inside(pgid) && !outside_ok {
+        if !inside(pgid) && !outside_ok && !gone(pgid) {
             return Err(Error::unsupported(
                 pid,
-                format!("process group {pgid} whose leader is gone or outside the dumped tree (not supported yet)"),
+                format!("process group {pgid} whose leader is outside the dumped tree"),
             ));
         }
     }
-    let _ = root;
     Ok(())
 }
 

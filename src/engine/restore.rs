@@ -3,7 +3,8 @@
 //! The restorer builds every task's memory in its own address space (at temporary addresses
 //! free in all the final layouts) and forks the root with clone3 and the saved pid; each task
 //! forks its children the same way, so the tree, its sessions and process groups come back as
-//! they were, and every task inherits the memory built for it. The tasks then do what they can
+//! they were (a session or group whose leader was gone is made by a short-lived `Helper` with the
+//! leader's pid), and every task inherits the memory built for it. The tasks then do what they can
 //! in ordinary Rust (files, signal handlers, limits, threads) and park. The restorer, as their
 //! ptrace tracer, finishes each with syscalls run inside it (see `finalize`) and lets them go.
 
@@ -140,11 +141,36 @@ pub struct Plan {
     /// tasks sharing one (a pipe, a socket pair, a file offset) get the same: file id → fd.
     pub pool: crate::files::Pool,
     pub parent: Vec<Option<usize>>,
+    /// Stand-ins for session and group leaders that were gone at checkpoint time.
+    pub helpers: Vec<Helper>,
     pub shell_job: bool,
-    /// Per process: the pipe it waits on for "go" (read end, write end).
+    /// Per process, then per helper: the pipe it waits on for "go" (read end, write end).
     pub go: Vec<(RawFd, RawFd)>,
     /// All processes report on this pipe (write end), the restorer reads (read end).
     pub report: (RawFd, RawFd),
+}
+
+/// A process that exists only during the restore, with the pid of a session or process group
+/// leader that was gone at checkpoint time (a daemon's parent after a double fork): it creates
+/// the session (setsid) or group (setpgid) with the right id, forks the processes that need to
+/// be born into its session, waits until every member of its group has joined, and exits; the
+/// process that forked it reaps it, so nothing of it remains.
+#[derive(Clone, Debug)]
+pub struct Helper {
+    pub pid: pid_t,
+    /// The process that forks it (index into `Plan::procs`).
+    pub parent: usize,
+    /// It leads a session (setsid); otherwise only a process group (setpgid).
+    pub session: bool,
+    /// Children of `parent` it forks with CLONE_PARENT, so that they are born in its session.
+    pub adopted: Vec<usize>,
+}
+
+impl Plan {
+    /// The helper that forks process `idx` into its session, if any.
+    pub fn adopter(&self, idx: usize) -> Option<&Helper> {
+        self.helpers.iter().find(|h| h.adopted.contains(&idx))
+    }
 }
 
 /// What a task reports on the shared pipe. Each message is one write under PIPE_BUF, so reports
@@ -252,13 +278,13 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         }
         children[parent].push(i);
     }
-    check_sessions(&procs, opts.shell_job)?;
     let mut parent = vec![None; procs.len()];
     for (i, kids) in children.iter().enumerate() {
         for &k in kids {
             parent[k] = Some(i);
         }
     }
+    let helpers = plan_helpers(&procs, &parent, opts.shell_job)?;
     check_shared_ids(&procs, &parent).map_err(|why| Error::image(dir.file("pstree.img"), why))?;
     // Private memory still shared with the parent at checkpoint time is inherited again.
     let inherit = (0..procs.len())
@@ -277,6 +303,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         inherit,
         pool: Default::default(),
         parent,
+        helpers,
         shell_job: opts.shell_job,
         go: Vec::new(),
         report: (-1, -1),
@@ -284,36 +311,72 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
 }
 
 /// Sessions and process groups we can rebuild: a session is created by its leader and inherited
-/// by the processes it forks; a process group must have its leader in the tree.
-fn check_sessions(procs: &[Proc], shell_job: bool) -> Result<()> {
+/// by the processes it forks; a process group is created by its leader and joined by the others
+/// once every process exists. A leader that is not in the tree (it was gone) is stood in for by
+/// a helper: for a session, it is forked by the parent of the processes born into the session
+/// (all must have the same parent) and forks them; for a group, it is forked by the group's
+/// first live member.
+fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Result<Vec<Helper>> {
     let root = procs[0].pstree();
+    let in_tree = |pid: u32| procs.iter().any(|q| q.pid() as u32 == pid);
+    let mut helpers: Vec<Helper> = Vec::new();
     for (i, p) in procs.iter().enumerate() {
         let e = p.pstree();
-        let parent_sid = if i == 0 {
-            None
-        } else {
-            procs
-                .iter()
-                .find(|q| q.pid() as u32 == e.ppid)
-                .map(|q| q.pstree().sid)
-        };
-        let own_session = e.sid == e.pid;
-        let inherited = parent_sid == Some(e.sid) || (i == 0 && shell_job);
-        if !own_session && !inherited {
+        let parent_sid = parent[i].map(|q| procs[q].pstree().sid);
+        if e.sid == e.pid || parent_sid == Some(e.sid) || (i == 0 && shell_job) {
+            continue;
+        }
+        let (Some(q), false) = (parent[i], in_tree(e.sid)) else {
             return Err(Error::InvalidOptions(format!(
                 "pid {}: session {} can only be restored by its leader or a parent in it",
                 e.pid, e.sid
             )));
-        }
-        let leader_in_tree = procs.iter().any(|q| q.pid() as u32 == e.pgid);
-        if !(leader_in_tree || shell_job && e.pgid == root.pgid) {
-            return Err(Error::InvalidOptions(format!(
-                "pid {}: process group {} has no leader in the images (not supported yet)",
-                e.pid, e.pgid
-            )));
+        };
+        match helpers.iter_mut().find(|h| h.pid as u32 == e.sid) {
+            Some(h) if h.parent == q => h.adopted.push(i),
+            Some(h) => {
+                return Err(Error::InvalidOptions(format!(
+                    "pid {}: session {} (its leader is gone) has members born under {} and \
+                     under {}: not supported",
+                    e.pid,
+                    e.sid,
+                    procs[h.parent].pid(),
+                    procs[q].pid()
+                )))
+            }
+            None => helpers.push(Helper {
+                pid: e.sid as pid_t,
+                parent: q,
+                session: true,
+                adopted: vec![i],
+            }),
         }
     }
-    Ok(())
+    for p in procs {
+        let e = p.pstree();
+        if in_tree(e.pgid)
+            || helpers.iter().any(|h| h.pid as u32 == e.pgid)
+            || (shell_job && e.pgid == root.pgid)
+        {
+            continue;
+        }
+        let member = procs
+            .iter()
+            .position(|q| matches!(q, Proc::Alive(_)) && q.pstree().pgid == e.pgid)
+            .ok_or_else(|| {
+                Error::InvalidOptions(format!(
+                    "process group {} has neither its leader nor a live member in the images",
+                    e.pgid
+                ))
+            })?;
+        helpers.push(Helper {
+            pid: e.pgid as pid_t,
+            parent: member,
+            session: false,
+            adopted: Vec::new(),
+        });
+    }
+    Ok(helpers)
 }
 
 /// What processes share that we can rebuild: cwd/root/umask (CLONE_FS) when the sharers hang
@@ -376,6 +439,11 @@ fn check_pids(plan: &Plan) -> Result<()> {
         }
         if systask::pid_in_use(p.pid()) {
             return Err(Error::PidTaken(p.pid()));
+        }
+    }
+    for h in &plan.helpers {
+        if systask::pid_in_use(h.pid) {
+            return Err(Error::PidTaken(h.pid));
         }
     }
     Ok(())
@@ -579,7 +647,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
 
     // Control channels: one "go" pipe per process, one shared report pipe.
     plan.report = raw_pipe()?;
-    for _ in &plan.procs {
+    for _ in 0..plan.procs.len() + plan.helpers.len() {
         let p = raw_pipe()?;
         plan.go.push(p);
     }
@@ -616,7 +684,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .collect();
     // 1. Every process reports once it exists (and has forked its children); we attach to the
     //    live ones at once, so that if we die they die with us (PTRACE_O_EXITKILL).
-    let mut pending = plan.procs.len();
+    let mut pending = plan.procs.len() + plan.helpers.len();
     while pending > 0 {
         let (pid, kind, body) = read_report(&mut report_r)?;
         match kind {

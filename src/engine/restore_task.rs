@@ -50,6 +50,70 @@ pub fn run_task(plan: &Plan, idx: usize) -> ! {
     crate::sys::process::exit_now(1)
 }
 
+/// Runs in helper `h` of the plan (see `Helper`), right after its fork. Never returns.
+fn run_helper(plan: &Plan, h: usize) -> ! {
+    let helper = &plan.helpers[h];
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_helper(plan, h)));
+    let msg = match r {
+        Ok(Ok(())) => crate::sys::process::exit_now(0),
+        Ok(Err(e)) => format!("helper for a gone session or group leader: {e}"),
+        Err(_) => "panic in a helper".to_owned(),
+    };
+    report(plan.report.1, helper.pid, REPORT_ERROR, msg.as_bytes());
+    crate::sys::process::exit_now(1)
+}
+
+fn become_helper(plan: &Plan, h: usize) -> Result<()> {
+    let helper = &plan.helpers[h];
+    let go = plan.go[plan.procs.len() + h].0;
+    if helper.session {
+        nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
+    } else {
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+            .map_err(|e| Error::sys("setpgid", e))?;
+    }
+    for &c in &helper.adopted {
+        // Our parent's child, born in our session.
+        let mut flags = libc::CLONE_PARENT as u64;
+        if shares_fs_with_parent(plan, c) {
+            flags |= libc::CLONE_FS as u64;
+        }
+        match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
+            Forked::Child => run_task(plan, c),
+            Forked::Parent(_) => {}
+        }
+    }
+    for &(r, _) in &plan.go {
+        if r != go {
+            sysfd::close(r);
+        }
+    }
+    report(plan.report.1, helper.pid, REPORT_CREATED, &[]);
+    wait_go(go)?;
+    // Every process exists now; the members of our group join it right after "go". Once they
+    // all have, the group lives on without us. (A member that is gone means the restore failed.)
+    let members: Vec<pid_t> = plan
+        .procs
+        .iter()
+        .filter(|p| p.pstree().pgid as pid_t == helper.pid)
+        .map(|p| p.pid())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while members.iter().any(|&m| {
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(m)))
+            .is_ok_and(|g| g.as_raw() != helper.pid)
+    }) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::InvalidOptions(format!(
+                "the members of process group {} did not join it",
+                helper.pid
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// Ends this process the way the zombie it stands for ended: exit status or signal.
 fn die_like(wait_status: u32) -> ! {
     let sig = (wait_status & 0x7f) as i32;
@@ -87,7 +151,11 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         patch_inherited(plan, idx, task)?;
     }
     drop_foreign_builds(plan, idx)?;
-    for &c in &plan.children[idx] {
+    // Children born into a session whose leader is gone are forked by its helper.
+    for &c in plan.children[idx]
+        .iter()
+        .filter(|&&c| plan.adopter(c).is_none())
+    {
         let flags = if shares_fs_with_parent(plan, c) {
             libc::CLONE_FS as u64
         } else {
@@ -95,6 +163,25 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         };
         match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
             Forked::Child => run_task(plan, c),
+            Forked::Parent(_) => {}
+        }
+    }
+    for (h, helper) in plan.helpers.iter().enumerate() {
+        if helper.parent != idx {
+            continue;
+        }
+        // The helper's adopted children get our cwd/root/umask through it when they share them.
+        let flags = if helper
+            .adopted
+            .iter()
+            .any(|&c| shares_fs_with_parent(plan, c))
+        {
+            libc::CLONE_FS as u64
+        } else {
+            0
+        };
+        match fork_with_pid(Some(helper.pid), flags)? {
+            Forked::Child => run_helper(plan, h),
             Forked::Parent(_) => {}
         }
     }
@@ -107,7 +194,8 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     wait_go(go)?;
     // Every process exists now, so every process group does: join ours.
     if e.pgid as pid_t != pid && nix::unistd::getpgrp().as_raw() != e.pgid as pid_t {
-        let leader_outside = !plan.procs.iter().any(|q| q.pid() == e.pgid as pid_t);
+        let leader_outside = !plan.procs.iter().any(|q| q.pid() == e.pgid as pid_t)
+            && !plan.helpers.iter().any(|h| h.pid == e.pgid as pid_t);
         if !leader_outside {
             nix::unistd::setpgid(
                 nix::unistd::Pid::from_raw(0),
@@ -123,10 +211,21 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         .filter(|&&c| matches!(plan.procs[c], Proc::Zombie { .. }))
         .map(|&c| plan.procs[c].pid())
         .collect();
-    if !zombies.is_empty() {
-        for z in &zombies {
-            crate::sys::process::wait_exited_nowait(*z)?;
-        }
+    for z in &zombies {
+        crate::sys::process::wait_exited_nowait(*z)?;
+    }
+    // Our helpers exit once their groups are complete; nothing of them may remain.
+    let helpers: Vec<pid_t> = plan
+        .helpers
+        .iter()
+        .filter(|h| h.parent == idx)
+        .map(|h| h.pid)
+        .collect();
+    for &h in &helpers {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None)
+            .map_err(|err| Error::sys(format!("reap helper {h}"), err))?;
+    }
+    if !zombies.is_empty() || !helpers.is_empty() {
         crate::sys::signal::discard_pending(libc::SIGCHLD)?;
     }
     let Proc::Alive(task) = p else { return Ok(()) };
