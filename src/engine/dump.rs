@@ -691,36 +691,40 @@ fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
                 "shares signal handlers with another process (CLONE_SIGHAND)",
             ));
         }
-        if images[..i].iter().any(|t| t.ids.files_id == ids[1]) {
-            return Err(Error::unsupported(
-                pid,
-                "shares its fd table with another process (CLONE_FILES): not supported yet",
-            ));
-        }
         let e = &mut images[i].ids;
         (e.vm_id, e.files_id, e.fs_id, e.sighand_id) = (ids[0], ids[1], ids[2], ids[3]);
     }
-    // cwd/root/umask shared (CLONE_FS) come back by forking each sharer with CLONE_FS from its
-    // parent: the processes sharing one must hang together from one of them down.
-    for i in 0..images.len() {
-        let fs_id = images[i].ids.fs_id;
-        let parent_shares = |t: usize| {
-            frozen
-                .tasks
-                .iter()
-                .position(|p| p.pid == frozen.tasks[t].ppid)
-                .is_some_and(|p| images[p].ids.fs_id == fs_id)
-        };
-        let group: Vec<usize> = (0..images.len())
-            .filter(|&t| images[t].ids.fs_id == fs_id)
-            .collect();
-        let tops = group.iter().filter(|&&t| !parent_shares(t)).count();
-        if group.len() > 1 && tops != 1 {
-            return Err(Error::unsupported(
-                frozen.tasks[i].pid,
-                "shares cwd/root/umask (CLONE_FS) with a process that is neither its parent nor \
-                 a child: not supported",
-            ));
+    // An fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) shared comes back by forking each
+    // sharer with that flag from its parent: the processes sharing one must hang together from
+    // one of them down.
+    type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
+    let kinds: [(IdOf, &str); 2] = [
+        (|ids| ids.files_id, "its fd table (CLONE_FILES)"),
+        (|ids| ids.fs_id, "cwd/root/umask (CLONE_FS)"),
+    ];
+    for (id_of, what) in kinds {
+        for i in 0..images.len() {
+            let id = id_of(&images[i].ids);
+            let parent_shares = |t: usize| {
+                frozen
+                    .tasks
+                    .iter()
+                    .position(|p| p.pid == frozen.tasks[t].ppid)
+                    .is_some_and(|p| id_of(&images[p].ids) == id)
+            };
+            let group: Vec<usize> = (0..images.len())
+                .filter(|&t| id_of(&images[t].ids) == id)
+                .collect();
+            let tops = group.iter().filter(|&&t| !parent_shares(t)).count();
+            if group.len() > 1 && tops != 1 {
+                return Err(Error::unsupported(
+                    frozen.tasks[i].pid,
+                    format!(
+                        "shares {what} with a process that is neither its parent nor a child: \
+                         not supported"
+                    ),
+                ));
+            }
         }
     }
     Ok(())

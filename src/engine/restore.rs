@@ -167,6 +167,32 @@ pub struct Helper {
 }
 
 impl Plan {
+    /// Whether process `idx` shares its fd table (CLONE_FILES) with its parent: it is forked
+    /// with CLONE_FILES and leaves the table to the process at the top of the sharers.
+    pub fn shares_files_with_parent(&self, idx: usize) -> bool {
+        let (Some(p), Proc::Alive(t)) = (self.parent[idx], &self.procs[idx]) else {
+            return false;
+        };
+        matches!(&self.procs[p], Proc::Alive(pt) if pt.ids.files_id == t.ids.files_id)
+    }
+
+    /// The processes that share the fd table of process `top` and are forked into it (in plan
+    /// order), when `top` is the one that builds it.
+    pub fn table_followers(&self, top: usize) -> Vec<usize> {
+        let Proc::Alive(t) = &self.procs[top] else {
+            return Vec::new();
+        };
+        if self.shares_files_with_parent(top) {
+            return Vec::new();
+        }
+        (0..self.procs.len())
+            .filter(|&i| i != top)
+            .filter(
+                |&i| matches!(&self.procs[i], Proc::Alive(u) if u.ids.files_id == t.ids.files_id),
+            )
+            .collect()
+    }
+
     /// The helper that forks process `idx` into its session, if any.
     pub fn adopter(&self, idx: usize) -> Option<&Helper> {
         self.helpers.iter().find(|h| h.adopted.contains(&idx))
@@ -332,6 +358,15 @@ fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Re
                 e.pid, e.sid
             )));
         };
+        if let (Proc::Alive(t), Proc::Alive(pt)) = (p, &procs[q]) {
+            if t.ids.files_id == pt.ids.files_id {
+                return Err(Error::InvalidOptions(format!(
+                    "pid {}: born into session {} (its leader is gone) and sharing its parent's \
+                     fd table: not supported",
+                    e.pid, e.sid
+                )));
+            }
+        }
         match helpers.iter_mut().find(|h| h.pid as u32 == e.sid) {
             Some(h) if h.parent == q => h.adopted.push(i),
             Some(h) => {
@@ -379,9 +414,9 @@ fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Re
     Ok(helpers)
 }
 
-/// What processes share that we can rebuild: cwd/root/umask (CLONE_FS) when the sharers hang
-/// together from one of them down (each is forked with CLONE_FS from its parent); nothing else
-/// (an fd table, an address space, signal handlers shared by two processes).
+/// What processes share that we can rebuild: an fd table (CLONE_FILES) and cwd/root/umask
+/// (CLONE_FS) when the sharers hang together from one of them down (each is forked with the flag
+/// from its parent); not an address space or signal handlers.
 fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Result<(), String> {
     let alive: Vec<(usize, &TaskImage)> = procs
         .iter()
@@ -393,9 +428,7 @@ fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Re
         .collect();
     for (n, &(_, t)) in alive.iter().enumerate() {
         for &(_, u) in &alive[..n] {
-            let what = if t.ids.files_id == u.ids.files_id {
-                "an fd table (CLONE_FILES)"
-            } else if t.ids.vm_id == u.ids.vm_id {
+            let what = if t.ids.vm_id == u.ids.vm_id {
                 "an address space (CLONE_VM)"
             } else if t.ids.sighand_id == u.ids.sighand_id {
                 "signal handlers (CLONE_SIGHAND)"
@@ -408,22 +441,30 @@ fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Re
             ));
         }
     }
-    for &(_, t) in &alive {
-        let fs_id = t.ids.fs_id;
-        let tops = alive
-            .iter()
-            .filter(|(_, u)| u.ids.fs_id == fs_id)
-            .filter(|&&(i, _)| {
-                !parent[i]
-                    .is_some_and(|p| matches!(&procs[p], Proc::Alive(pt) if pt.ids.fs_id == fs_id))
-            })
-            .count();
-        if tops != 1 {
-            return Err(format!(
-                "process {} shares cwd/root/umask with a process that is neither its parent \
-                 nor a child: not supported",
-                t.pid
-            ));
+    type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
+    let kinds: [(IdOf, &str); 2] = [
+        (|ids| ids.files_id, "an fd table"),
+        (|ids| ids.fs_id, "cwd/root/umask"),
+    ];
+    for (id_of, what) in kinds {
+        for &(_, t) in &alive {
+            let id = id_of(&t.ids);
+            let tops = alive
+                .iter()
+                .filter(|(_, u)| id_of(&u.ids) == id)
+                .filter(|&&(i, _)| {
+                    !parent[i].is_some_and(
+                        |p| matches!(&procs[p], Proc::Alive(pt) if id_of(&pt.ids) == id),
+                    )
+                })
+                .count();
+            if tops != 1 {
+                return Err(format!(
+                    "process {} shares {what} with a process that is neither its parent nor a \
+                     child: not supported",
+                    t.pid
+                ));
+            }
         }
     }
     Ok(())
@@ -714,21 +755,51 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         }
     }
     let forking_time = t_fork.elapsed();
-    // 2. All processes and process groups exist: let everybody finish building itself.
-    for w in &go_w {
-        nix::unistd::write(w, &[1]).map_err(|e| Error::sys("wake a restored task", e))?;
+    // 2. All processes and process groups exist: let everybody finish building itself. The top
+    //    of an fd table shared with others (CLONE_FILES) goes once they are ready: it replaces
+    //    the table they work in.
+    let wake = |i: usize| {
+        nix::unistd::write(&go_w[i], &[1]).map_err(|e| Error::sys("wake a restored task", e))
+    };
+    let followers: Vec<Vec<usize>> = (0..plan.procs.len())
+        .map(|i| plan.table_followers(i))
+        .collect();
+    for i in 0..go_w.len() {
+        if followers.get(i).is_none_or(Vec::is_empty) {
+            wake(i)?;
+        }
     }
     let mut ready: Vec<(pid_t, Ready)> = Vec::new();
     while ready.len() < alive.len() {
         let (pid, kind, body) = read_report(&mut report_r)?;
         match kind {
-            REPORT_READY if body.len() == 4 => {
-                ready.push((
-                    pid,
-                    Ready {
-                        exe_fd: i32::from_ne_bytes(body[0..4].try_into().unwrap()),
-                    },
-                ));
+            REPORT_READY if !body.is_empty() && body.len() % 4 == 0 => {
+                let fds: Vec<RawFd> = body
+                    .chunks(4)
+                    .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+                    .collect();
+                ready.push((pid, Ready { exe_fd: fds[0] }));
+                let Some(i) = plan.procs.iter().position(|p| p.pid() == pid) else {
+                    continue;
+                };
+                // The top reports its followers' executables after its own.
+                for (&f, &fd) in followers[i].iter().zip(&fds[1..]) {
+                    let fpid = plan.procs[f].pid();
+                    if let Some(r) = ready.iter_mut().find(|(p, _)| *p == fpid) {
+                        r.1.exe_fd = fd;
+                    }
+                }
+                // A top whose followers are all ready may go.
+                for (top, fs) in followers.iter().enumerate() {
+                    if fs.contains(&i)
+                        && fs.iter().all(|&f| {
+                            let fpid = plan.procs[f].pid();
+                            ready.iter().any(|(p, _)| *p == fpid)
+                        })
+                    {
+                        wake(top)?;
+                    }
+                }
             }
             REPORT_ERROR => {
                 return Err(Error::task(

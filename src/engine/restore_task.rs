@@ -9,7 +9,6 @@ use crate::engine::restore::{
     report, Plan, Proc, TaskImage, REPORT_CREATED, REPORT_ERROR, REPORT_READY,
 };
 use crate::error::{Error, Result};
-use crate::files::FileImages;
 use crate::mem::{self, Layout};
 use crate::regs;
 use crate::signals;
@@ -37,7 +36,10 @@ pub fn run_task(plan: &Plan, idx: usize) -> ! {
     }));
     let msg = match r {
         Ok(Ok(())) => {
-            sysfd::close(report_fd);
+            // A follower's report fd is the top of its fd table's, which still needs it.
+            if !plan.shares_files_with_parent(idx) {
+                sysfd::close(report_fd);
+            }
             match &plan.procs[idx] {
                 Proc::Zombie { exit_code, .. } => die_like(*exit_code),
                 Proc::Alive(_) => crate::sys::process::park_forever(),
@@ -156,11 +158,13 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         .iter()
         .filter(|&&c| plan.adopter(c).is_none())
     {
-        let flags = if shares_fs_with_parent(plan, c) {
-            libc::CLONE_FS as u64
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if shares_fs_with_parent(plan, c) {
+            flags |= libc::CLONE_FS as u64;
+        }
+        if plan.shares_files_with_parent(c) {
+            flags |= libc::CLONE_FILES as u64;
+        }
         match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
             Forked::Child => run_task(plan, c),
             Forked::Parent(_) => {}
@@ -185,9 +189,14 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
             Forked::Parent(_) => {}
         }
     }
-    for (i, &(r, _)) in plan.go.iter().enumerate() {
-        if i != idx {
-            sysfd::close(r);
+    // In an fd table shared with other processes, the others' "go" ends stay until the top of
+    // the sharers replaces the table (one of us closing them could take them from a process
+    // not forked yet).
+    if !in_shared_table(plan, idx) {
+        for (i, &(r, _)) in plan.go.iter().enumerate() {
+            if i != idx {
+                sysfd::close(r);
+            }
         }
     }
     report(*report_fd, pid, REPORT_CREATED, &[]);
@@ -232,15 +241,39 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     let layout = plan.layouts[idx]
         .as_ref()
         .expect("live tasks have a layout");
-    build_self(
-        task,
-        &plan.files,
-        layout,
-        &plan.pool,
-        go,
-        report_fd,
-        shares_fs_with_parent(plan, idx),
+    build_self(plan, idx, task, layout, go, report_fd)
+}
+
+/// The part process `idx` takes in building its fd table.
+fn table_role(plan: &Plan, idx: usize) -> Table {
+    if plan.shares_files_with_parent(idx) {
+        return Table::Follower;
+    }
+    Table::Top(
+        plan.table_followers(idx)
+            .iter()
+            .filter_map(|&f| match &plan.procs[f] {
+                Proc::Alive(t) => Some(t.mm.exe_file_id),
+                Proc::Zombie { .. } => None,
+            })
+            .collect(),
     )
+}
+
+/// Whether process `idx` shares its fd table with other processes of the tree.
+fn in_shared_table(plan: &Plan, idx: usize) -> bool {
+    plan.shares_files_with_parent(idx) || !plan.table_followers(idx).is_empty()
+}
+
+/// The part a process takes in building its fd table.
+enum Table {
+    /// The table is its own, or it is the top of the processes sharing it (CLONE_FILES): it
+    /// installs the table, and opens the executable for each of the others (the exe file ids
+    /// here, in `Plan::table_followers` order), whose fds it reports with its own.
+    Top(Vec<u32>),
+    /// It shares its parent's table: it leaves the table alone and reports ready before the top
+    /// of the sharers starts (the restorer holds the top's "go" until then).
+    Follower,
 }
 
 /// Whether process `idx` shares cwd, root and umask with its parent (CLONE_FS): it is forked
@@ -322,24 +355,34 @@ fn drop_foreign_builds(plan: &Plan, idx: usize) -> Result<()> {
     Ok(())
 }
 
+/// Process `idx` (`task`) builds itself: control block, fd table, cwd, limits, signals, threads;
+/// then reports ready.
 fn build_self(
+    plan: &Plan,
+    idx: usize,
     task: &TaskImage,
-    files: &FileImages,
     layout: &Layout,
-    pool: &crate::files::Pool,
     go: RawFd,
     report_fd: &mut RawFd,
-    fs_from_parent: bool,
 ) -> Result<()> {
-    let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
+    let files = &plan.files;
+    let pool = &plan.pool;
+    let fs_from_parent = shares_fs_with_parent(plan, idx);
+    let table = table_role(plan, idx);
     build_ctrl(layout)?;
-
-    let mut keep = [*report_fd, exe.into_raw_fd(), go];
-    let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep);
-    *report_fd = keep[0];
-    r?;
-    let exe_fd = keep[1];
-    sysfd::close(keep[2]);
+    // The executable of every process of the table (ours first), for the tracer.
+    let mut exe_fds: Vec<RawFd> = Vec::new();
+    if let Table::Top(followers) = &table {
+        let mut keep = vec![*report_fd, go];
+        for &id in std::iter::once(&task.mm.exe_file_id).chain(followers) {
+            keep.push(files.open_path(id, libc::O_RDONLY)?.into_raw_fd());
+        }
+        let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep);
+        *report_fd = keep[0];
+        r?;
+        sysfd::close(keep[1]);
+        exe_fds.extend_from_slice(&keep[2..]);
+    }
 
     // With CLONE_FS they are the parent's, which sets them.
     if !fs_from_parent {
@@ -409,7 +452,13 @@ fn build_self(
         }
     }
 
-    report(*report_fd, task.pid, REPORT_READY, &exe_fd.to_ne_bytes());
+    // A follower's executable is opened by the top of its table, which reports it.
+    let body: Vec<u8> = if exe_fds.is_empty() {
+        (-1 as RawFd).to_ne_bytes().to_vec()
+    } else {
+        exe_fds.iter().flat_map(|fd| fd.to_ne_bytes()).collect()
+    };
+    report(*report_fd, task.pid, REPORT_READY, &body);
     Ok(())
 }
 
