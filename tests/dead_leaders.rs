@@ -63,3 +63,46 @@ fn session_and_group_whose_leaders_are_gone() {
          of the root had exited; see ctests/workloads/orphans.c)"
     );
 }
+
+/// The root of the dump is a daemon left by a double fork: its session and group leader is
+/// gone, so the restorer forks the helper that makes them, and reaps it.
+#[test]
+fn daemon_whose_session_leader_is_gone() {
+    become_subreaper();
+    let s = Scratch::new("dead-leaders-daemon");
+    let bin = workload("orphans");
+    let mut launcher = s.spawn(&bin, &[s.dir.to_str().unwrap(), "daemon"]);
+    assert_eq!(launcher.wait().unwrap().code(), Some(0));
+    let f: Vec<i32> = s
+        .wait_file("ready", T)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (daemon, gone) = (f[0], f[1]);
+    assert!(!kill(gone, 0), "the session leader {gone} is gone");
+    let before = ids_now(daemon);
+    assert_eq!(
+        (before.1, before.2),
+        (gone, gone),
+        "the daemon's session and group"
+    );
+    s.dump(daemon, &[]);
+    let _ = wait_exit(daemon, T);
+    assert_eq!(s.restore(&[]), daemon);
+    let after = ids_now(daemon);
+    assert_eq!(
+        (after.1, after.2),
+        (gone, gone),
+        "session and group after restore"
+    );
+    assert!(
+        !kill(gone, 0),
+        "the helper standing in for {gone} is still there"
+    );
+    assert!(kill(daemon, libc::SIGUSR1));
+    assert_eq!(
+        wait_exit(daemon, T),
+        0,
+        "the daemon's own check of its session and group"
+    );
+}

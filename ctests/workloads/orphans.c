@@ -12,12 +12,17 @@
  * N) and exits 0 (1: a check of D, M or N failed, 2: the root got SIGCHLD, 4: a child of the
  * root had exited, 5: an unexpected child, 3: setup).
  * Run as: orphans DIR
+ *
+ * With "orphans DIR daemon" it is only a daemon by double fork: P calls setsid(), forks D and
+ * exits, and so does the launcher; D writes "D P" to "ready" and on SIGUSR1 exits 0 when it is
+ * still in session and group P (1 otherwise).
  */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,9 +55,33 @@ static void member(int fd, pid_t sid, pid_t pgid, pid_t child)
 	_exit(ok ? 0 : 1);
 }
 
+static int daemon_only(void)
+{
+	pid_t p = fork();
+	if (p == 0) {
+		pid_t sid = setsid();
+		if (fork() == 0) {
+			for (int i = 3; i < 64; i++) close(i);
+			FILE *f = fopen("ready.tmp", "w");
+			fprintf(f, "%d %d\n", getpid(), sid);
+			fclose(f);
+			rename("ready.tmp", "ready");
+			idle();
+			_exit(getsid(0) == sid && getpgrp() == sid ? 0 : 1);
+		}
+		_exit(0);
+	}
+	int st;
+	return waitpid(p, &st, 0) == p ? 0 : 3;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || chdir(argv[1])) return 3;
+	struct sigaction usr1 = { 0 };
+	usr1.sa_handler = on_usr1;
+	sigaction(SIGUSR1, &usr1, NULL);
+	if (argc > 2 && !strcmp(argv[2], "daemon")) return daemon_only();
 	setsid();
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	struct sigaction sa = { 0 };

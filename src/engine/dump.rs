@@ -609,10 +609,8 @@ fn zombie_core(z: &Zombie) -> pb::CoreEntry {
 }
 
 /// Checks that the tree is one we can restore: sessions and process groups must have their
-/// leaders inside the tree or gone (or, with --shell-job, be the shell's); the root's session
-/// leader may not be gone.
+/// leaders inside the tree or gone (or, with --shell-job, be the shell's).
 fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
-    let root = frozen.tasks[0].pid;
     let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
     for t in &frozen.tasks {
         let st = procfs::stat(t.pid, None)?;
@@ -628,14 +626,10 @@ fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
     let (_, root_pgid, root_sid) = members[0];
     for &(pid, pgid, sid) in &members {
         let outside_ok = opts.shell_job && sid == root_sid && (pgid == root_pgid || inside(pgid));
-        if !inside(sid) && !outside_ok && (pid == root || !gone(sid)) {
+        if !inside(sid) && !outside_ok && !gone(sid) {
             return Err(Error::unsupported(
                 pid,
-                if pid == root && gone(sid) {
-                    format!("session {sid} whose leader is gone (not supported for the root of the dump)")
-                } else {
-                    format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)")
-                },
+                format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)"),
             ));
         }
         if !inside(pgid) && !outside_ok && !gone(pgid) {

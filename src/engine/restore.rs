@@ -158,8 +158,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct Helper {
     pub pid: pid_t,
-    /// The process that forks it (index into `Plan::procs`).
-    pub parent: usize,
+    /// The process that forks it (index into `Plan::procs`); None: the restorer, for the root.
+    pub parent: Option<usize>,
     /// It leads a session (setsid); otherwise only a process group (setpgid).
     pub session: bool,
     /// Children of `parent` it forks with CLONE_PARENT, so that they are born in its session.
@@ -310,7 +310,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
             parent[k] = Some(i);
         }
     }
-    let helpers = plan_helpers(&procs, &parent, opts.shell_job)?;
+    let helpers = plan_helpers(&procs, &parent, opts.shell_job, opts.restore_sibling)?;
     check_shared_ids(&procs, &parent).map_err(|why| Error::image(dir.file("pstree.img"), why))?;
     // Private memory still shared with the parent at checkpoint time is inherited again.
     let inherit = (0..procs.len())
@@ -342,7 +342,16 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
 /// a helper: for a session, it is forked by the parent of the processes born into the session
 /// (all must have the same parent) and forks them; for a group, it is forked by the group's
 /// first live member.
-fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Result<Vec<Helper>> {
+///
+/// The root may be born into a session whose leader is gone too: its helper is forked by the
+/// restorer (not with --restore-sibling: the helper would be the caller's child, left for it to
+/// reap).
+fn plan_helpers(
+    procs: &[Proc],
+    parent: &[Option<usize>],
+    shell_job: bool,
+    restore_sibling: bool,
+) -> Result<Vec<Helper>> {
     let root = procs[0].pstree();
     let in_tree = |pid: u32| procs.iter().any(|q| q.pid() as u32 == pid);
     let mut helpers: Vec<Helper> = Vec::new();
@@ -352,13 +361,15 @@ fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Re
         if e.sid == e.pid || parent_sid == Some(e.sid) || (i == 0 && shell_job) {
             continue;
         }
-        let (Some(q), false) = (parent[i], in_tree(e.sid)) else {
+        if in_tree(e.sid) || (i == 0 && restore_sibling) {
             return Err(Error::InvalidOptions(format!(
                 "pid {}: session {} can only be restored by its leader or a parent in it",
                 e.pid, e.sid
             )));
-        };
-        if let (Proc::Alive(t), Proc::Alive(pt)) = (p, &procs[q]) {
+        }
+        // The root's parent is the restorer.
+        let q = parent[i];
+        if let (Proc::Alive(t), Some(Proc::Alive(pt))) = (p, q.map(|q| &procs[q])) {
             if t.ids.files_id == pt.ids.files_id {
                 return Err(Error::InvalidOptions(format!(
                     "pid {}: born into session {} (its leader is gone) and sharing its parent's \
@@ -375,8 +386,8 @@ fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Re
                      under {}: not supported",
                     e.pid,
                     e.sid,
-                    procs[h.parent].pid(),
-                    procs[q].pid()
+                    h.parent.map_or(0, |p| procs[p].pid()),
+                    q.map_or(0, |p| procs[p].pid())
                 )))
             }
             None => helpers.push(Helper {
@@ -406,7 +417,7 @@ fn plan_helpers(procs: &[Proc], parent: &[Option<usize>], shell_job: bool) -> Re
             })?;
         helpers.push(Helper {
             pid: e.pgid as pid_t,
-            parent: member,
+            parent: Some(member),
             session: false,
             adopted: Vec::new(),
         });
@@ -520,6 +531,8 @@ struct Created {
     pids: Vec<pid_t>,
     root: Option<pid_t>,
     root_is_ours: bool,
+    /// The helper we forked for the root's session, reaped by us.
+    helper: Option<pid_t>,
     done: bool,
 }
 
@@ -534,6 +547,11 @@ impl Drop for Created {
         }
         if let (Some(root), true) = (self.root, self.root_is_ours) {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
+        }
+        if let Some(h) = self.helper {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None);
         }
     }
 }
@@ -708,11 +726,24 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         pids: Vec::new(),
         root: None,
         root_is_ours: !opts.restore_sibling,
+        helper: None,
         done: false,
     };
-    match fork_with_pid(Some(root_pid), flags)? {
-        Forked::Child => run_task(&plan, 0),
-        Forked::Parent(pid) => created.root = Some(pid),
+    // The root is forked by the helper of its session when that session's leader is gone: then
+    // it is still our child (CLONE_PARENT), and the helper too, whom we reap.
+    let root_helper = plan.helpers.iter().position(|h| h.parent.is_none());
+    match root_helper {
+        Some(h) => match fork_with_pid(Some(plan.helpers[h].pid), flags)? {
+            Forked::Child => crate::engine::restore_task::run_helper(&plan, h),
+            Forked::Parent(pid) => {
+                created.helper = Some(pid);
+                created.root = Some(root_pid);
+            }
+        },
+        None => match fork_with_pid(Some(root_pid), flags)? {
+            Forked::Child => run_task(&plan, 0),
+            Forked::Parent(pid) => created.root = Some(pid),
+        },
     }
     drop(pool);
     // Our ends: report read end and go write ends only.
@@ -809,6 +840,11 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             }
             k => return Err(Error::task(pid, format!("unexpected report {k}"))),
         }
+    }
+    // The root's session helper exits once every process is in its group.
+    if let Some(h) = created.helper.take() {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None)
+            .map_err(|e| Error::sys(format!("reap helper {h}"), e))?;
     }
     // Each task closes its report end right after reporting; zombies are gone. EOF means no
     // fd of ours is left in any task.

@@ -52,8 +52,16 @@ pub fn run_task(plan: &Plan, idx: usize) -> ! {
     crate::sys::process::exit_now(1)
 }
 
-/// Runs in helper `h` of the plan (see `Helper`), right after its fork. Never returns.
-fn run_helper(plan: &Plan, h: usize) -> ! {
+/// Runs in helper `h` of the plan (see `Helper`), right after its fork (by a task, or by the
+/// restorer for the root's session). Never returns.
+pub fn run_helper(plan: &Plan, h: usize) -> ! {
+    log::set_max_level(log::LevelFilter::Off);
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = crate::sys::signal::block_all();
+    for &(_, w) in &plan.go {
+        sysfd::close(w);
+    }
+    sysfd::close(plan.report.0);
     let helper = &plan.helpers[h];
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_helper(plan, h)));
     let msg = match r {
@@ -171,7 +179,7 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         }
     }
     for (h, helper) in plan.helpers.iter().enumerate() {
-        if helper.parent != idx {
+        if helper.parent != Some(idx) {
             continue;
         }
         // The helper's adopted children get our cwd/root/umask through it when they share them.
@@ -227,7 +235,7 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
     let helpers: Vec<pid_t> = plan
         .helpers
         .iter()
-        .filter(|h| h.parent == idx)
+        .filter(|h| h.parent == Some(idx))
         .map(|h| h.pid)
         .collect();
     for &h in &helpers {
