@@ -1,7 +1,8 @@
 /*
  * Workload for memory shared between processes: a parent and a child sharing an anonymous
  * MAP_SHARED region, a MAP_SHARED mapping of a /dev/shm file, a sealed memfd (fd at MEMFD_FD
- * with its offset, plus a MAP_SHARED mapping of it) and a memfd only mapped (its fd closed),
+ * with its offset, plus a MAP_SHARED mapping of it), a memfd only mapped (its fd closed; shared,
+ * and privately with one word changed), a write-sealed memfd (fd and read-only mapping),
  * plus 32 MiB of private memory the child inherited (copy-on-write). On SIGUSR1 the child
  * writes a token into every shared region and waits for the parent's answer there; the parent
  * waits for the token (in the memfd also through its fd), answers, checks the patterns and the
@@ -28,6 +29,7 @@
 #define MEMFD_FD 42
 #define MEMFD_POS 1234
 #define MEMFD_SEALS (F_SEAL_GROW | F_SEAL_SHRINK)
+#define SEALED_FD 43
 
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
@@ -73,9 +75,20 @@ int main(int argc, char **argv)
 	int mfd2 = memfd_create("criu-rs mapped", 0);
 	if (mfd2 < 0 || ftruncate(mfd2, 8192)) return 9;
 	volatile uint64_t *mem2 = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, mfd2, 0);
+	/* A private (copy-on-write) mapping of the same memfd, changed in one word. */
+	volatile uint64_t *cow = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE, mfd2, 0);
 	close(mfd2);
-	if (mem2 == MAP_FAILED) return 9;
+	if (mem2 == MAP_FAILED || cow == MAP_FAILED) return 9;
 	for (size_t i = 100; i < 8192 / 8; i++) mem2[i] = i * 13;
+	cow[5] = 77;
+	/* A write-sealed memfd at SEALED_FD (read-write fd), mapped read-only. */
+	int mfd3 = memfd_create("criu-rs sealed", MFD_ALLOW_SEALING);
+	if (mfd3 < 0 || dup2(mfd3, SEALED_FD) != SEALED_FD || ftruncate(SEALED_FD, 4096)) return 9;
+	close(mfd3);
+	if (pwrite(SEALED_FD, "sealed!", 8, 100) != 8) return 9;
+	if (fcntl(SEALED_FD, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL)) return 9;
+	volatile char *ro = mmap(NULL, 4096, PROT_READ, MAP_SHARED, SEALED_FD, 0);
+	if (ro == MAP_FAILED) return 9;
 	uint64_t *priv = mmap(NULL, PRIV_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (shm == MAP_FAILED || file == MAP_FAILED || priv == MAP_FAILED) return 9;
 	for (size_t i = 100; i < SHM_SIZE / 8; i++) shm[i] = i * 3;
@@ -125,6 +138,12 @@ int main(int argc, char **argv)
 	if (lseek(MEMFD_FD, 0, SEEK_CUR) != MEMFD_POS) return 4;
 	for (size_t i = 100; i < MEMFD_SIZE / 8; i++) if (mem[i] != i * 11) return 2;
 	for (size_t i = 100; i < 8192 / 8; i++) if (mem2[i] != i * 13) return 2;
+	/* The private mapping kept its own word and sees the shared one's contents elsewhere. */
+	if (cow[5] != 77 || mem2[5] != 0 || cow[100] != 100 * 13) return 4;
+	/* The write-sealed memfd: sealed, unwritable, its contents there. */
+	if (fcntl(SEALED_FD, F_GET_SEALS) != (F_SEAL_WRITE | F_SEAL_SEAL)) return 4;
+	if (write(SEALED_FD, "x", 1) != -1 || (fcntl(SEALED_FD, F_GETFL) & O_ACCMODE) != O_RDWR) return 4;
+	if (memcmp((const char *)ro + 100, "sealed!", 8)) return 4;
 	int st;
 	waitpid(child, &st, 0);
 	unlink(path);
