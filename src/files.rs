@@ -1046,6 +1046,8 @@ pub fn open_all(
     }
     // Every deleted file made again is open now (mappings were opened before us).
     files.ghosts.unlink_all();
+    // Every memfd mapping and fd exists now.
+    files.memfds.seal_late()?;
     for &(pid, table) in tables {
         for f in table {
             if files.get(f.id)?.epfd.is_some() {

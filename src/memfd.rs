@@ -149,6 +149,9 @@ pub struct MemfdImages {
     dir: ImageDir,
     inodes: HashMap<u32, pb::MemfdInodeEntry>,
     made: RefCell<HashMap<u32, OwnedFd>>,
+    /// Seals added once every fd and mapping is made (`seal_late`): F_SEAL_FUTURE_WRITE, which
+    /// the task's writable shared mappings predate, and F_SEAL_SEAL after it.
+    late_seals: RefCell<Vec<(u32, u32)>>,
 }
 
 impl MemfdImages {
@@ -161,6 +164,7 @@ impl MemfdImages {
                 .map(|e| (e.inode_id as u32, e))
                 .collect(),
             made: RefCell::new(HashMap::new()),
+            late_seals: RefCell::new(Vec::new()),
         })
     }
 
@@ -216,10 +220,30 @@ impl MemfdImages {
             std::os::unix::fs::fchown(&file, Some(e.uid), Some(e.gid))
                 .map_err(|err| Error::io(format!("chown memfd:{}", e.name), err))?;
         }
-        if sealable && e.seals != 0 {
-            sysfd::add_seals(file.as_fd(), e.seals)?;
+        let future_write = libc::F_SEAL_FUTURE_WRITE as u32;
+        let late = if e.seals & future_write != 0 {
+            e.seals & (future_write | libc::F_SEAL_SEAL as u32)
+        } else {
+            0
+        };
+        if sealable && e.seals & !late != 0 {
+            sysfd::add_seals(file.as_fd(), e.seals & !late)?;
+        }
+        if late != 0 {
+            self.late_seals.borrow_mut().push((inode_id, late));
         }
         Ok(OwnedFd::from(file))
+    }
+
+    /// Adds the seals that wait for every fd and mapping to exist (see `late_seals`).
+    pub fn seal_late(&self) -> Result<()> {
+        let made = self.made.borrow();
+        for (inode_id, seals) in self.late_seals.borrow_mut().drain(..) {
+            if let Some(fd) = made.get(&inode_id) {
+                sysfd::add_seals(fd.as_fd(), seals)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the saved contents (pagemap-shmem-SHMID.img) into the new memfd.

@@ -6,8 +6,8 @@
  * plus 32 MiB of private memory the child inherited (copy-on-write). On SIGUSR1 the child
  * writes a token into every shared region and waits for the parent's answer there; the parent
  * waits for the token (in the memfd also through its fd), answers, checks the patterns and the
- * memfd's name, size, seals and offset, reaps the child and exits 0 (1: child failed,
- * 2: pattern, 3: timeout, 4: memfd state).
+ * memfd's name, size, seals (also F_SEAL_FUTURE_WRITE, added after the mapping) and offset,
+ * reaps the child and exits 0 (1: child failed, 2: pattern, 3: timeout, 4: memfd state).
  * Run as: shared DIR
  */
 #define _GNU_SOURCE
@@ -28,7 +28,7 @@
 #define MEMFD_SIZE (65536 + 100)
 #define MEMFD_FD 42
 #define MEMFD_POS 1234
-#define MEMFD_SEALS (F_SEAL_GROW | F_SEAL_SHRINK)
+#define MEMFD_SEALS (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE)
 #define SEALED_FD 43
 
 static volatile sig_atomic_t go;
@@ -135,6 +135,8 @@ int main(int argc, char **argv)
 	if (fstat(MEMFD_FD, &sb) || sb.st_size != MEMFD_SIZE) return 4;
 	if (fcntl(MEMFD_FD, F_GET_SEALS) != MEMFD_SEALS) return 4;
 	if (ftruncate(MEMFD_FD, 2 * MEMFD_SIZE) == 0) return 4;
+	/* F_SEAL_FUTURE_WRITE: no new writes through the fd, while the older mapping writes on. */
+	if (pwrite(MEMFD_FD, "x", 1, 0) != -1) return 4;
 	if (lseek(MEMFD_FD, 0, SEEK_CUR) != MEMFD_POS) return 4;
 	for (size_t i = 100; i < MEMFD_SIZE / 8; i++) if (mem[i] != i * 11) return 2;
 	for (size_t i = 100; i < 8192 / 8; i++) if (mem2[i] != i * 13) return 2;
