@@ -691,34 +691,32 @@ fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
     // An fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) shared comes back by forking each
     // sharer with that flag from its parent: the processes sharing one must hang together from
     // one of them down.
+    let index: std::collections::HashMap<pid_t, usize> = frozen
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.pid, i))
+        .collect();
+    let parent: Vec<Option<usize>> = frozen
+        .tasks
+        .iter()
+        .map(|t| index.get(&t.ppid).copied())
+        .collect();
     type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
     let kinds: [(IdOf, &str); 2] = [
         (|ids| ids.files_id, "its fd table (CLONE_FILES)"),
         (|ids| ids.fs_id, "cwd/root/umask (CLONE_FS)"),
     ];
     for (id_of, what) in kinds {
-        for i in 0..images.len() {
-            let id = id_of(&images[i].ids);
-            let parent_shares = |t: usize| {
-                frozen
-                    .tasks
-                    .iter()
-                    .position(|p| p.pid == frozen.tasks[t].ppid)
-                    .is_some_and(|p| id_of(&images[p].ids) == id)
-            };
-            let group: Vec<usize> = (0..images.len())
-                .filter(|&t| id_of(&images[t].ids) == id)
-                .collect();
-            let tops = group.iter().filter(|&&t| !parent_shares(t)).count();
-            if group.len() > 1 && tops != 1 {
-                return Err(Error::unsupported(
-                    frozen.tasks[i].pid,
-                    format!(
-                        "shares {what} with a process that is neither its parent nor a child: \
-                         not supported"
-                    ),
-                ));
-            }
+        let ids: Vec<u64> = images.iter().map(|t| id_of(&t.ids) as u64).collect();
+        if let Some(i) = crate::engine::scattered_sharer(&parent, &ids) {
+            return Err(Error::unsupported(
+                frozen.tasks[i].pid,
+                format!(
+                    "shares {what} with a process that is neither its parent nor a child: \
+                     not supported"
+                ),
+            ));
         }
     }
     Ok(())

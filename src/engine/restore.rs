@@ -437,19 +437,23 @@ fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Re
             Proc::Zombie { .. } => None,
         })
         .collect();
-    for (n, &(_, t)) in alive.iter().enumerate() {
-        for &(_, u) in &alive[..n] {
-            let what = if t.ids.vm_id == u.ids.vm_id {
-                "an address space (CLONE_VM)"
-            } else if t.ids.sighand_id == u.ids.sighand_id {
-                "signal handlers (CLONE_SIGHAND)"
-            } else {
-                continue;
-            };
-            return Err(format!(
-                "processes {} and {} share {what}: not supported",
-                u.pid, t.pid
-            ));
+    let mut vms = std::collections::HashMap::new();
+    let mut sighands = std::collections::HashMap::new();
+    for &(_, t) in &alive {
+        for (seen, id, what) in [
+            (&mut vms, t.ids.vm_id, "an address space (CLONE_VM)"),
+            (
+                &mut sighands,
+                t.ids.sighand_id,
+                "signal handlers (CLONE_SIGHAND)",
+            ),
+        ] {
+            if let Some(u) = seen.insert(id, t.pid) {
+                return Err(format!(
+                    "processes {u} and {} share {what}: not supported",
+                    t.pid
+                ));
+            }
         }
     }
     type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
@@ -458,24 +462,21 @@ fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Re
         (|ids| ids.fs_id, "cwd/root/umask"),
     ];
     for (id_of, what) in kinds {
-        for &(_, t) in &alive {
-            let id = id_of(&t.ids);
-            let tops = alive
-                .iter()
-                .filter(|(_, u)| id_of(&u.ids) == id)
-                .filter(|&&(i, _)| {
-                    !parent[i].is_some_and(
-                        |p| matches!(&procs[p], Proc::Alive(pt) if id_of(&pt.ids) == id),
-                    )
-                })
-                .count();
-            if tops != 1 {
-                return Err(format!(
-                    "process {} shares {what} with a process that is neither its parent nor a \
-                     child: not supported",
-                    t.pid
-                ));
-            }
+        // Zombies share nothing: each gets an id no task has.
+        let ids: Vec<u64> = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Proc::Alive(t) => id_of(&t.ids) as u64,
+                Proc::Zombie { .. } => (1 << 32) + i as u64,
+            })
+            .collect();
+        if let Some(i) = crate::engine::scattered_sharer(parent, &ids) {
+            return Err(format!(
+                "process {} shares {what} with a process that is neither its parent nor a \
+                 child: not supported",
+                procs[i].pid()
+            ));
         }
     }
     Ok(())
