@@ -77,3 +77,40 @@ fn clone_files_child_shares_the_fd_table_after_restore() {
          did not see the fd the child opened, 3: timeout)"
     );
 }
+
+/// Two siblings sharing an fd table their parent no longer shares cannot be forked into it:
+/// the dump is refused, naming the sharing, and the three go on untouched (the siblings still
+/// see each other's fds).
+#[test]
+fn fd_table_shared_by_siblings_only_is_refused() {
+    become_subreaper();
+    let s = Scratch::new("sharing-siblings");
+    let bin = workload("sharing");
+    let mut spawned = s.spawn(&bin, &[s.dir.to_str().unwrap(), "siblings"]);
+    let f: Vec<i32> = s
+        .wait_file("ready", T)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (root, first, second) = (f[0], f[1], f[2]);
+    let pid_s = root.to_string();
+    let out = s.criu(&["dump", "-t", &pid_s, "-D", "img", "-o", "dump.log"]);
+    assert!(!out.status.success(), "the dump must fail");
+    assert!(!s.img().join("inventory.img").exists());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CLONE_FILES") && err.contains("neither its parent nor a child"),
+        "the refusal names the sharing: {err}"
+    );
+    for p in [root, first, second] {
+        assert_running_untraced(p);
+    }
+    for p in [first, second, root] {
+        assert!(kill(p, libc::SIGUSR1));
+    }
+    assert_eq!(
+        spawned.wait().unwrap().code(),
+        Some(0),
+        "after the refused dump the siblings still share their fd table"
+    );
+}

@@ -8,7 +8,12 @@
  *   files: the child opens a file; the parent must find it open at the same fd number, closes
  *       it, and the child must find it closed.
  * The parent exits 0 when both sides saw the other's change (1: the child failed, 2: the parent
- * did not see the child's change, 3: timeout). Run as: sharing DIR fs|files
+ * did not see the child's change, 3: timeout).
+ *   siblings: the parent clones two children with CLONE_FILES, then unshares its own table, so
+ *       only the two siblings share one; "ready" has "PARENT CHILD1 CHILD2". On SIGUSR1 the
+ *       first child opens a file, the second must find it open at that number; exits like
+ *       "files".
+ * Run as: sharing DIR fs|files|siblings
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -29,7 +34,7 @@ static void on_usr1(int s) { (void)s; go = 1; }
 
 /* [0]: the child's change is done (its fd number + 1 in "files"); [1]: the parent's is done. */
 static volatile int64_t *flag;
-static int files_mode;
+static int files_mode, siblings_mode;
 
 static int wait_flag(int i)
 {
@@ -60,6 +65,19 @@ static mode_t current_umask(void)
 	return m;
 }
 
+/* The second sibling: finds the fd the first one opened, and closes it. */
+static int sibling_main(void *arg)
+{
+	(void)arg;
+	idle();
+	if (!wait_flag(0)) return 3;
+	int fd = (int)flag[0] - 1;
+	if (fcntl(fd, F_GETFD) == -1) return 2;
+	close(fd);
+	flag[1] = 1;
+	return 0;
+}
+
 static int child_main(void *arg)
 {
 	(void)arg;
@@ -82,7 +100,8 @@ static int child_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 3 || chdir(argv[1])) return 9;
-	files_mode = !strcmp(argv[2], "files");
+	siblings_mode = !strcmp(argv[2], "siblings");
+	files_mode = siblings_mode || !strcmp(argv[2], "files");
 	setsid();
 	mkdir("a", 0755);
 	mkdir("b", 0755);
@@ -97,6 +116,21 @@ int main(int argc, char **argv)
 	int share = files_mode ? CLONE_FILES : CLONE_FS;
 	pid_t child = clone(child_main, stack + stack_size, share | SIGCHLD, NULL);
 	if (child < 0) return 9;
+	if (siblings_mode) {
+		char *stack2 = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (stack2 == MAP_FAILED) return 9;
+		pid_t second = clone(sibling_main, stack2 + stack_size, CLONE_FILES | SIGCHLD, NULL);
+		if (second < 0 || unshare(CLONE_FILES)) return 9;
+		FILE *f = fopen("ready.tmp", "w");
+		fprintf(f, "%d %d %d\n", getpid(), child, second);
+		fclose(f);
+		rename("ready.tmp", "ready");
+		idle();
+		int st1, st2;
+		if (waitpid(child, &st1, 0) != child || waitpid(second, &st2, 0) != second) return 9;
+		if (!WIFEXITED(st2) || WEXITSTATUS(st2)) return WIFEXITED(st2) ? WEXITSTATUS(st2) : 9;
+		return WIFEXITED(st1) && !WEXITSTATUS(st1) ? 0 : 1;
+	}
 	FILE *f = fopen("ready.tmp", "w");
 	fprintf(f, "%d %d\n", getpid(), child);
 	fclose(f);
