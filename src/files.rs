@@ -1066,12 +1066,15 @@ pub fn open_all(
 /// opened (pidfds of tree members, /proc/PID files: each task opens its own). Once the table
 /// is complete, the task adds the watches of the epolls it owns, and then takes the file locks
 /// saved under it: nothing of the table is closed after that (a close drops the process's
-/// POSIX locks on that file).
+/// POSIX locks on that file). `sharers` are the other processes of a table shared with
+/// CLONE_FILES, which this task installs for all: POSIX locks belong to the table, so theirs
+/// are taken here too.
 pub fn install_from_pool(
     fdinfo: &[pb::FdinfoEntry],
     pool: &Pool,
     files: &FileImages,
     keep: &mut [RawFd],
+    sharers: &[pid_t],
 ) -> Result<()> {
     let top = pool
         .fds
@@ -1138,8 +1141,10 @@ pub fn install_from_pool(
         let ep = files.member(f.id, "EVENTPOLL", |e| e.epfd.as_ref())?;
         eventpoll::add_watches(f.fd as RawFd, ep)?;
     }
-    for lock in files.locks.of(me) {
-        filelocks::take(lock)?;
+    for &holder in std::iter::once(&me).chain(sharers) {
+        for lock in files.locks.of(holder) {
+            filelocks::take(lock)?;
+        }
     }
     Ok(())
 }

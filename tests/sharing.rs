@@ -1,7 +1,7 @@
 //! What a parent and a child share without being threads (ctests/workloads/sharing.c checks
 //! from inside): cwd, root and umask (CLONE_FS) and the fd table (CLONE_FILES) come back shared
 //! — a chdir or umask by one is seen by the other after restore, and so is an fd one opens or
-//! closes.
+//! closes, and a POSIX lock taken through the shared table is held again.
 
 mod common;
 
@@ -20,6 +20,25 @@ fn start(s: &Scratch, mode: &str) -> (std::process::Child, i32, i32) {
         .map(|x| x.parse().unwrap())
         .collect();
     (child, f[0], f[1])
+}
+
+/// Whether someone holds a write lock on bytes 0-9 of the workload's "lockfile".
+fn locked(s: &Scratch) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.path("lockfile"))
+        .unwrap();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 10;
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type != libc::F_UNLCK as i16
 }
 
 /// The fd numbers open in a process.
@@ -57,10 +76,14 @@ fn clone_files_child_shares_the_fd_table_after_restore() {
     let s = Scratch::new("sharing-files");
     let (mut spawned, root, kid) = start(&s, "files");
     let fds_before = fds_of(root);
-    s.dump(root, &[]);
+    assert!(locked(&s), "the child's lock before the dump");
+    s.dump(root, &["--file-locks"]);
     let _ = spawned.wait();
     let _ = wait_exit(kid, T);
-    assert_eq!(s.restore(&[]), root);
+    assert!(!locked(&s), "nobody holds the lock once the tree is gone");
+    assert_eq!(s.restore(&["--file-locks"]), root);
+    // The child's POSIX lock belongs to the shared table: it is back.
+    assert!(locked(&s), "the lock after restore");
     // Nothing of the restore is left in the table (control pipes, executables).
     assert_eq!(
         fds_of(root),

@@ -5,8 +5,9 @@
  * page.
  *   fs: the child chdirs into "a" and sets umask 027; the parent must see both, then chdirs
  *       into "b" and sets umask 077, which the child must see.
- *   files: the child opens a file; the parent must find it open at the same fd number, closes
- *       it, and the child must find it closed.
+ *   files: the child first takes a POSIX write lock on bytes 0-9 of "lockfile" (it belongs to
+ *       the shared table); after SIGUSR1 it opens a file, the parent must find it open at the
+ *       same fd number, closes it, and the child must find it closed.
  * The parent exits 0 when both sides saw the other's change (1: the child failed, 2: the parent
  * did not see the child's change, 3: timeout).
  *   siblings: the parent clones two children with CLONE_FILES, then unshares its own table, so
@@ -32,7 +33,8 @@
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
 
-/* [0]: the child's change is done (its fd number + 1 in "files"); [1]: the parent's is done. */
+/* [0]: the child's change is done (its fd number + 1 in "files"); [1]: the parent's is done;
+ * [3]: the child is set up. */
 static volatile int64_t *flag;
 static int files_mode, siblings_mode;
 
@@ -81,6 +83,12 @@ static int sibling_main(void *arg)
 static int child_main(void *arg)
 {
 	(void)arg;
+	if (files_mode && !siblings_mode) {
+		int lk = open("lockfile", O_RDWR | O_CREAT, 0600);
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10 };
+		if (lk < 0 || fcntl(lk, F_SETLK, &fl)) return 9;
+	}
+	flag[3] = 1;
 	idle();
 	if (files_mode) {
 		int fd = open("/dev/null", O_RDONLY);
@@ -131,6 +139,7 @@ int main(int argc, char **argv)
 		if (!WIFEXITED(st2) || WEXITSTATUS(st2)) return WIFEXITED(st2) ? WEXITSTATUS(st2) : 9;
 		return WIFEXITED(st1) && !WEXITSTATUS(st1) ? 0 : 1;
 	}
+	if (!wait_flag(3)) return 9;
 	FILE *f = fopen("ready.tmp", "w");
 	fprintf(f, "%d %d\n", getpid(), child);
 	fclose(f);

@@ -385,7 +385,12 @@ fn build_self(
         for &id in std::iter::once(&task.mm.exe_file_id).chain(followers) {
             keep.push(files.open_path(id, libc::O_RDONLY)?.into_raw_fd());
         }
-        let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep);
+        let sharers: Vec<pid_t> = plan
+            .table_followers(idx)
+            .iter()
+            .map(|&f| plan.procs[f].pid())
+            .collect();
+        let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep, &sharers);
         *report_fd = keep[0];
         r?;
         sysfd::close(keep[1]);
