@@ -612,12 +612,15 @@ fn zombie_core(z: &Zombie) -> pb::CoreEntry {
 /// leaders inside the tree or gone (or, with --shell-job, be the shell's).
 fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
     let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
+    let mut ppids: Vec<pid_t> = Vec::new();
     for t in &frozen.tasks {
         let st = procfs::stat(t.pid, None)?;
         members.push((t.pid, st.pgid, st.sid));
+        ppids.push(t.ppid);
     }
     for z in &frozen.zombies {
         members.push((z.pid, z.stat.pgid, z.stat.sid));
+        ppids.push(z.ppid);
     }
     let inside = |p: pid_t| members.iter().any(|m| m.0 == p);
     // A leader that is gone (its pid free) is stood in for at restore by a helper process with
@@ -638,6 +641,29 @@ fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
                 format!("process group {pgid} whose leader is outside the dumped tree"),
             ));
         }
+    }
+    // The helper of a session whose leader is gone forks the processes born into it (those whose
+    // parent is in another session) as its parent's children: they must have one parent.
+    let mut born_under: std::collections::HashMap<pid_t, pid_t> = Default::default();
+    for (&(pid, _, sid), &ppid) in members.iter().zip(&ppids) {
+        let parent_sid = members.iter().find(|m| m.0 == ppid).map(|m| m.2);
+        if sid == pid
+            || inside(sid)
+            || parent_sid == Some(sid)
+            || (opts.shell_job && sid == root_sid)
+        {
+            continue;
+        }
+        if let Some(&other) = born_under.get(&sid).filter(|&&p| p != ppid) {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "session {sid}, whose leader is gone, has members born under {other} and \
+                     under {ppid}: not supported"
+                ),
+            ));
+        }
+        born_under.insert(sid, ppid);
     }
     Ok(())
 }
