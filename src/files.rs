@@ -4,8 +4,8 @@
 //! contents saved with them (ghost.rs); with --shell-job, a terminal inherited from the shell
 //! is replaced by the restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets
 //! (unix.rs), eventfds (eventfd.rs), epolls (eventpoll.rs), signalfds (signalfd.rs),
-//! timerfds (timerfd.rs), inotify and fanotify (fsnotify.rs) and pidfds (pidfd.rs) are created
-//! anew with their state; file locks come with --file-locks (filelocks.rs).
+//! timerfds (timerfd.rs), inotify and fanotify (fsnotify.rs), pidfds (pidfd.rs) and memfds
+//! (memfd.rs) are created anew with their state; file locks come with --file-locks (filelocks.rs).
 //!
 //! Dump goes through every fd of every task even after something is refused: everything that
 //! cannot be dumped is reported in one error by `check_complete`.
@@ -72,6 +72,9 @@ pub struct FileTable {
     /// Regular-file entries of ghosts mapped by tasks: (ghost id, flags) → file id.
     ghost_entries: HashMap<(u32, u32), u32>,
     locks: filelocks::LockDump,
+    memfds: crate::memfd::MemfdDump,
+    /// Memfd entries of mappings: (inode id, flags) → file id.
+    memfd_entries: HashMap<(u32, u32), u32>,
     /// Pidfds of live processes as (process, holder pid, holder fd): the process must be one of
     /// the dump.
     pidfd_targets: Vec<(pid_t, pid_t, i32)>,
@@ -161,6 +164,44 @@ impl FileTable {
         Ok(id)
     }
 
+    /// An entry for a memfd mapped through `map_file` (/proc/PID/map_files/A-B), named `name`,
+    /// opened with `flags`. For mem.rs; the id is what the mapping's `shmid` holds. A memfd that
+    /// cannot be dumped is refused like an fd (see `add_ghost_mapping`).
+    pub fn add_memfd_mapping(
+        &mut self,
+        pid: pid_t,
+        map_file: &str,
+        name: &str,
+        flags: u32,
+    ) -> Result<u32> {
+        let inode_id = match self.memfds.inode(map_file, name)? {
+            Ok(i) => i,
+            Err(why) => {
+                let range = map_file.rsplit('/').next().unwrap_or(map_file);
+                self.refused.push((pid, format!("mapping {range}: {why}")));
+                return Ok(0);
+            }
+        };
+        if let Some(&id) = self.memfd_entries.get(&(inode_id, flags)) {
+            return Ok(id);
+        }
+        let id = self.alloc_id();
+        self.entries.push(crate::memfd::file_entry(
+            id,
+            flags,
+            0,
+            pb::FownEntry::default(),
+            inode_id,
+        ));
+        self.memfd_entries.insert((inode_id, flags), id);
+        Ok(id)
+    }
+
+    /// The memfds whose contents go into the images, with the shared anonymous memory.
+    pub fn memfd_contents(&self) -> &[crate::mem::SharedObject] {
+        self.memfds.contents()
+    }
+
     /// After every task's fds are dumped: nothing was refused, each connected socket's peer
     /// was dumped too, each pidfd refers to a process of the dump, and no process outside
     /// `dumped` (the tree's processes and zombies) nor ourselves holds a pipe or socket of the
@@ -221,6 +262,7 @@ impl FileTable {
         self.pipes.write_images(dir)?;
         self.ghosts.write_images(dir)?;
         self.locks.write_images(dir)?;
+        self.memfds.write_images(dir)?;
         self.unix.write_images(dir)
     }
 }
@@ -520,8 +562,15 @@ fn dump_description(
             }
             (e, pb::FdTypes::Pidfd)
         }
+        _ if crate::memfd::name_of(target).is_some() => {
+            let name = crate::memfd::name_of(target).unwrap_or_default();
+            (
+                crate::memfd::dump_fd(fd, name, id, &mut files.memfds)?,
+                pb::FdTypes::Memfd,
+            )
+        }
         _ if !target.starts_with('/') => {
-            // anon_inode:[io_uring], anon_inode:[userfaultfd], memfd...
+            // anon_inode:[io_uring], anon_inode:[userfaultfd]...
             return Err(fd.unsupported(format!("{target} (not supported yet)")));
         }
         _ => return dump_path(fd, id, files, shell_job),
@@ -641,6 +690,7 @@ pub struct FileImages {
     queues: unix::QueueImages,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
+    memfds: crate::memfd::MemfdImages,
 }
 
 impl FileImages {
@@ -660,6 +710,7 @@ impl FileImages {
             .or(e.ify.as_ref().map(|x| &x.fown))
             .or(e.ffy.as_ref().map(|x| &x.fown))
             .or(e.pidfd.as_ref().map(|x| &x.fown))
+            .or(e.memfd.as_ref().map(|x| &x.fown))
     }
 
     pub fn load(dir: &ImageDir) -> Result<FileImages> {
@@ -675,6 +726,7 @@ impl FileImages {
             queues: unix::QueueImages::load(dir)?,
             ghosts: ghost::GhostImages::load(dir)?,
             locks: filelocks::LockImages::load(dir)?,
+            memfds: crate::memfd::MemfdImages::load(dir)?,
         })
     }
 
@@ -692,7 +744,11 @@ impl FileImages {
 
     /// Opens the regular file `id` by its path (for mappings, the executable, cwd). A deleted
     /// file is made again first (its name goes away once `open_all` is done).
+    /// A memfd is opened anew (made first if it is not yet).
     pub fn open_path(&self, id: u32, flags: i32) -> Result<OwnedFd> {
+        if let Some(m) = self.get(id)?.memfd.as_ref() {
+            return self.memfds.open(m.inode_id, flags);
+        }
         let reg = self.reg(id)?;
         open_path(&self.path_of(id, reg)?, flags)
     }
@@ -976,6 +1032,10 @@ pub fn open_all(
                 let p = files.member(id, "PIDFD", |e| e.pidfd.as_ref())?;
                 pidfd::open_dead(&dead_pidfds[&p.ino])?
             }
+            Ok(pb::FdTypes::Memfd) => {
+                let m = files.member(id, "MEMFD", |e| e.memfd.as_ref())?;
+                vec![(id, files.memfds.open_file(m)?)]
+            }
             _ => vec![(id, files.open_description(e, terminal)?)],
         };
         for (made_id, fd) in made {
@@ -986,6 +1046,8 @@ pub fn open_all(
     }
     // Every deleted file made again is open now (mappings were opened before us).
     files.ghosts.unlink_all();
+    // Every memfd mapping and fd exists now.
+    files.memfds.seal_late()?;
     for &(pid, table) in tables {
         for f in table {
             if files.get(f.id)?.epfd.is_some() {
@@ -1004,12 +1066,15 @@ pub fn open_all(
 /// opened (pidfds of tree members, /proc/PID files: each task opens its own). Once the table
 /// is complete, the task adds the watches of the epolls it owns, and then takes the file locks
 /// saved under it: nothing of the table is closed after that (a close drops the process's
-/// POSIX locks on that file).
+/// POSIX locks on that file). `sharers` are the other processes of a table shared with
+/// CLONE_FILES, which this task installs for all: POSIX locks belong to the table, so theirs
+/// are taken here too.
 pub fn install_from_pool(
     fdinfo: &[pb::FdinfoEntry],
     pool: &Pool,
     files: &FileImages,
     keep: &mut [RawFd],
+    sharers: &[pid_t],
 ) -> Result<()> {
     let top = pool
         .fds
@@ -1076,8 +1141,10 @@ pub fn install_from_pool(
         let ep = files.member(f.id, "EVENTPOLL", |e| e.epfd.as_ref())?;
         eventpoll::add_watches(f.fd as RawFd, ep)?;
     }
-    for lock in files.locks.of(me) {
-        filelocks::take(lock)?;
+    for &holder in std::iter::once(&me).chain(sharers) {
+        for lock in files.locks.of(holder) {
+            filelocks::take(lock)?;
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ pub const VMA_FILE_SHARED: u32 = 1 << 7;
 pub const VMA_ANON_SHARED: u32 = 1 << 8;
 pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
+pub const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 /// Bytes per process_vm_readv batch: large enough to amortise the call, small enough to stay
 /// in cache on its way to the image.
@@ -155,19 +156,32 @@ pub fn collect_vmas(
                 shared.push(SharedObject {
                     shmid: meta.ino(),
                     size: meta.size(),
-                    pid,
-                    start: m.start,
-                    end: m.end,
+                    source: map_file,
                 });
             }
             _ if m.is_file() && !m.name.starts_with('[') => {
                 if m.name.starts_with("/SYSV") {
                     return Err(unsupported("SysV shared memory is not supported yet"));
                 }
-                if m.name.starts_with("/memfd:") {
-                    return Err(unsupported("memfd mappings are not supported yet"));
-                }
                 let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                if let Some(name) = crate::memfd::name_of(&m.name) {
+                    // A memfd: a file of its own in the images (memfd.rs), mapped by id.
+                    let open_flags = if m.shared && m.write {
+                        libc::O_RDWR
+                    } else {
+                        libc::O_RDONLY
+                    } as u32;
+                    e.shmid = files.add_memfd_mapping(pid, &map_file, name, open_flags)? as u64;
+                    e.fdflags = Some(open_flags);
+                    e.status |= VMA_AREA_MEMFD
+                        | if m.shared {
+                            VMA_FILE_SHARED
+                        } else {
+                            VMA_FILE_PRIVATE
+                        };
+                    out.push(e);
+                    continue;
+                }
                 let meta = std::fs::metadata(&map_file)
                     .map_err(|err| Error::io(format!("stat {map_file}"), err))?;
                 let is_devzero = {
@@ -234,15 +248,14 @@ pub fn collect_vmas(
     Ok(out)
 }
 
-/// A shared anonymous memory object (one shmem inode) seen in some task's VMA.
+/// A shmem object (one shmem inode: shared anonymous memory, a memfd) whose contents go into
+/// the images.
 #[derive(Clone, Debug)]
 pub struct SharedObject {
     pub shmid: u64,
     pub size: u64,
-    /// A task and VMA through which its contents can be read.
-    pub pid: pid_t,
-    pub start: u64,
-    pub end: u64,
+    /// A /proc link through which its contents can be read (a task's map_files or fd entry).
+    pub source: String,
 }
 
 /// Writes the contents of each distinct shared object once: pagemap-shmem-SHMID.img (offsets in
@@ -262,8 +275,8 @@ pub fn dump_shared(
             continue;
         }
         done.push(o.shmid);
-        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
-        let obj = File::open(&path).map_err(|e| Error::io(format!("open {path}"), e))?;
+        let path = &o.source;
+        let obj = File::open(path).map_err(|e| Error::io(format!("open {path}"), e))?;
         let mut pm = dir.create(crate::images::Kind::ShmemPagemap, o.shmid)?;
         pm.write(&pb::PagemapHead { pages_id })?;
         let pages_path = dir.file(&crate::images::pages_file_name(pages_id));
@@ -284,8 +297,11 @@ pub fn dump_shared(
             let mut at = start;
             while at < end {
                 let n = ((end - at) as usize).min(CHUNK);
-                obj.read_exact_at(&mut buf[..n], at)
+                // A memfd's last page may reach past its end: the rest of the page is zeros.
+                let in_file = (o.size.saturating_sub(at) as usize).min(n);
+                obj.read_exact_at(&mut buf[..in_file], at)
                     .map_err(|e| Error::io(format!("read {path}"), e))?;
+                buf[in_file..n].fill(0);
                 out.write_all_at(&buf[..n], out_off)
                     .map_err(|e| Error::io("write pages image", e))?;
                 out_off += n as u64;

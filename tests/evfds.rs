@@ -232,7 +232,7 @@ fn every_unsupported_fd_is_listed_at_once() {
          os.setsid()\n\
          libc = ctypes.CDLL(None, use_errno=True)\n\
          uffd = libc.syscall(323, 0)\n\
-         mfd = os.memfd_create('scratch')\n\
+         mfd = os.memfd_create('scratch', os.MFD_HUGETLB)\n\
          pfd = os.pidfd_open(os.getppid())\n\
          big = open('big', 'wb+')\n\
          big.write(os.urandom(64 << 10)); big.flush(); os.unlink('big')\n\
@@ -261,7 +261,7 @@ fn every_unsupported_fd_is_listed_at_once() {
         ),
         (
             fds[1],
-            "/memfd:scratch (deleted) is on a kernel-internal mount".to_owned(),
+            "memfd:scratch is a hugetlb memfd (MFD_HUGETLB): not supported".to_owned(),
         ),
         (
             fds[2],

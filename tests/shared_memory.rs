@@ -1,5 +1,6 @@
-//! Memory shared between tasks: anonymous MAP_SHARED regions and /dev/shm file mappings come
-//! back as one object that both tasks write to (ctests/workloads/shared.c checks from inside).
+//! Memory shared between tasks: anonymous MAP_SHARED regions, /dev/shm file mappings and
+//! memfds (fd and mappings) come back as one object that both tasks write to
+//! (ctests/workloads/shared.c checks from inside).
 
 mod common;
 
@@ -44,7 +45,7 @@ fn parent_and_child_write_to_each_other_after_restore() {
     let code = wait_exit(root, T);
     assert_eq!(
         code, 0,
-        "shared memory check failed (1: child, 2: pattern, 3: no token)"
+        "shared memory check failed (1: child, 2: pattern, 3: no token, 4: memfd state)"
     );
 }
 

@@ -610,36 +610,62 @@ fn zombie_core(z: &Zombie) -> pb::CoreEntry {
 }
 
 /// Checks that the tree is one we can restore: sessions and process groups must have their
-/// leaders inside the tree (or, with --shell-job, be the shell's), and tasks may not share an
-/// address space without being threads (vfork children).
+/// leaders inside the tree or gone (or, with --shell-job, be the shell's).
 fn check_tree(frozen: &Frozen, opts: &Options) -> Result<()> {
-    let root = frozen.tasks[0].pid;
     let mut members: Vec<(pid_t, pid_t, pid_t)> = Vec::new(); // pid, pgid, sid
+    let mut ppids: Vec<pid_t> = Vec::new();
     for t in &frozen.tasks {
         let st = procfs::stat(t.pid, None)?;
         members.push((t.pid, st.pgid, st.sid));
+        ppids.push(t.ppid);
     }
     for z in &frozen.zombies {
         members.push((z.pid, z.stat.pgid, z.stat.sid));
+        ppids.push(z.ppid);
     }
     let inside = |p: pid_t| members.iter().any(|m| m.0 == p);
+    // A leader that is gone (its pid free) is stood in for at restore by a helper process with
+    // its pid (see restore.rs); one that lives outside the tree cannot be.
+    let gone = |p: pid_t| !crate::sys::task::pid_in_use(p);
     let (_, root_pgid, root_sid) = members[0];
     for &(pid, pgid, sid) in &members {
         let outside_ok = opts.shell_job && sid == root_sid && (pgid == root_pgid || inside(pgid));
-        if !inside(sid) && !outside_ok {
+        if !inside(sid) && !outside_ok && !gone(sid) {
             return Err(Error::unsupported(
                 pid,
                 format!("session {sid} led by a process outside the dumped tree (use --shell-job for a shell job)"),
             ));
         }
-        if !inside(pgid) && !outside_ok {
+        if !inside(pgid) && !outside_ok && !gone(pgid) {
             return Err(Error::unsupported(
                 pid,
-                format!("process group {pgid} whose leader is gone or outside the dumped tree (not supported yet)"),
+                format!("process group {pgid} whose leader is outside the dumped tree"),
             ));
         }
     }
-    let _ = root;
+    // The helper of a session whose leader is gone forks the processes born into it (those whose
+    // parent is in another session) as its parent's children: they must have one parent.
+    let mut born_under: std::collections::HashMap<pid_t, pid_t> = Default::default();
+    for (&(pid, _, sid), &ppid) in members.iter().zip(&ppids) {
+        let parent_sid = members.iter().find(|m| m.0 == ppid).map(|m| m.2);
+        if sid == pid
+            || inside(sid)
+            || parent_sid == Some(sid)
+            || (opts.shell_job && sid == root_sid)
+        {
+            continue;
+        }
+        if let Some(&other) = born_under.get(&sid).filter(|&&p| p != ppid) {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "session {sid}, whose leader is gone, has members born under {other} and \
+                     under {ppid}: not supported"
+                ),
+            ));
+        }
+        born_under.insert(sid, ppid);
+    }
     Ok(())
 }
 
@@ -686,20 +712,39 @@ fn assign_ids(frozen: &Frozen, images: &mut [TaskImages]) -> Result<()> {
                 "shares signal handlers with another process (CLONE_SIGHAND)",
             ));
         }
-        if images[..i].iter().any(|t| t.ids.files_id == ids[1]) {
-            return Err(Error::unsupported(
-                pid,
-                "shares its fd table with another process (CLONE_FILES): not supported yet",
-            ));
-        }
-        if images[..i].iter().any(|t| t.ids.fs_id == ids[2]) {
-            return Err(Error::unsupported(
-                pid,
-                "shares cwd/root/umask with another process (CLONE_FS): not supported yet",
-            ));
-        }
         let e = &mut images[i].ids;
         (e.vm_id, e.files_id, e.fs_id, e.sighand_id) = (ids[0], ids[1], ids[2], ids[3]);
+    }
+    // An fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) shared comes back by forking each
+    // sharer with that flag from its parent: the processes sharing one must hang together from
+    // one of them down.
+    let index: std::collections::HashMap<pid_t, usize> = frozen
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.pid, i))
+        .collect();
+    let parent: Vec<Option<usize>> = frozen
+        .tasks
+        .iter()
+        .map(|t| index.get(&t.ppid).copied())
+        .collect();
+    type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
+    let kinds: [(IdOf, &str); 2] = [
+        (|ids| ids.files_id, "its fd table (CLONE_FILES)"),
+        (|ids| ids.fs_id, "cwd/root/umask (CLONE_FS)"),
+    ];
+    for (id_of, what) in kinds {
+        let ids: Vec<u64> = images.iter().map(|t| id_of(&t.ids) as u64).collect();
+        if let Some(i) = crate::engine::scattered_sharer(&parent, &ids) {
+            return Err(Error::unsupported(
+                frozen.tasks[i].pid,
+                format!(
+                    "shares {what} with a process that is neither its parent nor a child: \
+                     not supported"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -864,6 +909,8 @@ fn write_tree(
     timing.memwrite += t0.elapsed();
     log::debug!("pages copied");
     let t0 = Instant::now();
+    // Memfds' contents are dumped like shared anonymous memory.
+    shared.extend_from_slice(files.memfd_contents());
     timing.shpages_written = mem::dump_shared(shared, &dir, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
     assign_ids(frozen, &mut images)?;

@@ -114,3 +114,16 @@ pub fn features() -> Features {
         pidfd_store: IMPLEMENTED.pidfd_store && kernel.has_pidfd_store(),
     }
 }
+
+/// Processes sharing a kernel object (an fd table, cwd/root/umask: the same `ids[i]`) are
+/// restored by forking each with the sharing flag from its parent, so each group must hang
+/// together from one of them down: exactly one member's parent (`parent[i]`, an index) is
+/// outside it. Returns a member of a group that does not.
+pub(crate) fn scattered_sharer(parent: &[Option<usize>], ids: &[u64]) -> Option<usize> {
+    let mut tops: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let top = parent[i].is_none_or(|p| ids[p] != *id);
+        *tops.entry(*id).or_default() += usize::from(top);
+    }
+    (0..ids.len()).find(|&i| tops[&ids[i]] != 1)
+}

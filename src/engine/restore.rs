@@ -3,7 +3,8 @@
 //! The restorer builds every task's memory in its own address space (at temporary addresses
 //! free in all the final layouts) and forks the root with clone3 and the saved pid; each task
 //! forks its children the same way, so the tree, its sessions and process groups come back as
-//! they were, and every task inherits the memory built for it. The tasks then do what they can
+//! they were (a session or group whose leader was gone is made by a short-lived `Helper` with the
+//! leader's pid), and every task inherits the memory built for it. The tasks then do what they can
 //! in ordinary Rust (files, signal handlers, limits, threads) and park. The restorer, as their
 //! ptrace tracer, finishes each with syscalls run inside it (see `finalize`) and lets them go.
 
@@ -140,11 +141,62 @@ pub struct Plan {
     /// tasks sharing one (a pipe, a socket pair, a file offset) get the same: file id → fd.
     pub pool: crate::files::Pool,
     pub parent: Vec<Option<usize>>,
+    /// Stand-ins for session and group leaders that were gone at checkpoint time.
+    pub helpers: Vec<Helper>,
     pub shell_job: bool,
-    /// Per process: the pipe it waits on for "go" (read end, write end).
+    /// Per process, then per helper: the pipe it waits on for "go" (read end, write end).
     pub go: Vec<(RawFd, RawFd)>,
     /// All processes report on this pipe (write end), the restorer reads (read end).
     pub report: (RawFd, RawFd),
+}
+
+/// A process that exists only during the restore, with the pid of a session or process group
+/// leader that was gone at checkpoint time (a daemon's parent after a double fork): it creates
+/// the session (setsid) or group (setpgid) with the right id, forks the processes that need to
+/// be born into its session, waits until every member of its group has joined, and exits; the
+/// process that forked it reaps it, so nothing of it remains.
+#[derive(Clone, Debug)]
+pub struct Helper {
+    pub pid: pid_t,
+    /// The process that forks it (index into `Plan::procs`); None: the restorer, for the root.
+    pub parent: Option<usize>,
+    /// It leads a session (setsid); otherwise only a process group (setpgid).
+    pub session: bool,
+    /// Children of `parent` it forks with CLONE_PARENT, so that they are born in its session.
+    pub adopted: Vec<usize>,
+}
+
+impl Plan {
+    /// Whether process `idx` shares its fd table (CLONE_FILES) with its parent: it is forked
+    /// with CLONE_FILES and leaves the table to the process at the top of the sharers.
+    pub fn shares_files_with_parent(&self, idx: usize) -> bool {
+        let (Some(p), Proc::Alive(t)) = (self.parent[idx], &self.procs[idx]) else {
+            return false;
+        };
+        matches!(&self.procs[p], Proc::Alive(pt) if pt.ids.files_id == t.ids.files_id)
+    }
+
+    /// The processes that share the fd table of process `top` and are forked into it (in plan
+    /// order), when `top` is the one that builds it.
+    pub fn table_followers(&self, top: usize) -> Vec<usize> {
+        let Proc::Alive(t) = &self.procs[top] else {
+            return Vec::new();
+        };
+        if self.shares_files_with_parent(top) {
+            return Vec::new();
+        }
+        (0..self.procs.len())
+            .filter(|&i| i != top)
+            .filter(
+                |&i| matches!(&self.procs[i], Proc::Alive(u) if u.ids.files_id == t.ids.files_id),
+            )
+            .collect()
+    }
+
+    /// The helper that forks process `idx` into its session, if any.
+    pub fn adopter(&self, idx: usize) -> Option<&Helper> {
+        self.helpers.iter().find(|h| h.adopted.contains(&idx))
+    }
 }
 
 /// What a task reports on the shared pipe. Each message is one write under PIPE_BUF, so reports
@@ -252,13 +304,14 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         }
         children[parent].push(i);
     }
-    check_sessions(&procs, opts.shell_job)?;
     let mut parent = vec![None; procs.len()];
     for (i, kids) in children.iter().enumerate() {
         for &k in kids {
             parent[k] = Some(i);
         }
     }
+    let helpers = plan_helpers(&procs, &parent, opts.shell_job, opts.restore_sibling)?;
+    check_shared_ids(&procs, &parent).map_err(|why| Error::image(dir.file("pstree.img"), why))?;
     // Private memory still shared with the parent at checkpoint time is inherited again.
     let inherit = (0..procs.len())
         .map(|i| match (&procs[i], parent[i].map(|p| &procs[p])) {
@@ -276,6 +329,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         inherit,
         pool: Default::default(),
         parent,
+        helpers,
         shell_job: opts.shell_job,
         go: Vec::new(),
         report: (-1, -1),
@@ -283,33 +337,146 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
 }
 
 /// Sessions and process groups we can rebuild: a session is created by its leader and inherited
-/// by the processes it forks; a process group must have its leader in the tree.
-fn check_sessions(procs: &[Proc], shell_job: bool) -> Result<()> {
+/// by the processes it forks; a process group is created by its leader and joined by the others
+/// once every process exists. A leader that is not in the tree (it was gone) is stood in for by
+/// a helper: for a session, it is forked by the parent of the processes born into the session
+/// (all must have the same parent) and forks them; for a group, it is forked by the group's
+/// first live member.
+///
+/// The root may be born into a session whose leader is gone too: its helper is forked by the
+/// restorer (not with --restore-sibling: the helper would be the caller's child, left for it to
+/// reap).
+fn plan_helpers(
+    procs: &[Proc],
+    parent: &[Option<usize>],
+    shell_job: bool,
+    restore_sibling: bool,
+) -> Result<Vec<Helper>> {
     let root = procs[0].pstree();
+    let in_tree = |pid: u32| procs.iter().any(|q| q.pid() as u32 == pid);
+    let mut helpers: Vec<Helper> = Vec::new();
     for (i, p) in procs.iter().enumerate() {
         let e = p.pstree();
-        let parent_sid = if i == 0 {
-            None
-        } else {
-            procs
-                .iter()
-                .find(|q| q.pid() as u32 == e.ppid)
-                .map(|q| q.pstree().sid)
-        };
-        let own_session = e.sid == e.pid;
-        let inherited = parent_sid == Some(e.sid) || (i == 0 && shell_job);
-        if !own_session && !inherited {
+        let parent_sid = parent[i].map(|q| procs[q].pstree().sid);
+        if e.sid == e.pid || parent_sid == Some(e.sid) || (i == 0 && shell_job) {
+            continue;
+        }
+        if in_tree(e.sid) || (i == 0 && restore_sibling) {
             return Err(Error::InvalidOptions(format!(
                 "pid {}: session {} can only be restored by its leader or a parent in it",
                 e.pid, e.sid
             )));
         }
-        let leader_in_tree = procs.iter().any(|q| q.pid() as u32 == e.pgid);
-        if !(leader_in_tree || shell_job && e.pgid == root.pgid) {
-            return Err(Error::InvalidOptions(format!(
-                "pid {}: process group {} has no leader in the images (not supported yet)",
-                e.pid, e.pgid
-            )));
+        // The root's parent is the restorer.
+        let q = parent[i];
+        if let (Proc::Alive(t), Some(Proc::Alive(pt))) = (p, q.map(|q| &procs[q])) {
+            if t.ids.files_id == pt.ids.files_id {
+                return Err(Error::InvalidOptions(format!(
+                    "pid {}: born into session {} (its leader is gone) and sharing its parent's \
+                     fd table: not supported",
+                    e.pid, e.sid
+                )));
+            }
+        }
+        match helpers.iter_mut().find(|h| h.pid as u32 == e.sid) {
+            Some(h) if h.parent == q => h.adopted.push(i),
+            Some(h) => {
+                return Err(Error::InvalidOptions(format!(
+                    "pid {}: session {} (its leader is gone) has members born under {} and \
+                     under {}: not supported",
+                    e.pid,
+                    e.sid,
+                    h.parent.map_or(0, |p| procs[p].pid()),
+                    q.map_or(0, |p| procs[p].pid())
+                )))
+            }
+            None => helpers.push(Helper {
+                pid: e.sid as pid_t,
+                parent: q,
+                session: true,
+                adopted: vec![i],
+            }),
+        }
+    }
+    for p in procs {
+        let e = p.pstree();
+        if in_tree(e.pgid)
+            || helpers.iter().any(|h| h.pid as u32 == e.pgid)
+            || (shell_job && e.pgid == root.pgid)
+        {
+            continue;
+        }
+        let member = procs
+            .iter()
+            .position(|q| matches!(q, Proc::Alive(_)) && q.pstree().pgid == e.pgid)
+            .ok_or_else(|| {
+                Error::InvalidOptions(format!(
+                    "process group {} has neither its leader nor a live member in the images",
+                    e.pgid
+                ))
+            })?;
+        helpers.push(Helper {
+            pid: e.pgid as pid_t,
+            parent: Some(member),
+            session: false,
+            adopted: Vec::new(),
+        });
+    }
+    Ok(helpers)
+}
+
+/// What processes share that we can rebuild: an fd table (CLONE_FILES) and cwd/root/umask
+/// (CLONE_FS) when the sharers hang together from one of them down (each is forked with the flag
+/// from its parent); not an address space or signal handlers.
+fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Result<(), String> {
+    let alive: Vec<(usize, &TaskImage)> = procs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Proc::Alive(t) => Some((i, &**t)),
+            Proc::Zombie { .. } => None,
+        })
+        .collect();
+    let mut vms = std::collections::HashMap::new();
+    let mut sighands = std::collections::HashMap::new();
+    for &(_, t) in &alive {
+        for (seen, id, what) in [
+            (&mut vms, t.ids.vm_id, "an address space (CLONE_VM)"),
+            (
+                &mut sighands,
+                t.ids.sighand_id,
+                "signal handlers (CLONE_SIGHAND)",
+            ),
+        ] {
+            if let Some(u) = seen.insert(id, t.pid) {
+                return Err(format!(
+                    "processes {u} and {} share {what}: not supported",
+                    t.pid
+                ));
+            }
+        }
+    }
+    type IdOf = fn(&pb::TaskKobjIdsEntry) -> u32;
+    let kinds: [(IdOf, &str); 2] = [
+        (|ids| ids.files_id, "an fd table"),
+        (|ids| ids.fs_id, "cwd/root/umask"),
+    ];
+    for (id_of, what) in kinds {
+        // Zombies share nothing: each gets an id no task has.
+        let ids: Vec<u64> = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Proc::Alive(t) => id_of(&t.ids) as u64,
+                Proc::Zombie { .. } => (1 << 32) + i as u64,
+            })
+            .collect();
+        if let Some(i) = crate::engine::scattered_sharer(parent, &ids) {
+            return Err(format!(
+                "process {} shares {what} with a process that is neither its parent nor a \
+                 child: not supported",
+                procs[i].pid()
+            ));
         }
     }
     Ok(())
@@ -325,6 +492,11 @@ fn check_pids(plan: &Plan) -> Result<()> {
         }
         if systask::pid_in_use(p.pid()) {
             return Err(Error::PidTaken(p.pid()));
+        }
+    }
+    for h in &plan.helpers {
+        if systask::pid_in_use(h.pid) {
+            return Err(Error::PidTaken(h.pid));
         }
     }
     Ok(())
@@ -360,6 +532,8 @@ struct Created {
     pids: Vec<pid_t>,
     root: Option<pid_t>,
     root_is_ours: bool,
+    /// The helper we forked for the root's session, reaped by us.
+    helper: Option<pid_t>,
     done: bool,
 }
 
@@ -374,6 +548,11 @@ impl Drop for Created {
         }
         if let (Some(root), true) = (self.root, self.root_is_ours) {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
+        }
+        if let Some(h) = self.helper {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None);
         }
     }
 }
@@ -528,7 +707,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
 
     // Control channels: one "go" pipe per process, one shared report pipe.
     plan.report = raw_pipe()?;
-    for _ in &plan.procs {
+    for _ in 0..plan.procs.len() + plan.helpers.len() {
         let p = raw_pipe()?;
         plan.go.push(p);
     }
@@ -548,11 +727,24 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         pids: Vec::new(),
         root: None,
         root_is_ours: !opts.restore_sibling,
+        helper: None,
         done: false,
     };
-    match fork_with_pid(Some(root_pid), flags)? {
-        Forked::Child => run_task(&plan, 0),
-        Forked::Parent(pid) => created.root = Some(pid),
+    // The root is forked by the helper of its session when that session's leader is gone: then
+    // it is still our child (CLONE_PARENT), and the helper too, whom we reap.
+    let root_helper = plan.helpers.iter().position(|h| h.parent.is_none());
+    match root_helper {
+        Some(h) => match fork_with_pid(Some(plan.helpers[h].pid), flags)? {
+            Forked::Child => crate::engine::restore_task::run_helper(&plan, h),
+            Forked::Parent(pid) => {
+                created.helper = Some(pid);
+                created.root = Some(root_pid);
+            }
+        },
+        None => match fork_with_pid(Some(root_pid), flags)? {
+            Forked::Child => run_task(&plan, 0),
+            Forked::Parent(pid) => created.root = Some(pid),
+        },
     }
     drop(pool);
     // Our ends: report read end and go write ends only.
@@ -565,7 +757,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .collect();
     // 1. Every process reports once it exists (and has forked its children); we attach to the
     //    live ones at once, so that if we die they die with us (PTRACE_O_EXITKILL).
-    let mut pending = plan.procs.len();
+    let mut pending = plan.procs.len() + plan.helpers.len();
     while pending > 0 {
         let (pid, kind, body) = read_report(&mut report_r)?;
         match kind {
@@ -595,21 +787,51 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         }
     }
     let forking_time = t_fork.elapsed();
-    // 2. All processes and process groups exist: let everybody finish building itself.
-    for w in &go_w {
-        nix::unistd::write(w, &[1]).map_err(|e| Error::sys("wake a restored task", e))?;
+    // 2. All processes and process groups exist: let everybody finish building itself. The top
+    //    of an fd table shared with others (CLONE_FILES) goes once they are ready: it replaces
+    //    the table they work in.
+    let wake = |i: usize| {
+        nix::unistd::write(&go_w[i], &[1]).map_err(|e| Error::sys("wake a restored task", e))
+    };
+    let followers: Vec<Vec<usize>> = (0..plan.procs.len())
+        .map(|i| plan.table_followers(i))
+        .collect();
+    for i in 0..go_w.len() {
+        if followers.get(i).is_none_or(Vec::is_empty) {
+            wake(i)?;
+        }
     }
     let mut ready: Vec<(pid_t, Ready)> = Vec::new();
     while ready.len() < alive.len() {
         let (pid, kind, body) = read_report(&mut report_r)?;
         match kind {
-            REPORT_READY if body.len() == 4 => {
-                ready.push((
-                    pid,
-                    Ready {
-                        exe_fd: i32::from_ne_bytes(body[0..4].try_into().unwrap()),
-                    },
-                ));
+            REPORT_READY if !body.is_empty() && body.len() % 4 == 0 => {
+                let fds: Vec<RawFd> = body
+                    .chunks(4)
+                    .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+                    .collect();
+                ready.push((pid, Ready { exe_fd: fds[0] }));
+                let Some(i) = plan.procs.iter().position(|p| p.pid() == pid) else {
+                    continue;
+                };
+                // The top reports its followers' executables after its own.
+                for (&f, &fd) in followers[i].iter().zip(&fds[1..]) {
+                    let fpid = plan.procs[f].pid();
+                    if let Some(r) = ready.iter_mut().find(|(p, _)| *p == fpid) {
+                        r.1.exe_fd = fd;
+                    }
+                }
+                // A top whose followers are all ready may go.
+                for (top, fs) in followers.iter().enumerate() {
+                    if fs.contains(&i)
+                        && fs.iter().all(|&f| {
+                            let fpid = plan.procs[f].pid();
+                            ready.iter().any(|(p, _)| *p == fpid)
+                        })
+                    {
+                        wake(top)?;
+                    }
+                }
             }
             REPORT_ERROR => {
                 return Err(Error::task(
@@ -619,6 +841,11 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             }
             k => return Err(Error::task(pid, format!("unexpected report {k}"))),
         }
+    }
+    // The root's session helper exits once every process is in its group.
+    if let Some(h) = created.helper.take() {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None)
+            .map_err(|e| Error::sys(format!("reap helper {h}"), e))?;
     }
     // Each task closes its report end right after reporting; zombies are gone. EOF means no
     // fd of ours is left in any task.

@@ -9,7 +9,6 @@ use crate::engine::restore::{
     report, Plan, Proc, TaskImage, REPORT_CREATED, REPORT_ERROR, REPORT_READY,
 };
 use crate::error::{Error, Result};
-use crate::files::FileImages;
 use crate::mem::{self, Layout};
 use crate::regs;
 use crate::signals;
@@ -37,7 +36,10 @@ pub fn run_task(plan: &Plan, idx: usize) -> ! {
     }));
     let msg = match r {
         Ok(Ok(())) => {
-            sysfd::close(report_fd);
+            // A follower's report fd is the top of its fd table's, which still needs it.
+            if !plan.shares_files_with_parent(idx) {
+                sysfd::close(report_fd);
+            }
             match &plan.procs[idx] {
                 Proc::Zombie { exit_code, .. } => die_like(*exit_code),
                 Proc::Alive(_) => crate::sys::process::park_forever(),
@@ -48,6 +50,78 @@ pub fn run_task(plan: &Plan, idx: usize) -> ! {
     };
     report(report_fd, pid, REPORT_ERROR, msg.as_bytes());
     crate::sys::process::exit_now(1)
+}
+
+/// Runs in helper `h` of the plan (see `Helper`), right after its fork (by a task, or by the
+/// restorer for the root's session). Never returns.
+pub fn run_helper(plan: &Plan, h: usize) -> ! {
+    log::set_max_level(log::LevelFilter::Off);
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = crate::sys::signal::block_all();
+    for &(_, w) in &plan.go {
+        sysfd::close(w);
+    }
+    sysfd::close(plan.report.0);
+    let helper = &plan.helpers[h];
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_helper(plan, h)));
+    let msg = match r {
+        Ok(Ok(())) => crate::sys::process::exit_now(0),
+        Ok(Err(e)) => format!("helper for a gone session or group leader: {e}"),
+        Err(_) => "panic in a helper".to_owned(),
+    };
+    report(plan.report.1, helper.pid, REPORT_ERROR, msg.as_bytes());
+    crate::sys::process::exit_now(1)
+}
+
+fn become_helper(plan: &Plan, h: usize) -> Result<()> {
+    let helper = &plan.helpers[h];
+    let go = plan.go[plan.procs.len() + h].0;
+    if helper.session {
+        nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
+    } else {
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+            .map_err(|e| Error::sys("setpgid", e))?;
+    }
+    for &c in &helper.adopted {
+        // Our parent's child, born in our session.
+        let mut flags = libc::CLONE_PARENT as u64;
+        if shares_fs_with_parent(plan, c) {
+            flags |= libc::CLONE_FS as u64;
+        }
+        match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
+            Forked::Child => run_task(plan, c),
+            Forked::Parent(_) => {}
+        }
+    }
+    for &(r, _) in &plan.go {
+        if r != go {
+            sysfd::close(r);
+        }
+    }
+    report(plan.report.1, helper.pid, REPORT_CREATED, &[]);
+    wait_go(go)?;
+    // Every process exists now; the members of our group join it right after "go". Once they
+    // all have, the group lives on without us. (A member that is gone means the restore failed.)
+    let members: Vec<pid_t> = plan
+        .procs
+        .iter()
+        .filter(|p| p.pstree().pgid as pid_t == helper.pid)
+        .map(|p| p.pid())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while members.iter().any(|&m| {
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(m)))
+            .is_ok_and(|g| g.as_raw() != helper.pid)
+    }) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::InvalidOptions(format!(
+                "the members of process group {} did not join it",
+                helper.pid
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Ends this process the way the zombie it stands for ended: exit status or signal.
@@ -87,22 +161,58 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         patch_inherited(plan, idx, task)?;
     }
     drop_foreign_builds(plan, idx)?;
-    for &c in &plan.children[idx] {
-        match fork_with_pid(Some(plan.procs[c].pid()), 0)? {
+    // Children born into a session whose leader is gone are forked by its helper.
+    for &c in plan.children[idx]
+        .iter()
+        .filter(|&&c| plan.adopter(c).is_none())
+    {
+        let mut flags = 0;
+        if shares_fs_with_parent(plan, c) {
+            flags |= libc::CLONE_FS as u64;
+        }
+        if plan.shares_files_with_parent(c) {
+            flags |= libc::CLONE_FILES as u64;
+        }
+        match fork_with_pid(Some(plan.procs[c].pid()), flags)? {
             Forked::Child => run_task(plan, c),
             Forked::Parent(_) => {}
         }
     }
-    for (i, &(r, _)) in plan.go.iter().enumerate() {
-        if i != idx {
-            sysfd::close(r);
+    for (h, helper) in plan.helpers.iter().enumerate() {
+        if helper.parent != Some(idx) {
+            continue;
+        }
+        // The helper's adopted children get our cwd/root/umask through it when they share them.
+        let flags = if helper
+            .adopted
+            .iter()
+            .any(|&c| shares_fs_with_parent(plan, c))
+        {
+            libc::CLONE_FS as u64
+        } else {
+            0
+        };
+        match fork_with_pid(Some(helper.pid), flags)? {
+            Forked::Child => run_helper(plan, h),
+            Forked::Parent(_) => {}
+        }
+    }
+    // In an fd table shared with other processes, the others' "go" ends stay until the top of
+    // the sharers replaces the table (one of us closing them could take them from a process
+    // not forked yet).
+    if !in_shared_table(plan, idx) {
+        for (i, &(r, _)) in plan.go.iter().enumerate() {
+            if i != idx {
+                sysfd::close(r);
+            }
         }
     }
     report(*report_fd, pid, REPORT_CREATED, &[]);
     wait_go(go)?;
     // Every process exists now, so every process group does: join ours.
     if e.pgid as pid_t != pid && nix::unistd::getpgrp().as_raw() != e.pgid as pid_t {
-        let leader_outside = !plan.procs.iter().any(|q| q.pid() == e.pgid as pid_t);
+        let leader_outside = !plan.procs.iter().any(|q| q.pid() == e.pgid as pid_t)
+            && !plan.helpers.iter().any(|h| h.pid == e.pgid as pid_t);
         if !leader_outside {
             nix::unistd::setpgid(
                 nix::unistd::Pid::from_raw(0),
@@ -118,17 +228,69 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         .filter(|&&c| matches!(plan.procs[c], Proc::Zombie { .. }))
         .map(|&c| plan.procs[c].pid())
         .collect();
-    if !zombies.is_empty() {
-        for z in &zombies {
-            crate::sys::process::wait_exited_nowait(*z)?;
-        }
+    for z in &zombies {
+        crate::sys::process::wait_exited_nowait(*z)?;
+    }
+    // Our helpers exit once their groups are complete; nothing of them may remain.
+    let helpers: Vec<pid_t> = plan
+        .helpers
+        .iter()
+        .filter(|h| h.parent == Some(idx))
+        .map(|h| h.pid)
+        .collect();
+    for &h in &helpers {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(h), None)
+            .map_err(|err| Error::sys(format!("reap helper {h}"), err))?;
+    }
+    if !zombies.is_empty() || !helpers.is_empty() {
         crate::sys::signal::discard_pending(libc::SIGCHLD)?;
     }
     let Proc::Alive(task) = p else { return Ok(()) };
     let layout = plan.layouts[idx]
         .as_ref()
         .expect("live tasks have a layout");
-    build_self(task, &plan.files, layout, &plan.pool, go, report_fd)
+    build_self(plan, idx, task, layout, go, report_fd)
+}
+
+/// The part process `idx` takes in building its fd table.
+fn table_role(plan: &Plan, idx: usize) -> Table {
+    if plan.shares_files_with_parent(idx) {
+        return Table::Follower;
+    }
+    Table::Top(
+        plan.table_followers(idx)
+            .iter()
+            .filter_map(|&f| match &plan.procs[f] {
+                Proc::Alive(t) => Some(t.mm.exe_file_id),
+                Proc::Zombie { .. } => None,
+            })
+            .collect(),
+    )
+}
+
+/// Whether process `idx` shares its fd table with other processes of the tree.
+fn in_shared_table(plan: &Plan, idx: usize) -> bool {
+    plan.shares_files_with_parent(idx) || !plan.table_followers(idx).is_empty()
+}
+
+/// The part a process takes in building its fd table.
+enum Table {
+    /// The table is its own, or it is the top of the processes sharing it (CLONE_FILES): it
+    /// installs the table, and opens the executable for each of the others (the exe file ids
+    /// here, in `Plan::table_followers` order), whose fds it reports with its own.
+    Top(Vec<u32>),
+    /// It shares its parent's table: it leaves the table alone and reports ready before the top
+    /// of the sharers starts (the restorer holds the top's "go" until then).
+    Follower,
+}
+
+/// Whether process `idx` shares cwd, root and umask with its parent (CLONE_FS): it is forked
+/// with CLONE_FS and leaves them to the parent.
+fn shares_fs_with_parent(plan: &Plan, idx: usize) -> bool {
+    let (Some(p), Proc::Alive(t)) = (plan.parent[idx], &plan.procs[idx]) else {
+        return false;
+    };
+    matches!(&plan.procs[p], Proc::Alive(pt) if pt.ids.fs_id == t.ids.fs_id)
 }
 
 fn patch_inherited(plan: &Plan, idx: usize, task: &TaskImage) -> Result<()> {
@@ -201,33 +363,53 @@ fn drop_foreign_builds(plan: &Plan, idx: usize) -> Result<()> {
     Ok(())
 }
 
+/// Process `idx` (`task`) builds itself: control block, fd table, cwd, limits, signals, threads;
+/// then reports ready.
 fn build_self(
+    plan: &Plan,
+    idx: usize,
     task: &TaskImage,
-    files: &FileImages,
     layout: &Layout,
-    pool: &crate::files::Pool,
     go: RawFd,
     report_fd: &mut RawFd,
 ) -> Result<()> {
-    let exe = files.open_path(task.mm.exe_file_id, libc::O_RDONLY)?;
+    let files = &plan.files;
+    let pool = &plan.pool;
+    let fs_from_parent = shares_fs_with_parent(plan, idx);
+    let table = table_role(plan, idx);
     build_ctrl(layout)?;
-
-    let mut keep = [*report_fd, exe.into_raw_fd(), go];
-    let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep);
-    *report_fd = keep[0];
-    r?;
-    let exe_fd = keep[1];
-    sysfd::close(keep[2]);
-
-    let cwd = files.reg(task.fs.cwd_id)?.name.clone();
-    let root = files.reg(task.fs.root_id)?.name.clone();
-    if root != "/" {
-        nix::unistd::chroot(root.as_str()).map_err(|e| Error::sys(format!("chroot {root}"), e))?;
+    // The executable of every process of the table (ours first), for the tracer.
+    let mut exe_fds: Vec<RawFd> = Vec::new();
+    if let Table::Top(followers) = &table {
+        let mut keep = vec![*report_fd, go];
+        for &id in std::iter::once(&task.mm.exe_file_id).chain(followers) {
+            keep.push(files.open_path(id, libc::O_RDONLY)?.into_raw_fd());
+        }
+        let sharers: Vec<pid_t> = plan
+            .table_followers(idx)
+            .iter()
+            .map(|&f| plan.procs[f].pid())
+            .collect();
+        let r = crate::files::install_from_pool(&task.fdinfo, pool, files, &mut keep, &sharers);
+        *report_fd = keep[0];
+        r?;
+        sysfd::close(keep[1]);
+        exe_fds.extend_from_slice(&keep[2..]);
     }
-    nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        task.fs.umask.unwrap_or(0o22),
-    ));
+
+    // With CLONE_FS they are the parent's, which sets them.
+    if !fs_from_parent {
+        let cwd = files.reg(task.fs.cwd_id)?.name.clone();
+        let root = files.reg(task.fs.root_id)?.name.clone();
+        if root != "/" {
+            nix::unistd::chroot(root.as_str())
+                .map_err(|e| Error::sys(format!("chroot {root}"), e))?;
+        }
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("chdir {cwd}"), e))?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            task.fs.umask.unwrap_or(0o22),
+        ));
+    }
 
     let tc = task.tc();
     if let Some(rl) = &tc.rlimits {
@@ -283,7 +465,13 @@ fn build_self(
         }
     }
 
-    report(*report_fd, task.pid, REPORT_READY, &exe_fd.to_ne_bytes());
+    // A follower's executable is opened by the top of its table, which reports it.
+    let body: Vec<u8> = if exe_fds.is_empty() {
+        (-1 as RawFd).to_ne_bytes().to_vec()
+    } else {
+        exe_fds.iter().flat_map(|fd| fd.to_ne_bytes()).collect()
+    };
+    report(*report_fd, task.pid, REPORT_READY, &body);
     Ok(())
 }
 

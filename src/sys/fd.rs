@@ -268,3 +268,50 @@ pub fn dup_above(fd: std::os::fd::BorrowedFd<'_>, min: RawFd) -> Result<std::os:
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
 }
+
+/// memfd_create(name, flags), close-on-exec.
+pub fn memfd_create(name: &str, flags: u32) -> Result<std::os::fd::OwnedFd> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| Error::InvalidOptions(format!("memfd name {name:?} holds a NUL byte")))?;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd returned is ours.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags | libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::last(format!("memfd_create({name:?}, {flags:#x})")));
+    }
+    Ok(owned(fd))
+}
+
+/// F_GET_SEALS: the seals (F_SEAL_*) of a memfd or shmem file.
+pub fn get_seals(fd: std::os::fd::BorrowedFd<'_>) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl without argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if r < 0 {
+        return Err(Error::last("fcntl(F_GET_SEALS)"));
+    }
+    Ok(r as u32)
+}
+
+/// F_ADD_SEALS.
+pub fn add_seals(fd: std::os::fd::BorrowedFd<'_>, seals: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl with an integer argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) };
+    if r < 0 {
+        return Err(Error::last(format!("fcntl(F_ADD_SEALS, {seals:#x})")));
+    }
+    Ok(())
+}
+
+/// fstatfs' f_type: which filesystem a file is on.
+pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> Result<i64> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the struct we pass.
+    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Error::last("fstatfs"));
+    }
+    // SAFETY: filled by a successful fstatfs.
+    Ok(unsafe { st.assume_init() }.f_type)
+}
