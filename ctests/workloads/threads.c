@@ -125,9 +125,13 @@ int main(int argc, char **argv)
 	/* 2: the spinning threads still run */
 	unsigned long before[N];
 	for (int i = 0; i < 4; i++) before[i] = counters[i];
-	usleep(50000);
-	for (int i = 0; i < 4; i++)
+	/* Each must move within 5 s: on a loaded machine a thread can wait long for a core. */
+	for (int i = 0; i < 4; i++) {
+		int waited = 0;
+		while (counters[i] == before[i] && waited++ < 5000)
+			usleep(1000);
 		if (counters[i] == before[i]) return 102;
+	}
 	/* 3: the sleeper wakes up when signalled (SIGUSR2 would be blocked only in 6) */
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGURG, &sa, NULL);
