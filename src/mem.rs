@@ -1266,12 +1266,17 @@ pub fn premap(
     pages: &PageFile,
     open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
     inherited: &[bool],
+    lazy: &[bool],
 ) -> Result<u64> {
     use crate::sys::mm;
     use std::os::fd::AsFd;
 
     let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
-    let segments = page_segments(vmas, pagemap)?;
+    // Pages of lazy VMAs stay out: the lazy-pages daemon delivers them.
+    let segments: Vec<_> = page_segments(vmas, pagemap)?
+        .into_iter()
+        .filter(|s| !lazy[s.0])
+        .collect();
     for (s, e) in cow_ranges(pagemap) {
         let inside = vmas
             .iter()

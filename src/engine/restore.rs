@@ -388,6 +388,13 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     check_pids(&plan)?;
+    // Lazy restore: the daemon must be there before anything is built.
+    let handoff = if opts.lazy_pages {
+        Some(crate::lazy::Handoff::connect(opts.work_dir())?)
+    } else {
+        None
+    };
+    let lazy = lazy_vmas(&plan, opts.lazy_pages);
     if procfs::threads(std::process::id() as pid_t)?.len() != 1 {
         return Err(Error::InvalidOptions(
             "restore must run in a single-threaded process".into(),
@@ -474,7 +481,13 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     notify.notify("pre-restore", 0, None)?;
     // Every task's memory, built here and inherited through the forks.
     let mut pages_restored = 0;
-    for ((p, layout), inh) in plan.procs.iter().zip(&plan.layouts).zip(&inherited) {
+    for (((p, layout), inh), lz) in plan
+        .procs
+        .iter()
+        .zip(&plan.layouts)
+        .zip(&inherited)
+        .zip(&lazy)
+    {
         let (Proc::Alive(t), Some(layout)) = (p, layout) else {
             continue;
         };
@@ -485,6 +498,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             &t.pages,
             &|id, flags| plan.files.open_path(id, flags),
             inh,
+            lz,
         )?;
     }
     for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
@@ -650,6 +664,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             plan.layouts[i].as_ref().unwrap(),
             &plan.shared,
             r,
+            handoff.as_ref().map(|h| (h, lazy[i].as_slice())),
         )?);
     }
     notify.notify("post-restore", root_pid, None)?;
@@ -694,6 +709,37 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         plan.procs.len()
     );
     Ok(RestoreOutcome { pid: root_pid })
+}
+
+/// Per process, per VMA: whether its pages are left to the lazy-pages daemon. Memory a child
+/// inherits from its parent is restored eagerly on both sides: the child compares its saved
+/// pages with what it inherits, and keeps the parent's where it recorded them as shared.
+fn lazy_vmas(plan: &Plan, lazy_pages: bool) -> Vec<Vec<bool>> {
+    let mut lazy: Vec<Vec<bool>> = plan
+        .procs
+        .iter()
+        .zip(&plan.inherit)
+        .map(|(p, inh)| match p {
+            Proc::Alive(t) if lazy_pages => {
+                t.mm.vmas
+                    .iter()
+                    .zip(inh)
+                    .map(|(v, from)| from.is_none() && crate::lazy::can_be_lazy(v))
+                    .collect()
+            }
+            Proc::Alive(t) => vec![false; t.mm.vmas.len()],
+            Proc::Zombie { .. } => Vec::new(),
+        })
+        .collect();
+    for (i, inh) in plan.inherit.iter().enumerate() {
+        let Some(p) = plan.parent[i] else { continue };
+        for pv in inh.iter().flatten() {
+            if let Some(x) = lazy[p].get_mut(*pv) {
+                *x = false;
+            }
+        }
+    }
+    lazy
 }
 
 /// Reads until every writer is gone (EOF), with a time limit.
