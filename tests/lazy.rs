@@ -164,3 +164,45 @@ fn daemon_killed_mid_transfer_kills_the_restored_task() {
         "{log}"
     );
 }
+
+/// A tree of six processes (two sessions, a zombie; ctests/workloads/tree.c) restored with
+/// --lazy-pages: memory a child inherited from its parent is restored eagerly on both sides (here
+/// that is all of it), and the daemon, given nothing, ends with the restore.
+#[test]
+fn lazy_restore_of_a_process_tree() {
+    become_subreaper();
+    let s = Scratch::new("lazy-tree");
+    let bin = workload("tree");
+    let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let ready: Vec<i32> = s
+        .wait_file("ready", T)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let root = ready[0];
+    let pids: Vec<i32> = ["R", "A", "B", "A1", "B1", "Z"]
+        .iter()
+        .map(|n| {
+            s.read(&format!("ids.{n}"))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    s.dump(root, &[]);
+    let _ = child.wait();
+    for &p in &pids[1..] {
+        let _ = wait_exit(p, T);
+    }
+    let mut daemon = start_daemon(&s);
+    assert_eq!(s.restore(&["--lazy-pages"]), root);
+    for &p in &pids[..5] {
+        assert!(kill(p, libc::SIGUSR1));
+    }
+    assert_eq!(wait_exit(root, T), 0, "a lazily restored process failed its checks");
+    let st = wait_child(&mut daemon.0, T);
+    let log = s.log("lazy.log");
+    assert!(st.success(), "{log}");
+}
