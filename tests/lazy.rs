@@ -201,7 +201,11 @@ fn lazy_restore_of_a_process_tree() {
     for &p in &pids[..5] {
         assert!(kill(p, libc::SIGUSR1));
     }
-    assert_eq!(wait_exit(root, T), 0, "a lazily restored process failed its checks");
+    assert_eq!(
+        wait_exit(root, T),
+        0,
+        "a lazily restored process failed its checks"
+    );
     let st = wait_child(&mut daemon.0, T);
     let log = s.log("lazy.log");
     assert!(st.success(), "{log}");
