@@ -182,8 +182,11 @@ impl LocalImages {
 }
 
 impl PageSource for LocalImages {
+    /// Only the pages of the last images themselves: those of parent images (pre-dumps) were
+    /// restored before the tasks ran.
     fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>> {
-        Ok(self.task(id)?.runs.iter().map(|r| (r.0, r.1)).collect())
+        self.task(id)?;
+        Ok(crate::images::pages::own_ranges(&self.dir, id)?.unwrap_or_default())
     }
 
     fn read(&mut self, id: pid_t, addr: u64, buf: &mut [u8]) -> Result<()> {

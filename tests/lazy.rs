@@ -39,8 +39,12 @@ fn dump_workload(s: &Scratch, mib: u32) -> i32 {
 
 /// `criu lazy-pages -D img`, once its socket is there.
 fn start_daemon(s: &Scratch) -> KillOnDrop {
+    start_daemon_in(s, "img")
+}
+
+fn start_daemon_in(s: &Scratch, dir: &str) -> KillOnDrop {
     let child = Command::new(CRIU)
-        .args(["lazy-pages", "-D", "img", "-o", "lazy.log", "-v4"])
+        .args(["lazy-pages", "-D", dir, "-o", "lazy.log", "-v4"])
         .current_dir(&s.dir)
         .env_remove("CRIU_CONFIG_FILE")
         .stdin(Stdio::null())
@@ -48,10 +52,10 @@ fn start_daemon(s: &Scratch) -> KillOnDrop {
         .stderr(Stdio::null())
         .spawn()
         .expect("run criu lazy-pages");
-    let sock = s.img().join("lazy-pages.socket");
+    let sock = s.path(dir).join("lazy-pages.socket");
     let t0 = Instant::now();
     while !sock.exists() {
-        assert!(t0.elapsed() < T, "no socket; log: {}", s.log("lazy.log"));
+        assert!(t0.elapsed() < T, "no socket in {dir}");
         std::thread::sleep(Duration::from_millis(2));
     }
     KillOnDrop(child)
@@ -209,4 +213,64 @@ fn lazy_restore_of_a_process_tree() {
     let st = wait_child(&mut daemon.0, T);
     let log = s.log("lazy.log");
     assert!(st.success(), "{log}");
+}
+
+/// Pre-copy, then post-copy: a pre-dump while the task runs, a dump that holds only what changed
+/// since, and a lazy restore from it. The pages of the pre-dump are restored before the task runs;
+/// only those of the last dump (a few: the task sat idle) come through the daemon.
+#[test]
+fn lazy_restore_after_a_pre_dump_serves_only_the_last_changes() {
+    become_subreaper();
+    let s = Scratch::new("lazy-predump");
+    let bin = workload("lazy");
+    let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap(), "64"]);
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    let pid_s = pid.to_string();
+    let criu_in = |dir: &str, args: &[&str]| {
+        std::fs::create_dir_all(s.path(dir)).unwrap();
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["-D", dir, "-o", "log", "-v4"]);
+        let out = s.criu(&all);
+        assert!(
+            out.status.success(),
+            "criu {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.read(&format!("{dir}/log"))
+        );
+    };
+    criu_in("1", &["pre-dump", "-t", &pid_s]);
+    criu_in(
+        "2",
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "--track-mem",
+            "--prev-images-dir",
+            "../1",
+        ],
+    );
+    assert_eq!(child.wait().unwrap().code(), None, "the dump ends the task");
+    let mut daemon = start_daemon_in(&s, "2");
+    criu_in(
+        "2",
+        &["restore", "-d", "--pidfile", "restored.pid", "--lazy-pages"],
+    );
+    let restored: i32 = s.read("2/restored.pid").trim().parse().unwrap();
+    assert_eq!(restored, pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(wait_exit(pid, T), 0, "{}", s.read("result"));
+    assert!(wait_child(&mut daemon.0, T).success());
+    let log = s.read("2/lazy.log");
+    let kib: u64 = log
+        .split("serving ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("no lazy memory served: {log}"));
+    eprintln!("lazy after a pre-dump: {kib} KiB");
+    assert!(
+        kib > 0 && kib < 4096,
+        "{kib} KiB were lazy; the pre-dump held almost all of the 64 MiB: {log}"
+    );
 }

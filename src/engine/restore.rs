@@ -395,6 +395,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     let lazy = lazy_vmas(&plan, opts.lazy_pages);
+    let left_out = lazy_pages(&dir, &plan, &lazy)?;
     if procfs::threads(std::process::id() as pid_t)?.len() != 1 {
         return Err(Error::InvalidOptions(
             "restore must run in a single-threaded process".into(),
@@ -486,7 +487,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         .iter()
         .zip(&plan.layouts)
         .zip(&inherited)
-        .zip(&lazy)
+        .zip(&left_out)
     {
         let (Proc::Alive(t), Some(layout)) = (p, layout) else {
             continue;
@@ -740,6 +741,34 @@ fn lazy_vmas(plan: &Plan, lazy_pages: bool) -> Vec<Vec<bool>> {
         }
     }
     lazy
+}
+
+/// Per process: the pages left to the lazy-pages daemon, sorted. Those of its lazy VMAs whose
+/// data is in the last images' own pages file: after pre-dumps, only what was written since the
+/// last one; pages the pre-dumps hold are restored before the task runs.
+fn lazy_pages(dir: &ImageDir, plan: &Plan, lazy: &[Vec<bool>]) -> Result<Vec<Vec<(u64, u64)>>> {
+    let mut out = Vec::with_capacity(plan.procs.len());
+    for (p, lz) in plan.procs.iter().zip(lazy) {
+        let Proc::Alive(t) = p else {
+            out.push(Vec::new());
+            continue;
+        };
+        if !lz.iter().any(|&l| l) {
+            out.push(Vec::new());
+            continue;
+        }
+        let own = crate::images::pages::own_ranges(dir, t.pid)?.unwrap_or_default();
+        let mut left = Vec::new();
+        for (v, _) in t.mm.vmas.iter().zip(lz).filter(|(_, &l)| l) {
+            let first = own.partition_point(|r| r.1 <= v.start);
+            for r in own[first..].iter().take_while(|r| r.0 < v.end) {
+                left.push((r.0.max(v.start), r.1.min(v.end)));
+            }
+        }
+        left.sort_unstable();
+        out.push(left);
+    }
+    Ok(out)
 }
 
 /// Reads until every writer is gone (EOF), with a time limit.
