@@ -274,3 +274,44 @@ fn lazy_restore_after_a_pre_dump_serves_only_the_last_changes() {
         "{kib} KiB were lazy; the pre-dump held almost all of the 64 MiB: {log}"
     );
 }
+
+/// The same through libcriu's C API (its default embedded server): `lazy_pages` is a feature it
+/// reports, and `criu_local_set_lazy_pages` makes `criu_local_restore` a lazy one.
+#[test]
+fn lazy_restore_through_the_library() {
+    use criu::capi::ffi::{CBool, FeatureCheck};
+    use criu::capi::ops::*;
+    use criu::capi::opts::*;
+    become_subreaper();
+    let s = Scratch::new("lazy-lib");
+    let pid = dump_workload(&s, 64);
+    let mut daemon = start_daemon(&s);
+    let mut o = std::ptr::null_mut();
+    unsafe {
+        assert_eq!(criu_local_init_opts(&mut o), 0);
+        let mut f = FeatureCheck {
+            mem_track: 0,
+            lazy_pages: 1,
+            pidfd_store: 0,
+        };
+        assert_eq!(criu_local_feature_check(o, &mut f, 3), 0);
+        assert_eq!(f.lazy_pages, 1, "lazy_pages is reported");
+        (*o).rpc.images_dir = Some(s.img().to_str().unwrap().into());
+        criu_local_set_lazy_pages(o, CBool::from(true));
+        let restored = criu_local_restore(o);
+        criu_local_free_opts(o);
+        assert_eq!(restored, pid, "criu_local_restore: {}", s.log("lazy.log"));
+    }
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(wait_exit(pid, T), 0, "{}", s.read("result"));
+    let st = wait_child(&mut daemon.0, T);
+    let log = s.log("lazy.log");
+    assert!(st.success() && log.contains("all pages delivered"), "{log}");
+    let kib: u64 = log
+        .split("serving ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
+    assert!(kib > 60 << 10, "the 64 MiB came through the daemon: {log}");
+}
