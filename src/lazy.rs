@@ -496,7 +496,14 @@ pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
             let _ = std::fs::remove_file(&path);
             crate::sys::process::exit_now(code)
         }
-        crate::sys::clone::Forked::Parent(server) => guard(server, &pid_r, &path),
+        crate::sys::clone::Forked::Parent(server) => {
+            // Ctrl-C, a hangup or a plain kill reach the server too (same process group, or
+            // sent to it): the guard outlives it to kill the tasks, not their memory.
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                crate::sys::signal::set_action(sig as u32, libc::SIG_IGN as u64, 0, 0, 0)?;
+            }
+            guard(server, &pid_r, &path)
+        }
     }
 }
 
@@ -608,10 +615,13 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
             break;
         }
         let (ready, conn_ready) = {
-            let mut fds: Vec<PollFd> = server
-                .spaces
+            // Spaces whose process is gone stay out: their descriptor may poll as ready forever.
+            let polled: Vec<usize> = (0..server.spaces.len())
+                .filter(|&i| !server.spaces[i].gone)
+                .collect();
+            let mut fds: Vec<PollFd> = polled
                 .iter()
-                .map(|s| PollFd::new(s.uffd.as_fd(), PollFlags::POLLIN))
+                .map(|&i| PollFd::new(server.spaces[i].uffd.as_fd(), PollFlags::POLLIN))
                 .collect();
             if restoring {
                 fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
@@ -630,7 +640,13 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             let conn_ready = restoring && ev[ev.len() - 1];
-            (ev, conn_ready)
+            let ready: Vec<usize> = polled
+                .iter()
+                .zip(&ev)
+                .filter(|(_, &r)| r)
+                .map(|(&i, _)| i)
+                .collect();
+            (ready, conn_ready)
         };
         if conn_ready {
             match crate::sys::sock::recv_packet(conn.as_fd()) {
@@ -646,10 +662,8 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
                 Err(e) => return Err(Error::sys("receive from the restorer", e)),
             }
         }
-        for (i, &r) in ready.iter().enumerate().take(server.spaces.len()) {
-            if r && !server.spaces[i].gone {
-                server.drain(i, &mut faults)?;
-            }
+        for i in ready {
+            server.drain(i, &mut faults)?;
         }
         let mut again = Vec::new();
         for (i, addr) in std::mem::take(&mut faults) {
