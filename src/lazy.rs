@@ -342,8 +342,9 @@ impl Server<'_> {
                     self.spaces[i].left.put(start + at, end, src + at);
                     return Ok(Fill::Again);
                 }
-                // No registered mapping there any more: an unmap raced with us.
-                Some(Errno::ENOENT) => return Ok(Fill::Done),
+                // No registered mapping at this page any more (its unmap is being reported):
+                // nothing to place here, but the next pages may still be mapped.
+                Some(Errno::ENOENT) => at += PAGE_SIZE,
                 Some(Errno::ESRCH) => return Ok(Fill::Gone),
                 Some(e) => {
                     return Err(Error::sys(
@@ -354,6 +355,24 @@ impl Server<'_> {
                         ),
                         e,
                     ))
+                }
+            }
+        }
+        Ok(Fill::Done)
+    }
+
+    /// Fills pieces taken out of space `i`'s bookkeeping; when it has to stop early, what was
+    /// not placed goes back (never dropped: it would read as zeros later).
+    fn fill_pieces(&mut self, i: usize, pieces: Vec<(u64, u64, u64)>) -> Result<Fill> {
+        let mut pieces = pieces.into_iter();
+        while let Some((s, e, src)) = pieces.next() {
+            match self.fill(i, s, e, src)? {
+                Fill::Done => {}
+                other => {
+                    for (s, e, src) in pieces {
+                        self.spaces[i].left.put(s, e, src);
+                    }
+                    return Ok(other);
                 }
             }
         }
@@ -381,13 +400,8 @@ impl Server<'_> {
         let end = e.min(page + FAULT_CHUNK);
         self.faults += 1;
         self.last_fault = Some(Instant::now());
-        for (s, e, src) in self.spaces[i].left.take(page, end) {
-            match self.fill(i, s, e, src)? {
-                Fill::Done => {}
-                other => return Ok(other),
-            }
-        }
-        Ok(Fill::Done)
+        let pieces = self.spaces[i].left.take(page, end);
+        self.fill_pieces(i, pieces)
     }
 
     /// Reads every message queued on space `i`: events are applied at once, faults queued.
@@ -455,13 +469,10 @@ impl Server<'_> {
         let (&s, &(e, _)) = self.spaces[i].left.0.iter().next().expect("not empty");
         let busy = self.last_fault.is_some_and(|t| t.elapsed() < BUSY_FOR);
         let end = e.min(s + if busy { PUSH_CHUNK_BUSY } else { PUSH_CHUNK });
-        for (a, b, src) in self.spaces[i].left.take(s, end) {
-            self.pushed += b - a;
-            match self.fill(i, a, b, src)? {
-                Fill::Done => {}
-                Fill::Again => break,
-                Fill::Gone => self.spaces[i].gone = true,
-            }
+        let pieces = self.spaces[i].left.take(s, end);
+        self.pushed += pieces.iter().map(|p| p.1 - p.0).sum::<u64>();
+        if let Fill::Gone = self.fill_pieces(i, pieces)? {
+            self.spaces[i].gone = true;
         }
         Ok(true)
     }
