@@ -710,3 +710,61 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
     let _ = conn.as_raw_fd();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn left(ranges: &[(u64, u64)]) -> Left {
+        let mut l = Left::default();
+        for &(s, e) in ranges {
+            l.put(s, e, s);
+        }
+        l
+    }
+
+    fn all(l: &Left) -> Vec<(u64, u64, u64)> {
+        l.0.iter().map(|(&s, &(e, src))| (s, e, src)).collect()
+    }
+
+    #[test]
+    fn take_cuts_runs_and_keeps_their_saved_addresses() {
+        let mut l = left(&[(0x1000, 0x5000), (0x8000, 0xa000)]);
+        assert_eq!(
+            l.take(0x3000, 0x9000),
+            vec![(0x3000, 0x5000, 0x3000), (0x8000, 0x9000, 0x8000)]
+        );
+        assert_eq!(
+            all(&l),
+            vec![(0x1000, 0x3000, 0x1000), (0x9000, 0xa000, 0x9000)]
+        );
+        assert!(l.take(0x5000, 0x8000).is_empty());
+        assert_eq!(l.bytes(), 0x3000);
+    }
+
+    #[test]
+    fn remap_moves_what_is_left_and_the_saved_address_follows() {
+        let mut l = left(&[(0x10000, 0x14000)]);
+        // The first page was delivered; then the task moved the region.
+        l.take(0x10000, 0x11000);
+        for (s, e, src) in l.take(0x10000, 0x14000) {
+            l.put(s - 0x10000 + 0x50000, e - 0x10000 + 0x50000, src);
+        }
+        assert_eq!(all(&l), vec![(0x51000, 0x54000, 0x11000)]);
+        assert_eq!(l.find(0x52fff), Some((0x51000, 0x54000, 0x11000)));
+        assert_eq!(l.find(0x50000), None);
+        assert_eq!(l.find(0x11000), None);
+    }
+
+    #[test]
+    fn handoff_messages_parse_or_are_refused() {
+        let mut m = 42i32.to_ne_bytes().to_vec();
+        for v in [0x1000u64, 0x3000, 0x5000, 0x4000, 0x7001, 0x9000] {
+            m.extend_from_slice(&v.to_ne_bytes());
+        }
+        // Empty and unaligned ranges are dropped.
+        assert_eq!(parse_handoff(&m), Some((42, vec![(0x1000, 0x3000)])));
+        assert_eq!(parse_handoff(&m[..5]), None);
+        assert_eq!(parse_handoff(&[]), None);
+    }
+}
