@@ -482,15 +482,22 @@ impl Server<'_> {
 /// images in `images_dir`. Returns when every page was delivered (or every task is gone).
 pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
     let path = work_dir.join(SOCKET_NAME);
-    let listener = crate::sys::sock::listen_seqpacket(&path)
-        .map_err(|e| Error::sys(format!("listen at {}", path.display()), e))?;
+    // Bound and listening under another name first, so that the socket's name appears only
+    // when a restore can connect (one that sees it earlier would be refused).
+    let tmp = work_dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
+    let listener = crate::sys::sock::listen_seqpacket(&tmp)
+        .map_err(|e| Error::sys(format!("listen at {}", tmp.display()), e))?;
     // Whoever hands us a userfaultfd gets the images' pages copied into its process: only our
     // own user may connect.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
     }
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("rename {} to {}", tmp.display(), path.display()), e)
+    })?;
     let (pid_r, pid_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
     log::info!("lazy-pages: listening at {}", path.display());
