@@ -361,6 +361,19 @@ impl Server<'_> {
         Ok(Fill::Done)
     }
 
+    /// The process of space `i` is gone: what it did not receive is nobody's any more.
+    fn set_gone(&mut self, i: usize) {
+        let sp = &mut self.spaces[i];
+        if !sp.gone {
+            log::info!(
+                "pid {:?} is gone with {} KiB not delivered",
+                sp.pid,
+                sp.left.bytes() >> 10
+            );
+            sp.gone = true;
+        }
+    }
+
     /// Fills pieces taken out of space `i`'s bookkeeping; when it has to stop early, what was
     /// not placed goes back (never dropped: it would read as zeros later).
     fn fill_pieces(&mut self, i: usize, pieces: Vec<(u64, u64, u64)>) -> Result<Fill> {
@@ -472,7 +485,7 @@ impl Server<'_> {
         let pieces = self.spaces[i].left.take(s, end);
         self.pushed += pieces.iter().map(|p| p.1 - p.0).sum::<u64>();
         if let Fill::Gone = self.fill_pieces(i, pieces)? {
-            self.spaces[i].gone = true;
+            self.set_gone(i);
         }
         Ok(true)
     }
@@ -691,7 +704,7 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
             match server.fault(i, addr)? {
                 Fill::Done => {}
                 Fill::Again => again.push((i, addr)),
-                Fill::Gone => server.spaces[i].gone = true,
+                Fill::Gone => server.set_gone(i),
             }
         }
         faults = again;
