@@ -15,6 +15,11 @@
 //! waits for it. If the server dies before its work is done, the guard still holds every
 //! userfaultfd (faulting tasks keep waiting instead of reading zeros), kills the restored tasks
 //! and their descendants, says so in the log, and only then lets the descriptors go.
+//!
+//! Limits: memory a child shares copy-on-write with its parent (both sides) and locked memory
+//! are restored eagerly; pages still undelivered when a task forks are delivered to parent and
+//! child separately (no longer shared); if the guard and the server are both SIGKILLed, the
+//! kernel is left to treat missing pages as zeros (nothing in user space can prevent that).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
