@@ -27,6 +27,7 @@ pub mod freeze;
 pub mod fsnotify;
 pub mod ghost;
 pub mod kerndat;
+pub mod lazy;
 pub mod logging;
 pub mod mem;
 pub mod memfd;

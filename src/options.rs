@@ -270,7 +270,6 @@ impl Options {
             (!self.external.is_empty(), "external"),
             (!self.inherit_fd.is_empty(), "inherit-fd"),
             (self.page_server.is_some(), "page-server"),
-            (self.lazy_pages, "lazy-pages"),
             (self.tls.enabled, "tls"),
             (
                 !matches!(

@@ -160,7 +160,14 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             ));
         }
         Action::PageServer => return Err(CliError::CommandNotSupported("page-server")),
-        Action::LazyPages => return Err(CliError::CommandNotSupported("lazy-pages")),
+        Action::LazyPages => {
+            // Serving from a remote page server comes with the page server.
+            if opts.page_server.is_some() {
+                return Err(CliError::NotSupported(
+                    flag_spelling("page-server").to_string(),
+                ));
+            }
+        }
         Action::CpuinfoDump => return Err(CliError::CommandNotSupported("cpuinfo dump")),
         Action::CpuinfoCheck => return Err(CliError::CommandNotSupported("cpuinfo check")),
         Action::Swrk(_) => unreachable!("handled above"),
@@ -231,6 +238,11 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             if !opts.restore_detached {
                 wait_for_restored_tree(outcome.pid);
             }
+            Ok(0)
+        }
+        Action::LazyPages => {
+            crate::lazy::run_daemon(&opts.images_dir, opts.work_dir())?;
+            log::info!("lazy-pages: every page was delivered");
             Ok(0)
         }
         _ => unreachable!("refused above"),

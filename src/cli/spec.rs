@@ -29,7 +29,7 @@ Commands:
   restore        rebuild a process tree from images
   check          report which kernel mechanisms and features this machine and build offer
   page-server    receive pages from a remote dump (not supported yet)
-  lazy-pages     serve memory of a lazily restored tree (not supported yet)
+  lazy-pages     serve memory of a lazily restored tree from the images
   service        serve RPC requests on a socket
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
   cpuinfo dump   write CPU information into an image (not supported yet)
@@ -198,7 +198,7 @@ pub fn command() -> Command {
     );
     c = c.arg(flag(
         "lazy-pages",
-        "restore memory on demand from 'criu lazy-pages' (not supported yet)",
+        "restore: memory on demand from 'criu lazy-pages' (dump: not supported yet)",
     ));
     c = negatable(
         c,

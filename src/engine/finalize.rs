@@ -74,6 +74,7 @@ pub fn finalize(
     layout: &Layout,
     shared: &[(u64, u64)],
     ready: &Ready,
+    lazy: Option<(&crate::lazy::Handoff, &[bool])>,
 ) -> Result<Vec<Tracee>> {
     let pid = task.pid;
     stop(tracee)?;
@@ -167,6 +168,11 @@ pub fn finalize(
                 [v.start, v.end - v.start, advice as u64, 0, 0, 0],
             )?;
         }
+    }
+    // Lazy memory is in place and still empty: register it before anything can touch it (and
+    // before credentials change, which could forbid a userfaultfd).
+    if let Some((handoff, lazy)) = lazy {
+        hand_over_lazy(&ctl, handoff, &task.mm.vmas, lazy)?;
     }
     // Shared anonymous memory: a new mapping of the object built by the restorer (mremap with
     // old size 0 maps the same pages again).
@@ -355,6 +361,33 @@ pub fn finalize(
         t.set_sigmask(blocked)?;
     }
     Ok(others)
+}
+
+/// Creates the task's userfaultfd (inside it: a userfaultfd serves the mm of its creator),
+/// takes a copy, closes the task's own, and hands the lazy VMAs over to the daemon.
+fn hand_over_lazy(
+    ctl: &Ctl,
+    handoff: &crate::lazy::Handoff,
+    vmas: &[pb::VmaEntry],
+    lazy: &[bool],
+) -> Result<()> {
+    let ranges: Vec<(u64, u64)> = vmas
+        .iter()
+        .zip(lazy)
+        .filter(|(_, &l)| l)
+        .map(|(v, _)| (v.start, v.end))
+        .collect();
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let fd = ctl.sys(
+        "userfaultfd",
+        libc::SYS_userfaultfd,
+        [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+    )?;
+    let uffd = crate::sys::pidfd::PidFd::open(ctl.pid)?.get_fd(fd as i32);
+    ctl.sys("close(userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    handoff.hand_over(ctl.pid, std::os::fd::AsFd::as_fd(&uffd?), &ranges)
 }
 
 /// Lets a finalized task run: its threads, then its leader.
