@@ -214,3 +214,52 @@ fn unsupported_socket_fails_and_leaves_task_running() {
     assert!(kill(pid, libc::SIGKILL));
     let _ = child.wait();
 }
+
+/// A signal sent while the task is frozen (here by a post-dump action script) reaches it once
+/// the dump lets it go, and its pause() or sigsuspend() returns EINTR after the handler ran, as
+/// without the dump: the kernel, not the dumper, finishes the interrupted call.
+#[test]
+fn signal_during_leave_running_dump_ends_pause_with_eintr() {
+    become_subreaper();
+    let bin = workload("pause");
+    for how in ["pause", "suspend"] {
+        let s = Scratch::new(&format!("pause-{how}"));
+        let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap(), how]);
+        let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+        // Inside the call (state S), not on its way there.
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") S ")
+        {
+            assert!(t0.elapsed() < T, "the workload never went to sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let script = s.path("signal.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] && kill -USR1 {pid}\nexit 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        s.dump(
+            pid,
+            &[
+                "--leave-running",
+                "--action-script",
+                script.to_str().unwrap(),
+            ],
+        );
+        let woke = s.wait_file("woke", Duration::from_secs(10));
+        assert_eq!(
+            woke.trim(),
+            format!("woke -1 {} 1", libc::EINTR),
+            "{how}: the call did not end as the signal says"
+        );
+        assert!(child.wait().unwrap().success());
+    }
+}
