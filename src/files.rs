@@ -2,7 +2,7 @@
 //! Regular files and directories are reopened by path with their flags and offset (O_PATH fds
 //! too, also of symlinks, FIFOs and sockets); character devices by path; deleted files from the
 //! contents saved with them (ghost.rs); with --shell-job, a terminal inherited from the shell
-//! is replaced by the restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets
+//! is replaced by the restorer's own terminal (ptys of the tree are made again: tty.rs). Pipes and FIFOs (pipes.rs), unix sockets
 //! (unix.rs), eventfds (eventfd.rs), epolls (eventpoll.rs), signalfds (signalfd.rs),
 //! timerfds (timerfd.rs), inotify and fanotify (fsnotify.rs) and pidfds (pidfd.rs) are created
 //! anew with their state; file locks come with --file-locks (filelocks.rs).
@@ -75,6 +75,7 @@ pub struct FileTable {
     /// Pidfds of live processes as (process, holder pid, holder fd): the process must be one of
     /// the dump.
     pidfd_targets: Vec<(pid_t, pid_t, i32)>,
+    ttys: crate::tty::TtyDump,
 }
 
 impl FileTable {
@@ -183,6 +184,7 @@ impl FileTable {
                 ));
             }
         }
+        refused.extend(self.ttys.check());
         match self.unix.check_peers() {
             Ok(()) => {}
             Err(e @ Error::Unsupported { .. }) => refused.push(e),
@@ -221,6 +223,7 @@ impl FileTable {
         self.pipes.write_images(dir)?;
         self.ghosts.write_images(dir)?;
         self.locks.write_images(dir)?;
+        self.ttys.write_images(dir)?;
         self.unix.write_images(dir)
     }
 }
@@ -362,6 +365,7 @@ pub fn dump_fds(
     let pidfd = OnceCell::new();
     // Memory trackers (track.rs) are ours, not the task's: its own, or one a child inherited.
     let ours = crate::track::fds_in_task(pid, memory_trackers);
+    files.ttys.note_task(pid)?;
     for fd in procfs::fds(pid)?
         .into_iter()
         .filter(|fd| !ours.contains(fd))
@@ -570,23 +574,8 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
         return Ok(pb::FdTypes::Reg);
     }
     if is_tty(&meta) {
-        if !shell_job {
-            return Err(fd.unsupported(format!(
-                "terminal {target}: use --shell-job to restore it on the restorer's terminal"
-            )));
-        }
-        files.entries.push(pb::FileEntry {
-            r#type: pb::FdTypes::Tty as i32,
-            id,
-            tty: Some(pb::TtyFileEntry {
-                id,
-                tty_info_id: tty_info_id(&meta),
-                flags: fd.flags,
-                fown: pb::FownEntry::default(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let e = files.ttys.dump(fd, id, &meta, shell_job)?;
+        files.entries.push(e);
         Ok(pb::FdTypes::Tty)
     } else if ft.is_file() || ft.is_dir() || ft.is_char_device() {
         files.entries.push(pb::FileEntry {
@@ -623,11 +612,6 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
     }
 }
 
-/// The id linking a tty file to its tty-info entry: the device number.
-fn tty_info_id(meta: &std::fs::Metadata) -> u32 {
-    meta.rdev() as u32
-}
-
 // ---------------------------------------------------------------------------------------------
 // Restore
 
@@ -641,6 +625,7 @@ pub struct FileImages {
     queues: unix::QueueImages,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
+    ttys: crate::tty::TtyImages,
 }
 
 impl FileImages {
@@ -675,7 +660,13 @@ impl FileImages {
             queues: unix::QueueImages::load(dir)?,
             ghosts: ghost::GhostImages::load(dir)?,
             locks: filelocks::LockImages::load(dir)?,
+            ttys: crate::tty::TtyImages::load(dir)?,
         })
+    }
+
+    /// The terminals of the images (tty-info.img).
+    pub fn ttys(&self) -> &crate::tty::TtyImages {
+        &self.ttys
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -906,10 +897,23 @@ pub fn open_all(
     };
     // fanotify groups last: one with permission marks would make our own opens of the files
     // it marks wait for an answer no one gives.
+    // Pty masters first: their slaves can only be opened once they exist.
     let is_fanotify = |id: &u32| files.by_id.get(id).is_some_and(|e| e.ffy.is_some());
+    let is_pty_master = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.tty.as_ref())
+            .is_some_and(|t| matches!(files.ttys.role(t), Ok(crate::tty::Role::Master(_))))
+    };
     let order = wanted
         .iter()
-        .filter(|id| !is_fanotify(id))
+        .filter(|id| is_pty_master(id))
+        .chain(
+            wanted
+                .iter()
+                .filter(|id| !is_fanotify(id) && !is_pty_master(id)),
+        )
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
     for &id in order {
         if out.by_id.contains_key(&id) {
@@ -975,6 +979,14 @@ pub fn open_all(
             Ok(pb::FdTypes::Pidfd) => {
                 let p = files.member(id, "PIDFD", |e| e.pidfd.as_ref())?;
                 pidfd::open_dead(&dead_pidfds[&p.ino])?
+            }
+            Ok(pb::FdTypes::Tty)
+                if e.tty.as_ref().is_some_and(|t| {
+                    !matches!(files.ttys.role(t), Ok(crate::tty::Role::Outside))
+                }) =>
+            {
+                let t = files.member(id, "TTY", |e| e.tty.as_ref())?;
+                vec![(id, files.ttys.open(t)?)]
             }
             _ => vec![(id, files.open_description(e, terminal)?)],
         };
