@@ -49,6 +49,7 @@ fn ptys_of_the_tree_come_back_with_their_index_settings_and_session() {
     let st = child.0.wait().unwrap();
     assert!(!st.success(), "the dumped task should have been killed");
     reap_descendants(&s);
+    check_images_with_crit(&s, index.parse().unwrap());
     // The pty is gone with the tree: its index is free for the restore to take again.
     let restored = s.restore(&[]);
     assert_eq!(restored, pid);
@@ -73,6 +74,63 @@ fn leave_running_keeps_the_ptys_working() {
         Some(0),
         "the original failed its checks after the dump: {}",
         s.read("result")
+    );
+}
+
+/// tty-info.img as Debian's crit reads it: A's master and slave with their index, A's window
+/// size and termios, B's lock and packet mode; the session and foreground group of A.
+fn check_images_with_crit(s: &Scratch, index: u64) {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    let out = std::process::Command::new(crit)
+        .args(["decode", "-i"])
+        .arg(s.img().join("tty-info.img"))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = j["entries"].as_array().unwrap();
+    let of_a: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["pty"]["index"].as_u64() == Some(index))
+        .collect();
+    assert_eq!(
+        of_a.len(),
+        2,
+        "master and slave of pty {index}: {entries:?}"
+    );
+    for e in &of_a {
+        assert_eq!(e["type"], "PTY");
+        assert_eq!(e["winsize"]["ws_row"], 37);
+        assert_eq!(e["winsize"]["ws_col"], 123);
+        assert_eq!(e["termios"]["c_cc"][0], 7, "VINTR");
+        assert_eq!(e["locked"], false);
+    }
+    let pids: Vec<u64> = s
+        .read("pids")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(of_a
+        .iter()
+        .all(|e| e["sid"] == pids[0] && e["pgrp"] == pids[1]));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["locked"] == true && e["packet_mode"] == true),
+        "B locked, in packet mode: {entries:?}"
     );
 }
 
