@@ -143,3 +143,172 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// --shell-job
+
+/// A pty of the test's own: the master stays here, the slave is a shell's terminal.
+struct Pty {
+    master: std::os::fd::OwnedFd,
+    slave: std::os::fd::OwnedFd,
+    path: String,
+}
+
+fn open_pty() -> Pty {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (-1, -1);
+    let mut name = [0 as libc::c_char; 64];
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            name.as_mut_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe {
+        libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(s, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(m, libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    Pty {
+        master: unsafe { std::os::fd::OwnedFd::from_raw_fd(m) },
+        slave: unsafe { std::os::fd::OwnedFd::from_raw_fd(s) },
+        path,
+    }
+}
+
+/// `sh -c script args...` as an interactive-less shell leading a new session whose controlling
+/// terminal is `pty`, with the terminal as stdin, stdout and stderr.
+fn shell_on(s: &Scratch, pty: &Pty, script: &str, args: &[&str]) -> KillOnDrop {
+    use std::os::unix::process::CommandExt;
+    let tty = || std::process::Stdio::from(pty.slave.try_clone().unwrap());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir(&s.dir)
+        .env_remove("CRIU_CONFIG_FILE")
+        .stdin(tty())
+        .stdout(tty())
+        .stderr(tty());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    KillOnDrop(cmd.spawn().expect("spawn sh"))
+}
+
+/// Reads the pty's master until `want` has been seen (what the terminal echoes comes too).
+fn read_until(pty: &Pty, want: &str) -> String {
+    use std::os::fd::AsRawFd;
+    let t0 = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(
+            t0.elapsed() < T,
+            "{want:?} not seen on the terminal: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let mut buf = [0u8; 256];
+        let n = unsafe { libc::read(pty.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            seen.extend_from_slice(&buf[..n as usize]);
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn shell_job_comes_back_on_the_restorers_terminal() {
+    use std::os::fd::AsRawFd;
+    become_subreaper();
+    let s = Scratch::new("ptys-shell");
+    let bin = workload("ptys");
+    // The job runs under a shell on one terminal...
+    let first = open_pty();
+    let mut shell = shell_on(
+        &s,
+        &first,
+        "\"$0\" \"$1\" shell; exit 0",
+        &[bin.to_str().unwrap(), s.dir.to_str().unwrap()],
+    );
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let sid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sid as u32,
+        shell.0.id(),
+        "the job is in the shell's session"
+    );
+    // Without --shell-job its terminal (a pty whose master is the test's) is refused by name,
+    // and the job keeps running.
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "refused.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("--shell-job"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    s.dump(pid, &["--shell-job"]);
+    assert_eq!(shell.0.wait().unwrap().code(), Some(0));
+
+    // ... and is restored by a shell on another one.
+    let second = open_pty();
+    std::fs::write(s.path("expect-tty"), &second.path).unwrap();
+    let _restorer_shell = shell_on(
+        &s,
+        &second,
+        "\"$0\" restore -d -D img --shell-job -o restore.log -v4 --pidfile restored.pid; \
+         echo $? > restore.rc; exec sleep 60",
+        &[CRIU],
+    );
+    let rc = s.wait_file("restore.rc", T);
+    assert_eq!(rc.trim(), "0", "restore failed: {}", s.log("restore.log"));
+    let restored: i32 = std::fs::read_to_string(s.img().join("restored.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    let n = unsafe { libc::write(second.master.as_raw_fd(), b"abc\n".as_ptr().cast(), 4) };
+    assert_eq!(n, 4);
+    read_until(&second, "restored-ok");
+    let code = wait_exit(pid, T);
+    assert_eq!(
+        code,
+        0,
+        "the restored job failed its checks: {}",
+        s.read("result")
+    );
+}

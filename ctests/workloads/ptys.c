@@ -14,7 +14,12 @@
  * controlling terminal too, then a line goes each way through the pty. Exit code 0 when every
  * check passed in all three; failed checks are appended to DIR/result by name.
  *
- * Run as: ptys DIR
+ * Run as: ptys DIR [shell]
+ *
+ * With "shell", it is a shell job instead: it makes nothing, stays in the session and process
+ * group it was started in, and on SIGUSR1 checks that its stdin, stdout and stderr are the
+ * terminal named in DIR/expect-tty, that it has a controlling terminal, that it can read a
+ * line ("abc") from it, and answers "restored-ok" on stdout.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -175,10 +180,42 @@ static int open_master(void)
 	return m;
 }
 
+static int run_shell_job(void)
+{
+	FILE *f = fopen("ready.tmp", "w");
+	fprintf(f, "%d\n", getpid());
+	fclose(f);
+	rename("ready.tmp", "ready");
+	wait_usr1();
+	char want[64] = "", *got;
+	f = fopen("expect-tty", "r");
+	if (!f || !fgets(want, sizeof want, f))
+		fail("J", "no_expect_tty");
+	if (f)
+		fclose(f);
+	want[strcspn(want, "\n")] = 0;
+	for (int fd = 0; fd < 3; fd++)
+		if (!(got = ttyname(fd)) || strcmp(got, want))
+			fail("J", "stdio_not_the_restorers_terminal");
+	check_ctty("J", 0);
+	char buf[64];
+	ssize_t n = read(0, buf, sizeof buf);
+	if (n != 4 || memcmp(buf, "abc\n", 4))
+		fail("J", "read_line");
+	if (write(1, "restored-ok\n", 12) != 12)
+		fail("J", "write");
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || chdir(argv[1]) < 0)
 		die("chdir");
+	if (argc > 2 && !strcmp(argv[2], "shell")) {
+		struct sigaction sa = { .sa_handler = on_usr1 };
+		sigaction(SIGUSR1, &sa, NULL);
+		return run_shell_job();
+	}
 	setsid();
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa, NULL);
