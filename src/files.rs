@@ -669,6 +669,10 @@ impl FileImages {
         &self.ttys
     }
 
+    pub fn ttys_mut(&mut self) -> &mut crate::tty::TtyImages {
+        &mut self.ttys
+    }
+
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
         self.by_id
             .get(&id)

@@ -266,7 +266,6 @@ impl Options {
             (self.tcp_close, "tcp-close"),
             (self.tcp_skip_in_flight, "tcp-skip-in-flight"),
             (self.link_remap, "link-remap"),
-            (self.orphan_pts_master, "orphan-pts-master"),
             (!self.external.is_empty(), "external"),
             (!self.inherit_fd.is_empty(), "inherit-fd"),
             (self.page_server.is_some(), "page-server"),

@@ -260,6 +260,8 @@ pub struct TtyImages {
     infos: HashMap<u32, pb::TtyInfoEntry>,
     /// Indexes of the ptys whose master is in the images.
     masters: BTreeSet<u32>,
+    /// --orphan-pts-master: pty index at dump → index of the new pty standing in for it.
+    orphans: BTreeMap<u32, u32>,
 }
 
 impl TtyImages {
@@ -273,7 +275,39 @@ impl TtyImages {
         Ok(TtyImages {
             infos: entries.into_iter().map(|e| (e.id, e)).collect(),
             masters,
+            orphans: BTreeMap::new(),
         })
+    }
+
+    /// --orphan-pts-master: a new pty (any index) for each pty whose slaves the tree had
+    /// without its master, with the slave's termios and window size. Its slaves are opened in
+    /// place of the old ones, the session it controlled gets it as controlling terminal, and
+    /// the masters returned go to the caller (the "orphan-pts-master" notification). Keep them
+    /// open until the slaves are.
+    pub fn replace_orphans(&mut self) -> Result<Vec<OwnedFd>> {
+        let mut masters = Vec::new();
+        let orphaned: BTreeMap<u32, &pb::TtyInfoEntry> = self
+            .infos
+            .values()
+            .filter(|i| i.id & MASTER_ID_BIT == 0)
+            .filter_map(|i| i.pty.as_ref().map(|p| (p.index, i)))
+            .filter(|(index, _)| !self.masters.contains(index))
+            .collect();
+        for (old, info) in orphaned {
+            let master = crate::files::open_path("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
+            let new = systty::pty_index(master.as_fd())?;
+            restore_master(
+                master.as_fd(),
+                &pb::TtyInfoEntry {
+                    locked: false,
+                    ..info.clone()
+                },
+            )?;
+            log::info!("pty {new} stands in for pty {old}, whose master was outside the tree");
+            self.orphans.insert(old, new);
+            masters.push(master);
+        }
+        Ok(masters)
     }
 
     fn info(&self, id: u32) -> Result<&pb::TtyInfoEntry> {
@@ -287,6 +321,7 @@ impl TtyImages {
         Ok(match &info.pty {
             Some(p) if info.id & MASTER_ID_BIT != 0 => Role::Master(p.index),
             Some(p) if self.masters.contains(&p.index) => Role::Slave(p.index),
+            Some(p) if self.orphans.contains_key(&p.index) => Role::Slave(self.orphans[&p.index]),
             _ => Role::Outside,
         })
     }
@@ -323,8 +358,13 @@ impl TtyImages {
     /// foreground process group it had.
     fn of_session(&self, sid: pid_t) -> Option<(u32, pid_t)> {
         self.infos.values().find_map(|i| match &i.pty {
-            Some(p) if i.sid as pid_t == sid && sid != 0 && self.masters.contains(&p.index) => {
-                Some((p.index, i.pgrp as pid_t))
+            Some(p) if i.sid as pid_t == sid && sid != 0 => {
+                let index = if self.masters.contains(&p.index) {
+                    p.index
+                } else {
+                    *self.orphans.get(&p.index)?
+                };
+                Some((index, i.pgrp as pid_t))
             }
             _ => None,
         })

@@ -209,9 +209,8 @@ fn shell_on(s: &Scratch, pty: &Pty, script: &str, args: &[&str]) -> KillOnDrop {
     KillOnDrop(cmd.spawn().expect("spawn sh"))
 }
 
-/// Reads the pty's master until `want` has been seen (what the terminal echoes comes too).
-fn read_until(pty: &Pty, want: &str) -> String {
-    use std::os::fd::AsRawFd;
+/// Reads a pty's master until `want` has been seen (what the terminal echoes comes too).
+fn read_until(master: std::os::fd::RawFd, want: &str) -> String {
     let t0 = std::time::Instant::now();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains(want) {
@@ -221,7 +220,7 @@ fn read_until(pty: &Pty, want: &str) -> String {
             String::from_utf8_lossy(&seen)
         );
         let mut buf = [0u8; 256];
-        let n = unsafe { libc::read(pty.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
             seen.extend_from_slice(&buf[..n as usize]);
         } else {
@@ -303,12 +302,94 @@ fn shell_job_comes_back_on_the_restorers_terminal() {
     assert!(kill(pid, libc::SIGUSR1));
     let n = unsafe { libc::write(second.master.as_raw_fd(), b"abc\n".as_ptr().cast(), 4) };
     assert_eq!(n, 4);
-    read_until(&second, "restored-ok");
+    read_until(second.master.as_raw_fd(), "restored-ok");
     let code = wait_exit(pid, T);
     assert_eq!(
         code,
         0,
         "the restored job failed its checks: {}",
+        s.read("result")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// --orphan-pts-master through the C API
+
+static ORPHAN_MASTER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+unsafe extern "C" fn take_orphan_master(
+    action: *mut libc::c_char,
+    _na: criu::capi::ffi::criu_notify_arg_t,
+) -> libc::c_int {
+    let action = unsafe { std::ffi::CStr::from_ptr(action) };
+    if action.to_bytes() == b"orphan-pts-master" {
+        let fd = criu::capi::ops::criu_get_orphan_pts_master_fd();
+        ORPHAN_MASTER.store(fd, std::sync::atomic::Ordering::SeqCst);
+    }
+    0
+}
+
+#[test]
+fn orphan_pts_master_goes_to_the_library_caller() {
+    use criu::capi::ops::*;
+    use criu::capi::opts::*;
+    use std::os::fd::AsRawFd;
+    become_subreaper();
+    let s = Scratch::new("ptys-orphan");
+    let bin = workload("ptys");
+    // A session leader on a pty whose master is ours, as a container's init on its console.
+    let console = open_pty();
+    let mut init = shell_on(
+        &s,
+        &console,
+        "exec \"$0\" \"$1\" shell",
+        &[bin.to_str().unwrap(), s.dir.to_str().unwrap()],
+    );
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    assert_eq!(pid as u32, init.0.id());
+    s.dump(pid, &["--shell-job"]);
+    assert!(!init.0.wait().unwrap().success());
+
+    let images = std::fs::File::open(s.img()).unwrap();
+    let log = std::ffi::CString::new("restore.log").unwrap();
+    let mut o = std::ptr::null_mut();
+    let restored = unsafe {
+        assert_eq!(criu_local_init_opts(&mut o), 0);
+        criu_local_set_images_dir_fd(o, images.as_raw_fd());
+        criu_local_set_orphan_pts_master(o, true.into());
+        criu_local_set_log_level(o, 4);
+        assert_eq!(criu_local_set_log_file(o, log.as_ptr()), 0);
+        criu_local_set_notify_cb(o, Some(take_orphan_master));
+        let r = criu_local_restore(o);
+        criu_local_free_opts(o);
+        r
+    };
+    assert_eq!(restored, pid, "restore failed: {}", s.log("restore.log"));
+    let master = ORPHAN_MASTER.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        master >= 0,
+        "no orphan-pts-master notification with a descriptor"
+    );
+    let mut index: libc::c_int = -1;
+    assert_eq!(
+        unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut index) },
+        0
+    );
+    std::fs::write(s.path("expect-tty"), format!("/dev/pts/{index}")).unwrap();
+    unsafe { libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK) };
+    // The restored init's stdio and controlling terminal are the new pty, driven from here.
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        unsafe { libc::write(master, b"abc\n".as_ptr().cast(), 4) },
+        4
+    );
+    read_until(master, "restored-ok");
+    let code = wait_exit(pid, T);
+    unsafe { libc::close(master) };
+    assert_eq!(
+        code,
+        0,
+        "the restored init failed its checks: {}",
         s.read("result")
     );
 }
