@@ -1,5 +1,6 @@
 //! Unix sockets: connected pairs (socketpair, stream/datagram/seqpacket) with the messages
-//! queued in both directions, and unconnected unbound sockets.
+//! queued in both directions, unconnected sockets, bound ones (absolute path or abstract name;
+//! a removed socket file is removed again) and listeners with their backlog.
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -13,13 +14,14 @@
 //! Restore: one socketpair() for a pair; each socket's queue is sent from its peer, one send per
 //! saved message; then options, flags and owners.
 //!
-//! Not supported (the dump fails naming pid, fd and socket): other families, bound (named)
-//! sockets and listeners, sockets connected to a socket outside the dump or to one that is
+//! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
+//! a directory, listeners with connections not accepted yet, connected sockets that have a
+//! name (accepted connections), sockets connected to a socket outside the dump or to one that is
 //! gone, shut-down sockets, file descriptors or credentials in flight in a queue, attached
 //! socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libc::pid_t;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
@@ -117,18 +119,24 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     })?;
     let kind = type_name(info.sock_type);
     let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
-    if info.state == STATE_LISTEN {
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
         return Err(bad(format!(
-            "listening{} (not supported yet)",
+            "listening{} with {} connection(s) not accepted yet (not supported yet)",
+            name_suffix(&info),
+            info.rqueue
+        )));
+    }
+    let named = info.name.as_ref().is_some_and(|n| !n.is_empty());
+    if named && info.state != STATE_LISTEN && info.state != STATE_CLOSE {
+        return Err(bad(format!(
+            "connected and bound to a name{} (an accepted connection? not supported yet)",
             name_suffix(&info)
         )));
     }
-    if info.name.as_ref().is_some_and(|n| !n.is_empty()) {
-        return Err(bad(format!(
-            "bound to a name{} (not supported yet)",
-            name_suffix(&info)
-        )));
-    }
+    let bound = match &info.name {
+        Some(n) if named => Some(bound_name(fd, n, info.vfs, &bad)?),
+        _ => None,
+    };
     if !matches!(
         info.sock_type as i32,
         libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
@@ -136,7 +144,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         return Err(bad("of an unknown type".into()));
     }
     match (info.state, info.peer) {
-        (STATE_ESTABLISHED, Some(_)) | (STATE_CLOSE, None) => {}
+        (STATE_ESTABLISHED, Some(_)) | (STATE_CLOSE, None) | (STATE_LISTEN, None) => {}
         (STATE_ESTABLISHED, None) => {
             return Err(bad("whose peer is closed (not supported yet)".to_owned()))
         }
@@ -174,7 +182,12 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
 
     let opts = dump_opts(sock)?;
     let fown = files::dump_fown(sock)?;
-    let queue = read_queue(fd, sock, &info)?;
+    // A listener's queue holds connections, refused above when there are any.
+    let queue = if info.state == STATE_LISTEN {
+        Vec::new()
+    } else {
+        read_queue(fd, sock, &info)?
+    };
     log::debug!(
         "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
         fd.pid,
@@ -212,16 +225,85 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             state: info.state as u32,
             flags: fd.flags,
             uflags: 0,
-            // Only listeners have a backlog.
-            backlog: 0,
+            // Only listeners have a backlog (sock_diag reports it as their write queue).
+            backlog: if info.state == STATE_LISTEN {
+                info.wqueue
+            } else {
+                0
+            },
             peer: info.peer.unwrap_or(0),
             fown,
             opts,
-            name: Vec::new(),
+            name: bound.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
+            file_perms: bound.as_ref().and_then(|b| b.perms),
+            deleted: bound.as_ref().map(|b| b.deleted),
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// The name a socket is bound to, as the images keep it.
+struct BoundName {
+    /// sun_path bytes: an absolute path, or NUL and an abstract name.
+    name: Vec<u8>,
+    /// Owner and mode of the socket file (a path still naming this socket).
+    perms: Option<pb::FilePermsEntry>,
+    /// The socket file was removed (or replaced) since the bind: bound again, then removed.
+    deleted: bool,
+}
+
+fn bound_name(
+    fd: &TaskFd,
+    name: &[u8],
+    vfs: Option<(u32, u32)>,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<BoundName> {
+    if name.first() == Some(&0) {
+        return Ok(BoundName {
+            name: name.to_vec(),
+            perms: None,
+            deleted: false,
+        });
+    }
+    let path = String::from_utf8_lossy(until_nul(name)).into_owned();
+    if !path.starts_with('/') {
+        return Err(bad(format!(
+            "bound to the relative path {path} (not supported yet)"
+        )));
+    }
+    // The path may name our socket still, or nothing (unlinked), or another file now.
+    let meta = std::fs::symlink_metadata(&path).ok();
+    let ours = match (&meta, vfs) {
+        (Some(m), Some((_, ino))) => {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            m.file_type().is_socket() && m.ino() == ino as u64
+        }
+        _ => false,
+    };
+    log::debug!(
+        "pid {} fd {}: unix socket bound to {path}{}",
+        fd.pid,
+        fd.fd,
+        if ours { "" } else { " (file removed)" }
+    );
+    Ok(BoundName {
+        name: name.to_vec(),
+        perms: meta.filter(|_| ours).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            pb::FilePermsEntry {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+            }
+        }),
+        deleted: !ours,
+    })
+}
+
+/// A path name as bound: sun_path may carry the terminating NUL (and more).
+fn until_nul(name: &[u8]) -> &[u8] {
+    name.split(|&b| b == 0).next().unwrap_or(name)
 }
 
 fn type_name(ty: u8) -> &'static str {
@@ -457,7 +539,7 @@ pub fn open_socket(
             }
             Ok(vec![(sk.id, a), (peer.id, b)])
         }
-        (STATE_CLOSE, None) if sk.peer == 0 => {
+        (STATE_CLOSE | STATE_LISTEN, None) if sk.peer == 0 => {
             if !queues.of(sk.id).is_empty() {
                 return Err(Error::InvalidOptions(format!(
                     "unconnected unix socket {} has queued messages",
@@ -466,6 +548,12 @@ pub fn open_socket(
             }
             let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            if sk.state as u8 == STATE_LISTEN {
+                let backlog = socket::Backlog::new(sk.backlog.min(i32::MAX as u32) as i32)
+                    .map_err(|e| Error::sys(what("listen backlog"), e))?;
+                socket::listen(&s, backlog).map_err(|e| Error::sys(what("listen"), e))?;
+            }
             set_buffers(s.as_fd(), &sk.opts)?;
             set_behaviour(s.as_fd(), &sk.opts)?;
             files::restore_status_flags(s.as_fd(), sk.flags)?;
@@ -482,9 +570,65 @@ pub fn open_socket(
     }
 }
 
+/// Binds a restored socket to its saved name. A path still naming a socket file is the dead
+/// original's (its file outlives it): removed first. A socket file removed at dump time is
+/// removed again after the bind.
+fn bind_name(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    if sk.name.is_empty() {
+        return Ok(());
+    }
+    if sk.name[0] == 0 {
+        let addr = socket::UnixAddr::new_abstract(&sk.name[1..])
+            .map_err(|e| Error::sys(format!("abstract name of unix socket {}", sk.ino), e))?;
+        return socket::bind(s.as_raw_fd(), &addr).map_err(|e| {
+            Error::sys(
+                format!(
+                    "bind unix socket {} to @{}",
+                    sk.ino,
+                    String::from_utf8_lossy(&sk.name[1..])
+                ),
+                e,
+            )
+        });
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(until_nul(&sk.name)));
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() || sk.deleted == Some(true) {
+            return Err(Error::InvalidOptions(format!(
+                "unix socket {}: {} is taken by another file",
+                sk.ino,
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("remove the old socket file {}", path.display()), e))?;
+    }
+    let addr = socket::UnixAddr::new(path)
+        .map_err(|e| Error::sys(format!("name of unix socket {}", sk.ino), e))?;
+    socket::bind(s.as_raw_fd(), &addr).map_err(|e| {
+        Error::sys(
+            format!("bind unix socket {} to {}", sk.ino, path.display()),
+            e,
+        )
+    })?;
+    if sk.deleted == Some(true) {
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("remove {} again", path.display()), e))?;
+    } else if let Some(p) = &sk.file_perms {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(p.mode & 0o7777))
+            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+        std::os::unix::fs::lchown(path, Some(p.uid), Some(p.gid))
+            .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 fn check_restorable(sk: &pb::UnixSkEntry) -> Result<()> {
-    let why = if !sk.name.is_empty() {
-        "bound to a name"
+    let why = if !sk.name.is_empty() && sk.state as u8 == STATE_ESTABLISHED {
+        "connected and bound to a name"
     } else if sk.uflags != 0 {
         "external or inherited (uflags)"
     } else if sk
@@ -745,11 +889,16 @@ mod tests {
     }
 
     #[test]
-    fn named_or_half_pairs_are_not_restored() {
+    fn connected_named_or_half_pairs_are_not_restored() {
         let queues = QueueImages::default();
-        let mut named = sk(1, 100, 0, libc::SOCK_STREAM);
+        let mut named = sk(1, 100, 101, libc::SOCK_STREAM);
+        let mut peer = sk(2, 101, 100, libc::SOCK_STREAM);
         named.name = b"/tmp/x".to_vec();
-        assert!(open_socket(&named, None, &queues).is_err());
+        peer.name = b"/tmp/x".to_vec();
+        let e = open_socket(&named, Some(&peer), &queues)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connected and bound to a name"), "{e}");
         let lonely = sk(1, 100, 101, libc::SOCK_STREAM);
         let e = open_socket(&lonely, None, &queues).unwrap_err().to_string();
         assert!(e.contains("peer 101"), "{e}");

@@ -1,0 +1,94 @@
+//! Named unix sockets through dump and restore of a real process
+//! (ctests/workloads/unixnames.c checks names, listening and traffic from inside): listeners on
+//! a path and on an abstract name, a datagram socket bound to a path, one whose socket file was
+//! removed; and a listener with a connection not accepted yet, refused with the task running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Kills the task when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(s: &Scratch) -> (KillOnDrop, i32) {
+    let child = KillOnDrop(s.spawn(&workload("unixnames"), &[s.dir.to_str().unwrap()]));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    (child, pid)
+}
+
+fn verify(s: &Scratch, pid: i32, who: &str) {
+    assert!(kill(pid, libc::SIGUSR1));
+    let code = wait_exit(pid, T);
+    assert_eq!(
+        code,
+        0,
+        "{who} failed its checks (exit {code}): {}; out: {}",
+        s.read("result"),
+        s.read("out")
+    );
+}
+
+#[test]
+fn named_sockets_and_listeners_come_back_bound() {
+    become_subreaper();
+    let s = Scratch::new("unixnames");
+    let (mut child, pid) = start(&s);
+    s.dump(pid, &[]);
+    assert!(!child.0.wait().unwrap().success());
+    // The dead listener's socket file is still there: the restore takes its place.
+    assert!(s.path("listen.sock").exists());
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+}
+
+#[test]
+fn leave_running_keeps_the_names() {
+    become_subreaper();
+    let s = Scratch::new("unixnames-leave");
+    let (mut child, pid) = start(&s);
+    s.dump(pid, &["--leave-running"]);
+    assert_running_untraced(pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        s.read("result")
+    );
+}
+
+#[test]
+fn listener_with_a_pending_connection_is_refused() {
+    become_subreaper();
+    let s = Scratch::new("unixnames-pending");
+    let (_child, pid) = start(&s);
+    // A connection the task has not accepted yet (ours: outside the tree).
+    let _client = std::os::unix::net::UnixStream::connect(s.path("listen.sock")).unwrap();
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "dump.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("not accepted yet"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+}
