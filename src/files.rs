@@ -578,10 +578,13 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
         files.entries.push(e);
         Ok(pb::FdTypes::Tty)
     } else if ft.is_file() || ft.is_dir() || ft.is_char_device() {
+        let mut reg = reg_entry(id, target, fd.flags, fd.info.pos, &meta);
+        // Owner and signal (F_SETOWN, F_SETSIG) of the description.
+        reg.fown = dump_fown(fd.copy()?.as_fd())?;
         files.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Reg as i32,
             id,
-            reg: Some(reg_entry(id, target, fd.flags, fd.info.pos, &meta)),
+            reg: Some(reg),
             ..Default::default()
         });
         Ok(pb::FdTypes::Reg)

@@ -3,7 +3,8 @@
  *
  * The root P opens two pty masters: A, whose slave is the controlling terminal of a session
  * below it, with its own termios (ECHO off, VINTR ^G, VMIN 3) and window size (37x123, 5x9
- * pixels); and B, left locked and in packet mode, with no slave. P forks S, which makes a new
+ * pixels) and an owner and signal (F_SETOWN, F_SETSIG; a regular file has some too); and B,
+ * left locked and in packet mode, with no slave. P forks S, which makes a new
  * session, opens A's slave (it becomes its controlling terminal) and forks F, whose process
  * group S makes the terminal's foreground group. When all is set, P writes "ready" (its pid)
  * "index" (A's pty index) and "pids" (S and F) in DIR and idles until SIGUSR1.
@@ -238,6 +239,13 @@ int main(int argc, char **argv)
 	if (ioctl(a, TIOCSWINSZ, &w) < 0)
 		die("TIOCSWINSZ");
 
+	/* Owners and signals: the master's and a regular file's. */
+	if (fcntl(a, F_SETOWN, getpid()) < 0 || fcntl(a, F_SETSIG, SIGUSR2) < 0)
+		die("F_SETOWN master");
+	int reg = open("owned", O_RDWR | O_CREAT, 0600);
+	if (reg < 0 || fcntl(reg, F_SETOWN, -getpid()) < 0 || fcntl(reg, F_SETSIG, SIGRTMIN + 2) < 0)
+		die("F_SETOWN file");
+
 	int p[2];
 	if (pipe(p) < 0)
 		die("pipe");
@@ -282,6 +290,11 @@ int main(int argc, char **argv)
 	if (ioctl(a, TIOCGPKT, &on) < 0 || on != 0)
 		fail("P", "a_packet_mode");
 	check_settings("P", a);
+	if (fcntl(a, F_GETOWN) != getpid() || fcntl(a, F_GETSIG) != SIGUSR2)
+		fail("P", "master_owner");
+	/* A process group owner reads back negative. */
+	if (fcntl(reg, F_GETOWN) != -getpid() || fcntl(reg, F_GETSIG) != SIGRTMIN + 2)
+		fail("P", "file_owner");
 	kill(s, SIGUSR1);
 	if (write(a, "ping\n", 5) != 5)
 		fail("P", "write_ping");
