@@ -913,14 +913,24 @@ pub fn open_all(
             .and_then(|e| e.tty.as_ref())
             .is_some_and(|t| matches!(files.ttys.role(t), Ok(crate::tty::Role::Master(_))))
     };
+    // Unix listeners after the connections they accepted: those are made again through a
+    // stand-in listener bound to the same name for a moment (unix::open_socket).
+    let is_listener = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.usk.as_ref())
+            .is_some_and(unix::is_listener)
+    };
     let order = wanted
         .iter()
         .filter(|id| is_pty_master(id))
         .chain(
             wanted
                 .iter()
-                .filter(|id| !is_fanotify(id) && !is_pty_master(id)),
+                .filter(|id| !is_fanotify(id) && !is_pty_master(id) && !is_listener(id)),
         )
+        .chain(wanted.iter().filter(|id| is_listener(id)))
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
     for &id in order {
         if out.by_id.contains_key(&id) {

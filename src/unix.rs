@@ -1,6 +1,7 @@
 //! Unix sockets: connected pairs (socketpair, stream/datagram/seqpacket) with the messages
 //! queued in both directions, unconnected sockets, bound ones (absolute path or abstract name;
-//! a removed socket file is removed again) and listeners with their backlog.
+//! a removed socket file is removed again), listeners with their backlog, and stream or
+//! seqpacket connections accepted by a listener (the accepted side has the listener's name).
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -15,13 +16,14 @@
 //! saved message; then options, flags and owners.
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
-//! a directory, listeners with connections not accepted yet, connected sockets that have a
-//! name (accepted connections), sockets connected to a socket outside the dump or to one that is
+//! a directory, listeners with connections not accepted yet, connected datagram sockets that
+//! have a name, connections whose both ends have a name, sockets connected to a socket outside the dump or to one that is
 //! gone, shut-down sockets, file descriptors or credentials in flight in a queue, attached
 //! socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use libc::pid_t;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
@@ -39,6 +41,8 @@ const MAX_QUEUE_BYTES: usize = 256 << 20;
 
 struct SeenSocket {
     peer: Option<u32>,
+    /// Bound to a name.
+    named: bool,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -74,6 +78,15 @@ impl UnixDump {
                         format!(
                             "fd {}: unix {} is connected to socket:[{peer}], which is connected \
                              elsewhere (one-way connections are not supported yet)",
+                            s.fd, s.link
+                        ),
+                    ))
+                }
+                Some(p) if p.named && s.named && ino < peer => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} and its peer socket:[{peer}] are both bound to a                              name (not supported yet)",
                             s.fd, s.link
                         ),
                     ))
@@ -127,9 +140,9 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         )));
     }
     let named = info.name.as_ref().is_some_and(|n| !n.is_empty());
-    if named && info.state != STATE_LISTEN && info.state != STATE_CLOSE {
+    if named && info.state == STATE_ESTABLISHED && info.sock_type as i32 == libc::SOCK_DGRAM {
         return Err(bad(format!(
-            "connected and bound to a name{} (an accepted connection? not supported yet)",
+            "connected and bound to a name{} (not supported yet)",
             name_suffix(&info)
         )));
     }
@@ -210,6 +223,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         ino,
         SeenSocket {
             peer: info.peer,
+            named,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -501,6 +515,11 @@ impl QueueImages {
     }
 }
 
+/// Whether the saved socket was listening.
+pub fn is_listener(sk: &pb::UnixSkEntry) -> bool {
+    sk.state as u8 == STATE_LISTEN
+}
+
 /// Creates the socket `sk` and, when it is connected, its peer `peer` with it (one
 /// socketpair), each with its queue refilled from the other.
 pub fn open_socket(
@@ -525,8 +544,16 @@ pub fn open_socket(
                     sk.ino, peer.ino
                 )));
             }
-            let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| Error::sys(what("socketpair"), e))?;
+            let (a, b) = if !sk.name.is_empty() {
+                let (accepted, client) = accepted_pair(sk, ty)?;
+                (accepted, client)
+            } else if !peer.name.is_empty() {
+                let (accepted, client) = accepted_pair(peer, ty)?;
+                (client, accepted)
+            } else {
+                socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                    .map_err(|e| Error::sys(what("socketpair"), e))?
+            };
             // Each queue is sent by the peer: room for it in the sender's buffer first.
             make_room(b.as_fd(), &peer.opts, queues.of(sk.id))?;
             make_room(a.as_fd(), &sk.opts, queues.of(peer.id))?;
@@ -574,7 +601,6 @@ pub fn open_socket(
 /// original's (its file outlives it): removed first. A socket file removed at dump time is
 /// removed again after the bind.
 fn bind_name(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
     if sk.name.is_empty() {
         return Ok(());
@@ -626,8 +652,56 @@ fn bind_name(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
     Ok(())
 }
 
+/// A connection accepted by a listener bound to `accepted`'s name: a stand-in listener bound
+/// to that name for the time of one connect and accept (the accepted socket takes its name
+/// from it), then closed and its file removed, before the tree's own listener (if any) binds
+/// the name: `files::open_all` opens such pairs before listeners. Returns (accepted, client).
+fn accepted_pair(accepted: &pb::UnixSkEntry, ty: SockType) -> Result<(OwnedFd, OwnedFd)> {
+    let what = |verb: &str| format!("{verb} for the accepted unix socket {}", accepted.ino);
+    let stand_in = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| Error::sys(what("socket"), e))?;
+    bind_name_keeping_file(&stand_in, accepted)?;
+    let result = (|| {
+        socket::listen(
+            &stand_in,
+            socket::Backlog::new(1).expect("1 is a valid backlog"),
+        )
+        .map_err(|e| Error::sys(what("listen"), e))?;
+        let client = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| Error::sys(what("socket"), e))?;
+        let addr = socket::getsockname::<socket::UnixAddr>(stand_in.as_raw_fd())
+            .map_err(|e| Error::sys(what("getsockname"), e))?;
+        socket::connect(client.as_raw_fd(), &addr).map_err(|e| Error::sys(what("connect"), e))?;
+        let raw = socket::accept4(stand_in.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| Error::sys(what("accept"), e))?;
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        let server = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        Ok((server, client))
+    })();
+    drop(stand_in);
+    if accepted.name.first() != Some(&0) {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(until_nul(&accepted.name)));
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// `bind_name`, leaving a path's socket file in place whatever the entry says.
+fn bind_name_keeping_file(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
+    bind_name(
+        s,
+        &pb::UnixSkEntry {
+            deleted: Some(false),
+            ..sk.clone()
+        },
+    )
+}
+
 fn check_restorable(sk: &pb::UnixSkEntry) -> Result<()> {
-    let why = if !sk.name.is_empty() && sk.state as u8 == STATE_ESTABLISHED {
+    let why = if !sk.name.is_empty()
+        && sk.state as u8 == STATE_ESTABLISHED
+        && sk.r#type as i32 == libc::SOCK_DGRAM
+    {
         "connected and bound to a name"
     } else if sk.uflags != 0 {
         "external or inherited (uflags)"

@@ -1,12 +1,15 @@
 /*
  * Workload for checkpoint/restore of named unix sockets: a stream listener bound to a path
  * (backlog 7), a seqpacket listener on an abstract name, a datagram socket bound to a path, and
- * a datagram socket whose socket file was removed after the bind.
+ * a datagram socket whose socket file was removed after the bind; and a connection accepted
+ * by each listener, with bytes (packets) queued both ways.
  *
  * Writes "ready" (its pid) in DIR and idles until SIGUSR1. Then checks from inside: each socket
  * still has its name (getsockname) and type, the listeners listen, a new client connects to each
  * listener by name and a message goes through the accepted connection, a datagram sent to the
- * bound path arrives, the removed socket file is still absent. Exit code 0 when all passed;
+ * bound path arrives, the removed socket file is still absent; the accepted sockets have the
+ * listener's name, their clients see it as their peer's, the queued bytes and packets are there
+ * and more go through. Exit code 0 when all passed;
  * failed checks are appended to DIR/result by name.
  *
  * Run as: unixnames DIR
@@ -108,6 +111,35 @@ static void check_listener(int l, int type, const char *name, const char *what)
 		close(acc);
 }
 
+static int connected_to(int type, const char *name)
+{
+	struct sockaddr_un a;
+	socklen_t len = addr_of(&a, name);
+	int c = socket(AF_UNIX, type, 0);
+	if (c < 0 || connect(c, (struct sockaddr *)&a, len) < 0)
+		die(name);
+	return c;
+}
+
+/* The accepted side has the listener's name, the client sees it as its peer's. */
+static void check_accepted(int acc, int cli, int type, const char *name, const char *what)
+{
+	struct sockaddr_un want, got;
+	socklen_t wlen = addr_of(&want, name), glen = sizeof got;
+	check_name(acc, type, name, what);
+	if (getpeername(cli, (struct sockaddr *)&got, &glen) < 0 || glen != wlen ||
+	    memcmp(&got, &want, wlen))
+		fail(what);
+}
+
+static void expect(int s, const char *msg, const char *what)
+{
+	char buf[32] = "";
+	size_t n = strlen(msg);
+	if (recv(s, buf, sizeof buf, MSG_DONTWAIT) != (ssize_t)n || memcmp(buf, msg, n))
+		fail(what);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || chdir(argv[1]) < 0)
@@ -129,6 +161,14 @@ int main(int argc, char **argv)
 	int gone = bound(SOCK_DGRAM, "gone.sock");
 	if (unlink("gone.sock") < 0)
 		die("unlink");
+	/* Accepted connections, with bytes queued both ways. */
+	int cs = connected_to(SOCK_STREAM, "listen.sock"), as = accept(ls, NULL, NULL);
+	int cq = connected_to(SOCK_SEQPACKET, abstract), aq = accept(lq, NULL, NULL);
+	if (as < 0 || aq < 0)
+		die("accept");
+	if (send(cs, "to-server", 9, 0) != 9 || send(as, "to-client", 9, 0) != 9 ||
+	    send(cq, "pkt-1", 5, 0) != 5 || send(cq, "pkt-22", 6, 0) != 6)
+		die("send");
 
 	FILE *f = fopen("ready.tmp", "w");
 	fprintf(f, "%d\n", getpid());
@@ -144,6 +184,16 @@ int main(int argc, char **argv)
 	check_name(gone, SOCK_DGRAM, "gone.sock", "removed_file_name");
 	check_listener(ls, SOCK_STREAM, "listen.sock", "stream_listener_accepts");
 	check_listener(lq, SOCK_SEQPACKET, abstract, "seqpacket_listener_accepts");
+
+	check_accepted(as, cs, SOCK_STREAM, "listen.sock", "accepted_stream_names");
+	check_accepted(aq, cq, SOCK_SEQPACKET, abstract, "accepted_seqpacket_names");
+	expect(as, "to-server", "stream_queue_to_server");
+	expect(cs, "to-client", "stream_queue_to_client");
+	expect(aq, "pkt-1", "seqpacket_first_packet");
+	expect(aq, "pkt-22", "seqpacket_second_packet");
+	if (send(cs, "again", 5, 0) != 5)
+		fail("stream_send_after");
+	expect(as, "again", "stream_traffic_after");
 
 	struct sockaddr_un a;
 	socklen_t len = addr_of(&a, "dgram.sock");
