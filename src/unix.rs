@@ -827,11 +827,11 @@ fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEnt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn seen(id: u32, peer: Option<u32>) -> SeenSocket {
         SeenSocket {
             peer,
+            named: false,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),
