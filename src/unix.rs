@@ -965,8 +965,8 @@ mod tests {
     #[test]
     fn connected_named_or_half_pairs_are_not_restored() {
         let queues = QueueImages::default();
-        let mut named = sk(1, 100, 101, libc::SOCK_STREAM);
-        let mut peer = sk(2, 101, 100, libc::SOCK_STREAM);
+        let mut named = sk(1, 100, 101, libc::SOCK_DGRAM);
+        let mut peer = sk(2, 101, 100, libc::SOCK_DGRAM);
         named.name = b"/tmp/x".to_vec();
         peer.name = b"/tmp/x".to_vec();
         let e = open_socket(&named, Some(&peer), &queues)
