@@ -89,11 +89,13 @@ impl FileTable {
 
     /// A table for a dump with `opts` (--ghost-limit, --file-locks).
     pub fn for_dump(opts: &crate::options::Options) -> Self {
-        FileTable {
+        let mut t = FileTable {
             ghost_limit: opts.ghost_limit.unwrap_or(ghost::DEFAULT_LIMIT),
             file_locks: opts.file_locks,
             ..FileTable::new()
-        }
+        };
+        t.unix.ext_unix_sk = opts.ext_unix_sk;
+        t
     }
 
     fn alloc_id(&mut self) -> u32 {
@@ -219,7 +221,9 @@ impl FileTable {
     /// sk-queues.img, remap-fpath.img with ghost-file-N.img, filelocks.img (each only when
     /// it has entries).
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
-        dir.write_all(Kind::Files, "", &self.entries)?;
+        // Named sockets outside the dump that sockets of it are connected to (--ext-unix-sk).
+        let external = self.unix.external_peers(self.next_id);
+        dir.write_all(Kind::Files, "", self.entries.iter().chain(&external))?;
         self.pipes.write_images(dir)?;
         self.ghosts.write_images(dir)?;
         self.locks.write_images(dir)?;
@@ -667,6 +671,12 @@ impl FileImages {
         })
     }
 
+    /// The entry of the unix socket `sk` is connected to, if the images have it.
+    fn unix_peer(&self, sk: &pb::UnixSkEntry) -> Option<&pb::UnixSkEntry> {
+        let id = self.unix_by_ino.get(&sk.peer).filter(|_| sk.peer != 0)?;
+        self.by_id.get(id)?.usk.as_ref()
+    }
+
     /// The terminals of the images (tty-info.img).
     pub fn ttys(&self) -> &crate::tty::TtyImages {
         &self.ttys
@@ -920,7 +930,7 @@ pub fn open_all(
             .by_id
             .get(id)
             .and_then(|e| e.usk.as_ref())
-            .is_some_and(unix::is_listener)
+            .is_some_and(|u| unix::opens_late(u, files.unix_peer(u)))
     };
     let order = wanted
         .iter()
@@ -957,16 +967,14 @@ pub fn open_all(
             }
             Ok(pb::FdTypes::Unixsk) => {
                 let sk = files.member(id, "UNIXSK", |e| e.usk.as_ref())?;
-                let peer = match sk.peer {
-                    0 => None,
-                    ino => {
-                        let peer_id = files.unix_by_ino.get(&ino).copied();
-                        match peer_id.filter(|p| wanted.contains(p)) {
-                            Some(p) => Some(files.member(p, "UNIXSK", |e| e.usk.as_ref())?),
-                            None => None,
-                        }
-                    }
-                };
+                // A peer no task holds is only of use when it is connected to by name.
+                let peer = files.unix_peer(sk).filter(|p| {
+                    files
+                        .unix_by_ino
+                        .get(&p.ino)
+                        .is_some_and(|id| wanted.contains(id))
+                        || !p.name.is_empty()
+                });
                 unix::open_socket(sk, peer, &files.queues)?
             }
             Ok(pb::FdTypes::Eventfd) => {

@@ -1,7 +1,9 @@
 //! Unix sockets: connected pairs (socketpair, stream/datagram/seqpacket) with the messages
 //! queued in both directions, unconnected sockets, bound ones (absolute path or abstract name;
 //! a removed socket file is removed again), listeners with their backlog, and stream or
-//! seqpacket connections accepted by a listener (the accepted side has the listener's name).
+//! seqpacket connections accepted by a listener (the accepted side has the listener's name),
+//! datagram sockets connected to a named socket not connected back (connected again by name;
+//! outside the dump with --ext-unix-sk, written as an external entry as CRIU does).
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -43,6 +45,9 @@ struct SeenSocket {
     peer: Option<u32>,
     /// Bound to a name.
     named: bool,
+    /// A datagram socket connected to a named one that is not connected back: the peer's
+    /// type and name (it is connected to again by name at restore).
+    one_way: Option<(u8, Vec<u8>)>,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -53,6 +58,8 @@ struct SeenSocket {
 pub struct UnixDump {
     sockets: BTreeMap<u32, SeenSocket>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// --ext-unix-sk: a datagram socket may be connected to a named socket outside the dump.
+    pub ext_unix_sk: bool,
 }
 
 impl UnixDump {
@@ -62,6 +69,24 @@ impl UnixDump {
         for (&ino, s) in &self.sockets {
             let Some(peer) = s.peer else { continue };
             match self.sockets.get(&peer) {
+                None if s.one_way.is_some() && self.ext_unix_sk => {}
+                None if s.one_way.is_some() => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} is connected to socket:[{peer}]{}, which no dumped \
+                             task holds: use --ext-unix-sk to connect to that name again at \
+                             restore",
+                            s.fd,
+                            s.link,
+                            s.one_way
+                                .as_ref()
+                                .map(|(_, n)| printable_name(n))
+                                .unwrap_or_default()
+                        ),
+                    ))
+                }
+                Some(_) if s.one_way.is_some() => {}
                 None => {
                     return Err(Error::unsupported(
                         s.pid,
@@ -97,6 +122,40 @@ impl UnixDump {
         Ok(())
     }
 
+    /// files.img entries for the named sockets outside the dump that datagram sockets of the
+    /// dump are connected to (--ext-unix-sk), marked external, with ids from `first_id` on.
+    pub fn external_peers(&self, first_id: u32) -> Vec<pb::FileEntry> {
+        let mut out: Vec<pb::FileEntry> = Vec::new();
+        for s in self.sockets.values() {
+            let (Some(peer), Some((ty, name))) = (s.peer, &s.one_way) else {
+                continue;
+            };
+            if self.sockets.contains_key(&peer)
+                || out
+                    .iter()
+                    .any(|e| e.usk.as_ref().is_some_and(|u| u.ino == peer))
+            {
+                continue;
+            }
+            let id = first_id + out.len() as u32;
+            out.push(pb::FileEntry {
+                r#type: pb::FdTypes::Unixsk as i32,
+                id,
+                usk: Some(pb::UnixSkEntry {
+                    id,
+                    ino: peer,
+                    r#type: *ty as u32,
+                    state: STATE_CLOSE as u32,
+                    uflags: USK_EXTERN,
+                    name: name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
         if self.queues.is_empty() {
             return Ok(());
@@ -130,6 +189,14 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             fd.link
         ))
     })?;
+    let mut info = info;
+    // A datagram socket others connected to reads as established, with no peer of its own.
+    if info.sock_type as i32 == libc::SOCK_DGRAM
+        && info.state == STATE_ESTABLISHED
+        && info.peer.is_none()
+    {
+        info.state = STATE_CLOSE;
+    }
     let kind = type_name(info.sock_type);
     let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
     if info.state == STATE_LISTEN && info.rqueue != 0 {
@@ -150,6 +217,29 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         Some(n) if named => Some(bound_name(fd, n, info.vfs, &bad)?),
         _ => None,
     };
+    if named && info.state == STATE_CLOSE && info.rqueue != 0 {
+        return Err(bad(format!(
+            "bound to a name{} with datagrams queued (their senders' addresses would be lost: \
+             not supported yet)",
+            name_suffix(&info)
+        )));
+    }
+    // A datagram socket connected to a named socket that is not connected back to it.
+    let one_way = match info.peer {
+        Some(p) if info.sock_type as i32 == libc::SOCK_DGRAM => match unix_diag::query(p)? {
+            Some(pi) if pi.peer != Some(ino) => match pi.name {
+                Some(n) if !n.is_empty() => Some((pi.sock_type, n)),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    if one_way.is_some() && info.rqueue != 0 {
+        return Err(bad(
+            "connected to a named socket, with datagrams queued (not supported yet)".into(),
+        ));
+    }
     if !matches!(
         info.sock_type as i32,
         libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
@@ -224,6 +314,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         SeenSocket {
             peer: info.peer,
             named,
+            one_way,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -315,6 +406,18 @@ fn bound_name(
     })
 }
 
+/// " to NAME" (" to @NAME" for an abstract one), for messages.
+fn printable_name(n: &[u8]) -> String {
+    match n.first() {
+        Some(0) => format!(" @{}", String::from_utf8_lossy(&n[1..])),
+        Some(_) => format!(" {}", String::from_utf8_lossy(until_nul(n))),
+        None => String::new(),
+    }
+}
+
+/// CRIU's mark of a socket outside the dump (unix_sk_entry.uflags).
+const USK_EXTERN: u32 = 1;
+
 /// A path name as bound: sun_path may carry the terminating NUL (and more).
 fn until_nul(name: &[u8]) -> &[u8] {
     name.split(|&b| b == 0).next().unwrap_or(name)
@@ -334,7 +437,7 @@ fn name_suffix(info: &UnixSockInfo) -> String {
         Some(n) if n.first() == Some(&0) => {
             format!(" to @{}", String::from_utf8_lossy(&n[1..]))
         }
-        Some(n) if !n.is_empty() => format!(" to {}", String::from_utf8_lossy(n)),
+        Some(n) if !n.is_empty() => format!(" to {}", String::from_utf8_lossy(until_nul(n))),
         _ => String::new(),
     }
 }
@@ -515,9 +618,26 @@ impl QueueImages {
     }
 }
 
-/// Whether the saved socket was listening.
-pub fn is_listener(sk: &pb::UnixSkEntry) -> bool {
-    sk.state as u8 == STATE_LISTEN
+/// Whether the saved socket is opened after the others: a listener (after the connections it
+/// accepted, made through a stand-in bound to its name), or a socket connected by name to a
+/// socket that is not connected back (after that one is bound).
+pub fn opens_late(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool {
+    sk.state as u8 == STATE_LISTEN || peer.is_some_and(|p| p.peer != sk.ino && !p.name.is_empty())
+}
+
+/// Connects `s` to the name `peer` is bound to.
+fn connect_by_name(s: &OwnedFd, peer: &pb::UnixSkEntry) -> Result<()> {
+    let name = printable_name(&peer.name);
+    let addr = if peer.name.first() == Some(&0) {
+        socket::UnixAddr::new_abstract(&peer.name[1..])
+    } else {
+        socket::UnixAddr::new(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            until_nul(&peer.name),
+        )))
+    }
+    .map_err(|e| Error::sys(format!("unix address{name}"), e))?;
+    socket::connect(s.as_raw_fd(), &addr)
+        .map_err(|e| Error::sys(format!("connect to the unix socket{name}"), e))
 }
 
 /// Creates the socket `sk` and, when it is connected, its peer `peer` with it (one
@@ -536,6 +656,28 @@ pub fn open_socket(
     })?;
     let what = |verb: &str| format!("{verb} for unix socket {}", sk.ino);
     match (sk.state as u8, peer) {
+        (STATE_ESTABLISHED, Some(peer))
+            if peer.peer != sk.ino
+                && sk.r#type as i32 == libc::SOCK_DGRAM
+                && !peer.name.is_empty() =>
+        {
+            // Connected again by name: the peer is bound already (a socket of the tree, opened
+            // before: see `opens_late`) or lives outside (--ext-unix-sk).
+            if !queues.of(sk.id).is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "unix socket {} connected to a named socket has queued messages",
+                    sk.ino
+                )));
+            }
+            let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            connect_by_name(&s, peer)?;
+            set_buffers(s.as_fd(), &sk.opts)?;
+            set_behaviour(s.as_fd(), &sk.opts)?;
+            files::restore_status_flags(s.as_fd(), sk.flags)?;
+            Ok(vec![(sk.id, s)])
+        }
         (STATE_ESTABLISHED, Some(peer)) => {
             check_restorable(peer)?;
             if peer.peer != sk.ino || peer.r#type != sk.r#type {
@@ -832,6 +974,7 @@ mod tests {
         SeenSocket {
             peer,
             named: false,
+            one_way: None,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),

@@ -92,3 +92,43 @@ fn listener_with_a_pending_connection_is_refused() {
     );
     assert_running_untraced(pid);
 }
+
+#[test]
+fn datagram_socket_connected_outside_needs_ext_unix_sk() {
+    become_subreaper();
+    let s = Scratch::new("unixnames-ext");
+    // The named socket outside the tree, ours.
+    let outside = std::os::unix::net::UnixDatagram::bind(s.path("ext.sock")).unwrap();
+    let child = KillOnDrop(s.spawn(&workload("unixnames"), &[s.dir.to_str().unwrap(), "ext"]));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    let mut child = child;
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "refused.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}"))
+            && err.contains("--ext-unix-sk")
+            && err.contains("ext.sock"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    s.dump(pid, &["--ext-unix-sk"]);
+    assert!(!child.0.wait().unwrap().success());
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+    // Its socket was connected to ours again: what it sent is here.
+    outside
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 32];
+    let n = outside.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ext-hello");
+}

@@ -12,7 +12,11 @@
  * and more go through. Exit code 0 when all passed;
  * failed checks are appended to DIR/result by name.
  *
- * Run as: unixnames DIR
+ * A datagram socket is connected to the bound one (one way), and checked to reach it; with
+ * "ext", another is connected to DIR/ext.sock (bound by whoever started us) and sends
+ * "ext-hello" there during the checks.
+ *
+ * Run as: unixnames DIR [ext]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -161,6 +165,10 @@ int main(int argc, char **argv)
 	int gone = bound(SOCK_DGRAM, "gone.sock");
 	if (unlink("gone.sock") < 0)
 		die("unlink");
+	/* A datagram socket connected to dgram.sock (which is not connected back). */
+	int oneway = connected_to(SOCK_DGRAM, "dgram.sock");
+	/* With "ext": one connected to DIR/ext.sock, a socket of the test (outside the tree). */
+	int ext = argc > 2 && !strcmp(argv[2], "ext") ? connected_to(SOCK_DGRAM, "ext.sock") : -1;
 	/* Accepted connections, with bytes queued both ways. */
 	int cs = connected_to(SOCK_STREAM, "listen.sock"), as = accept(ls, NULL, NULL);
 	int cq = connected_to(SOCK_SEQPACKET, abstract), aq = accept(lq, NULL, NULL);
@@ -202,6 +210,11 @@ int main(int argc, char **argv)
 	if (sendto(c, "dgram", 5, 0, (struct sockaddr *)&a, len) != 5 ||
 	    recv(dg, buf, sizeof buf, MSG_DONTWAIT) != 5 || memcmp(buf, "dgram", 5))
 		fail("dgram_by_path");
+	if (send(oneway, "one-way", 7, 0) != 7)
+		fail("one_way_send");
+	expect(dg, "one-way", "one_way_arrives");
+	if (ext >= 0 && send(ext, "ext-hello", 9, 0) != 9)
+		fail("ext_send");
 	struct stat st;
 	if (stat("gone.sock", &st) == 0)
 		fail("removed_file_is_back");

@@ -271,7 +271,7 @@ pub fn command() -> Command {
             optional(
                 "ext-unix-sk",
                 "INO,...",
-                "allow unix sockets connected outside the tree (not supported yet)",
+                "allow datagram unix sockets connected to a named socket outside the tree (an INO list: not supported yet)",
             )
             .short('x')
             .value_parser(values::unix_sk_inodes),
