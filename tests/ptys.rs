@@ -393,3 +393,15 @@ fn orphan_pts_master_goes_to_the_library_caller() {
         s.read("result")
     );
 }
+
+#[test]
+fn orphan_pts_master_on_the_command_line_is_refused() {
+    let s = Scratch::new("ptys-orphan-cli");
+    let out = s.criu(&["restore", "-D", "img", "--orphan-pts-master"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--orphan-pts-master") && err.contains("RPC client"),
+        "{err}"
+    );
+}
