@@ -405,3 +405,40 @@ fn orphan_pts_master_on_the_command_line_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn unread_terminal_input_is_refused_and_the_task_runs_on() {
+    use std::os::fd::AsRawFd;
+    become_subreaper();
+    let s = Scratch::new("ptys-unread");
+    let bin = workload("ptys");
+    let console = open_pty();
+    let _init = shell_on(
+        &s,
+        &console,
+        "exec \"$0\" \"$1\" shell",
+        &[bin.to_str().unwrap(), s.dir.to_str().unwrap()],
+    );
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    // Typed, not read yet: it would be lost.
+    let n = unsafe { libc::write(console.master.as_raw_fd(), b"zzz\n".as_ptr().cast(), 4) };
+    assert_eq!(n, 4);
+    std::thread::sleep(Duration::from_millis(50));
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "--shell-job",
+        "-o",
+        "refused.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("4 bytes of input not read yet"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+}
