@@ -122,6 +122,7 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
     assert_running_untraced(pid);
     s.dump(pid, &["--ext-unix-sk"]);
     assert!(!child.0.wait().unwrap().success());
+    check_files_with_crit(&s);
     assert_eq!(s.restore(&[]), pid);
     verify(&s, pid, "the restored task");
     // Its socket was connected to ours again: what it sent is here.
@@ -131,4 +132,60 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
     let mut buf = [0u8; 32];
     let n = outside.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"ext-hello");
+}
+
+/// files.img as Debian's crit reads it: the listeners with their backlog, the names, the
+/// removed socket file marked deleted, and the outside socket as an external entry.
+fn check_files_with_crit(s: &Scratch) {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    let out = std::process::Command::new(crit)
+        .args(["decode", "-i"])
+        .arg(s.img().join("files.img"))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let usks: Vec<&serde_json::Value> = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("usk"))
+        .collect();
+    let with = |f: &dyn Fn(&serde_json::Value) -> bool| usks.iter().filter(|u| f(u)).count();
+    // crit shows names as text and the listen state as 10.
+    let name = |u: &serde_json::Value, n: &str| u["name"].as_str().is_some_and(|x| x.contains(n));
+    assert_eq!(
+        with(&|u| u["state"] == 10 && u["backlog"] == 7 && name(u, "listen.sock")),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        with(&|u| u["state"] == 10 && u["backlog"] == 3),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        with(&|u| name(u, "gone.sock") && u["deleted"] == true),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        with(&|u| name(u, "ext.sock") && u["uflags"] == 1),
+        1,
+        "{text}"
+    );
 }
