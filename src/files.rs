@@ -76,6 +76,9 @@ pub struct FileTable {
     /// the dump.
     pidfd_targets: Vec<(pid_t, pid_t, i32)>,
     ttys: crate::tty::TtyDump,
+    /// Our copies of descriptors in flight in socket queues, open until the dump ends (files
+    /// met later are compared with them by kcmp).
+    in_flight: Vec<OwnedFd>,
 }
 
 impl FileTable {
@@ -512,6 +515,7 @@ fn dump_description(
             .or_insert((fd.pid, fd.fd));
         let e = unix::dump_socket(fd, ino, id, &mut files.unix)?;
         files.entries.push(e);
+        dump_in_flight(files)?;
         return Ok(pb::FdTypes::Unixsk);
     }
     let (entry, ty) = match target {
@@ -536,6 +540,82 @@ fn dump_description(
     };
     files.entries.push(entry);
     Ok(ty)
+}
+
+/// The files in flight in the queue of the socket just dumped: each dumped like an fd (one of
+/// ours: the peek gave us copies), or found to be a description some task holds too, and
+/// named by id in its message's entry. Unix sockets in flight are refused.
+fn dump_in_flight(files: &mut FileTable) -> Result<()> {
+    let me = std::process::id() as pid_t;
+    for batch in files.unix.take_in_flight() {
+        let (pid, holder_fd) = batch.holder;
+        let mut ids = Vec::new();
+        for copy in batch.fds {
+            let raw = copy.as_raw_fd();
+            let link = procfs::readlink(&format!("/proc/self/fd/{raw}"))?
+                .to_string_lossy()
+                .into_owned();
+            let refuse = |why: String| {
+                (
+                    pid,
+                    format!("fd {holder_fd}: a queued message carries {link} in flight: {why}"),
+                )
+            };
+            if link.starts_with("socket:") {
+                files
+                    .refused
+                    .push(refuse("a socket in flight (not supported yet)".into()));
+                continue;
+            }
+            let info = procfs::fdinfo(me, raw)?;
+            let mut shared = None;
+            for &(other_pid, other_fd, id) in files
+                .by_ino
+                .get(&info.ino)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                if kcmp::same_file(me, raw, other_pid, other_fd)? {
+                    shared = Some(id);
+                    break;
+                }
+            }
+            let id = match shared {
+                Some(id) => id,
+                None => {
+                    let pidfd = OnceCell::new();
+                    let task_fd = TaskFd {
+                        pid: me,
+                        fd: raw,
+                        link: &link,
+                        info: &info,
+                        flags: info.flags & !(libc::O_CLOEXEC as u32),
+                        pidfd: &pidfd,
+                        service_sk_ino: None,
+                    };
+                    let id = files.alloc_id();
+                    match dump_description(&task_fd, id, files, false) {
+                        Ok(_) => {}
+                        Err(Error::Unsupported { resource, .. }) => {
+                            files.refused.push(refuse(resource));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    files
+                        .by_ino
+                        .entry(info.ino)
+                        .or_default()
+                        .push((me, raw, id));
+                    id
+                }
+            };
+            ids.push(id);
+            files.in_flight.push(copy);
+        }
+        files.unix.set_rights(batch.message, ids);
+    }
+    Ok(())
 }
 
 /// A file the fd reaches by a path: a regular file, directory, device, FIFO, or an O_PATH fd
@@ -892,6 +972,7 @@ pub fn open_all(
     let wanted: BTreeSet<u32> = tables
         .iter()
         .flat_map(|(_, t)| t.iter().map(|f| f.id))
+        .chain(files.queues.files_in_flight())
         .filter(|&id| !files.is_late(id))
         .collect();
     // Pipe ends by pipe, in id order, for the one pipe() that serves them all; pidfds of a
@@ -930,7 +1011,13 @@ pub fn open_all(
             .by_id
             .get(id)
             .and_then(|e| e.usk.as_ref())
-            .is_some_and(|u| unix::opens_late(u, files.unix_peer(u)))
+            .is_some_and(|u| {
+                unix::opens_late(u, files.unix_peer(u))
+                    || files.queues.carries_files(u.id)
+                    || files
+                        .unix_peer(u)
+                        .is_some_and(|p| files.queues.carries_files(p.id))
+            })
     };
     let order = wanted
         .iter()
@@ -975,7 +1062,8 @@ pub fn open_all(
                         .is_some_and(|id| wanted.contains(id))
                         || !p.name.is_empty()
                 });
-                unix::open_socket(sk, peer, &files.queues)?
+                let opened = |id: u32| out.by_id.get(&id).map(|f| f.as_raw_fd());
+                unix::open_socket(sk, peer, &files.queues, &opened)?
             }
             Ok(pb::FdTypes::Eventfd) => {
                 let efd = files.member(id, "EVENTFD", |e| e.efd.as_ref())?;

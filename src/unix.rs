@@ -3,7 +3,10 @@
 //! a removed socket file is removed again), listeners with their backlog, and stream or
 //! seqpacket connections accepted by a listener (the accepted side has the listener's name),
 //! datagram sockets connected to a named socket not connected back (connected again by name;
-//! outside the dump with --ext-unix-sk, written as an external entry as CRIU does).
+//! outside the dump with --ext-unix-sk, written as an external entry as CRIU does), and files
+//! in flight (SCM_RIGHTS) in datagram and seqpacket queues: the peek gives us copies, which
+//! files.rs dumps as files; each message's entry names them by id, and the refill passes them
+//! along again.
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -20,7 +23,8 @@
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
 //! a directory, listeners with connections not accepted yet, connected datagram sockets that
 //! have a name, connections whose both ends have a name, sockets connected to a socket outside the dump or to one that is
-//! gone, shut-down sockets, file descriptors or credentials in flight in a queue, attached
+//! gone, shut-down sockets, file descriptors in flight in a stream's queue or unix sockets in
+//! flight, credentials in flight, attached
 //! socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,10 +58,22 @@ struct SeenSocket {
 }
 
 /// Unix sockets dumped so far, by inode, and their queues.
+/// Descriptors in flight with one queued message: our copies, until files.rs has dumped
+/// them as files and named them in the message's entry (`set_rights`).
+pub struct InFlight {
+    /// Index of the message in `UnixDump::queues`.
+    pub message: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The task and fd of the socket whose queue holds them.
+    pub holder: (pid_t, i32),
+}
+
 #[derive(Default)]
 pub struct UnixDump {
     sockets: BTreeMap<u32, SeenSocket>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Found by the last `dump_socket`, for files.rs to take.
+    in_flight: Vec<InFlight>,
     /// --ext-unix-sk: a datagram socket may be connected to a named socket outside the dump.
     pub ext_unix_sk: bool,
 }
@@ -120,6 +136,19 @@ impl UnixDump {
             }
         }
         Ok(())
+    }
+
+    /// The descriptors in flight found since the last call.
+    pub fn take_in_flight(&mut self) -> Vec<InFlight> {
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Names the files (by file id) that travel with queued message `message`.
+    pub fn set_rights(&mut self, message: usize, ids: Vec<u32>) {
+        self.queues[message].0.scm = vec![pb::ScmEntry {
+            r#type: libc::SCM_RIGHTS as u32,
+            rights: ids,
+        }];
     }
 
     /// files.img entries for the named sockets outside the dump that datagram sockets of the
@@ -268,7 +297,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         .find(|(k, _)| k == "scm_fds")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    if in_flight != 0 {
+    if in_flight != 0 && info.sock_type as i32 == libc::SOCK_STREAM {
         return Err(bad(format!(
             "with {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue \
              (not supported yet)"
@@ -286,10 +315,11 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     let opts = dump_opts(sock)?;
     let fown = files::dump_fown(sock)?;
     // A listener's queue holds connections, refused above when there are any.
+    let mut rights: Vec<(usize, Vec<OwnedFd>)> = Vec::new();
     let queue = if info.state == STATE_LISTEN {
         Vec::new()
     } else {
-        read_queue(fd, sock, &info)?
+        read_queue(fd, sock, &info, &mut rights)?
     };
     log::debug!(
         "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
@@ -299,6 +329,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         queue.len(),
         queue.iter().map(Vec::len).sum::<usize>()
     );
+    for (i, fds) in rights {
+        dump.in_flight.push(InFlight {
+            message: dump.queues.len() + i,
+            fds,
+            holder: (fd.pid, fd.fd),
+        });
+    }
     for bytes in queue {
         dump.queues.push((
             pb::SkPacketEntry {
@@ -484,7 +521,12 @@ fn dump_opts(sock: BorrowedFd<'_>) -> Result<pb::SkOptsEntry> {
 }
 
 /// The socket's receive queue, oldest first, without consuming it.
-fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<Vec<Vec<u8>>> {
+fn read_queue(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    info: &UnixSockInfo,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
     if info.sock_type as i32 == libc::SOCK_STREAM {
         // One peek from the start of the stream reads across all its buffers.
         if info.rqueue == 0 {
@@ -493,7 +535,7 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
         let mut buf = vec![0u8; info.rqueue as usize];
         let got = match sockmsg::peek(sock, &mut buf, 0)? {
             Some(p) => {
-                check_control(fd, &p)?;
+                check_control(fd, &p, false)?;
                 p.len
             }
             None => 0,
@@ -511,7 +553,7 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
     // Datagrams: walk the queue with a peek offset, each message probed for its length first
     // (MSG_TRUNC with no buffer), then peeked whole.
     sockopt::set_int(sock, SO_PEEK_OFF, 0)?;
-    let walked = walk_datagrams(fd, sock);
+    let walked = walk_datagrams(fd, sock, rights);
     let reset = sockopt::set_int(sock, SO_PEEK_OFF, -1);
     let messages = walked?;
     reset?;
@@ -528,12 +570,19 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
     Ok(messages)
 }
 
-fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+/// Each message's bytes; the descriptors in flight with any of them go into `rights` as
+/// (message index, our copies).
+fn walk_datagrams(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
     let mut messages = Vec::new();
     let mut total = 0usize;
     while let Some(probe) = sockmsg::peek(sock, &mut [], libc::MSG_TRUNC)? {
-        check_control(fd, &probe)?;
+        check_control(fd, &probe, true)?;
         let len = probe.len;
+        let mut fds = probe.fds;
         // An empty datagram: the probe has stepped over it already (the kernel marks it
         // peeked and the next peek at this offset skips it).
         let mut buf = vec![0u8; len];
@@ -541,7 +590,8 @@ fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
             let p = sockmsg::peek(sock, &mut buf, 0)?.ok_or_else(|| {
                 Error::task(fd.pid, format!("fd {}: {}: queue changed", fd.fd, fd.link))
             })?;
-            check_control(fd, &p)?;
+            check_control(fd, &p, true)?;
+            fds = p.fds;
             if p.len != len || p.truncated {
                 return Err(Error::task(
                     fd.pid,
@@ -559,13 +609,26 @@ fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
                 fd.link
             )));
         }
+        if !fds.is_empty() {
+            rights.push((messages.len(), fds));
+        }
         messages.push(buf);
     }
     Ok(messages)
 }
 
-fn check_control(fd: &TaskFd, p: &Peeked) -> Result<()> {
+/// Control data we cannot carry: anything but descriptors (`rights_ok`: on a datagram or
+/// seqpacket queue).
+fn check_control(fd: &TaskFd, p: &Peeked, rights_ok: bool) -> Result<()> {
     if p.control.is_empty() && !p.control_truncated {
+        return Ok(());
+    }
+    if rights_ok
+        && !p.control_truncated
+        && p.control
+            .iter()
+            .all(|&c| c == (libc::SOL_SOCKET, libc::SCM_RIGHTS))
+    {
         return Ok(());
     }
     let has = |ty| p.control.contains(&(libc::SOL_SOCKET, ty));
@@ -589,32 +652,53 @@ fn check_control(fd: &TaskFd, p: &Peeked) -> Result<()> {
 #[derive(Default)]
 pub struct QueueImages {
     by_socket: HashMap<u32, Vec<Vec<u8>>>,
+    /// Files in flight: (socket id, message index) → file ids, passed along with the message.
+    rights: HashMap<(u32, usize), Vec<u32>>,
 }
 
 impl QueueImages {
     pub fn load(dir: &ImageDir) -> Result<QueueImages> {
         let mut by_socket: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        let mut rights = HashMap::new();
         if let Some(mut r) = dir.open_optional(Kind::SkQueues, "")? {
             while let Some(e) = r.read_entry::<pb::SkPacketEntry>()? {
                 let bytes = r.read_raw(e.length as usize)?;
-                if !e.scm.is_empty() {
-                    return Err(Error::image(
-                        r.path().to_owned(),
-                        format!(
-                            "a message queued for socket {} carries control data (file \
-                             descriptors), which this build cannot restore",
-                            e.id_for
-                        ),
-                    ));
+                let queue = by_socket.entry(e.id_for).or_default();
+                for scm in &e.scm {
+                    if scm.r#type != libc::SCM_RIGHTS as u32 {
+                        return Err(Error::image(
+                            r.path().to_owned(),
+                            format!(
+                                "a message queued for socket {} carries control data of type \
+                                 {}, which this build cannot restore",
+                                e.id_for, scm.r#type
+                            ),
+                        ));
+                    }
+                    rights
+                        .entry((e.id_for, queue.len()))
+                        .or_insert_with(Vec::new)
+                        .extend(scm.rights.iter().copied());
                 }
-                by_socket.entry(e.id_for).or_default().push(bytes);
+                queue.push(bytes);
             }
         }
-        Ok(QueueImages { by_socket })
+        Ok(QueueImages { by_socket, rights })
     }
 
     fn of(&self, id: u32) -> &[Vec<u8>] {
         self.by_socket.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every file in flight: they are opened like the tasks' files, before the sockets whose
+    /// queues carry them.
+    pub fn files_in_flight(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rights.values().flatten().copied()
+    }
+
+    /// Whether socket `id`'s queue carries files.
+    pub fn carries_files(&self, id: u32) -> bool {
+        self.rights.keys().any(|&(s, _)| s == id)
     }
 }
 
@@ -646,6 +730,7 @@ pub fn open_socket(
     sk: &pb::UnixSkEntry,
     peer: Option<&pb::UnixSkEntry>,
     queues: &QueueImages,
+    opened: &dyn Fn(u32) -> Option<std::os::fd::RawFd>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     check_restorable(sk)?;
     let ty = SockType::try_from(sk.r#type as i32).map_err(|_| {
@@ -699,8 +784,8 @@ pub fn open_socket(
             // Each queue is sent by the peer: room for it in the sender's buffer first.
             make_room(b.as_fd(), &peer.opts, queues.of(sk.id))?;
             make_room(a.as_fd(), &sk.opts, queues.of(peer.id))?;
-            refill(b.as_fd(), queues.of(sk.id), sk)?;
-            refill(a.as_fd(), queues.of(peer.id), peer)?;
+            refill(b.as_fd(), queues, sk, opened)?;
+            refill(a.as_fd(), queues, peer, opened)?;
             for (fd, e) in [(&a, sk), (&b, peer)] {
                 set_buffers(fd.as_fd(), &e.opts)?;
                 set_behaviour(fd.as_fd(), &e.opts)?;
@@ -931,12 +1016,34 @@ fn set_behaviour(sock: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
 }
 
 /// Sends `messages` from `sender` into its peer's queue, one send per saved message.
-fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEntry) -> Result<()> {
+/// Sends `receiver`'s saved queue from `sender`, with the files in flight (found in
+/// `opened` by file id) passed along with their messages.
+fn refill(
+    sender: BorrowedFd<'_>,
+    queues: &QueueImages,
+    receiver: &pb::UnixSkEntry,
+    opened: &dyn Fn(u32) -> Option<std::os::fd::RawFd>,
+) -> Result<()> {
+    let messages = queues.of(receiver.id);
     let stream = receiver.r#type as i32 == libc::SOCK_STREAM;
     for (i, m) in messages.iter().enumerate() {
         let mut done = 0;
+        let mut fds = Vec::new();
+        for &id in queues
+            .rights
+            .get(&(receiver.id, i))
+            .map_or(&[][..], Vec::as_slice)
+        {
+            fds.push(opened(id).map(crate::sys::fd::borrow).ok_or_else(|| {
+                Error::InvalidOptions(format!(
+                    "unix socket {}: file {id} in flight was not opened",
+                    receiver.ino
+                ))
+            })?);
+        }
         loop {
-            let n = sockmsg::send(sender, &m[done..]).map_err(|e| match e {
+            let fds_now = if done == 0 { &fds[..] } else { &[][..] };
+            let n = sockmsg::send_with_fds(sender, &m[done..], fds_now).map_err(|e| match e {
                 Error::Sys { what, errno } => Error::sys(
                     format!(
                         "refill unix socket {} (message {i} of {}): {what}",
@@ -1046,7 +1153,7 @@ mod tests {
 
         let a = sk(1, 100, 101, libc::SOCK_DGRAM);
         let b = sk(2, 101, 100, libc::SOCK_DGRAM);
-        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues, &|_| None)
             .unwrap()
             .into_iter()
             .collect();
@@ -1081,11 +1188,12 @@ mod tests {
         let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 40_000]).collect();
         let queues = QueueImages {
             by_socket: HashMap::from([(1, msgs.clone())]),
+            rights: HashMap::new(),
         };
         let a = sk(1, 100, 101, libc::SOCK_SEQPACKET);
         let mut b = sk(2, 101, 100, libc::SOCK_SEQPACKET);
         b.opts.so_sndbuf = 8192;
-        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues, &|_| None)
             .unwrap()
             .into_iter()
             .collect();
@@ -1112,12 +1220,14 @@ mod tests {
         let mut peer = sk(2, 101, 100, libc::SOCK_DGRAM);
         named.name = b"/tmp/x".to_vec();
         peer.name = b"/tmp/x".to_vec();
-        let e = open_socket(&named, Some(&peer), &queues)
+        let e = open_socket(&named, Some(&peer), &queues, &|_| None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("connected and bound to a name"), "{e}");
         let lonely = sk(1, 100, 101, libc::SOCK_STREAM);
-        let e = open_socket(&lonely, None, &queues).unwrap_err().to_string();
+        let e = open_socket(&lonely, None, &queues, &|_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("peer 101"), "{e}");
     }
 }

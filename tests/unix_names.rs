@@ -1,7 +1,9 @@
 //! Named unix sockets through dump and restore of a real process
 //! (ctests/workloads/unixnames.c checks names, listening and traffic from inside): listeners on
 //! a path and on an abstract name, a datagram socket bound to a path, one whose socket file was
-//! removed; and a listener with a connection not accepted yet, refused with the task running.
+//! removed, accepted connections, datagram sockets connected by name (outside the tree with
+//! --ext-unix-sk), files in flight (ctests/workloads/inflight.c); and a listener with a
+//! connection not accepted yet, refused with the task running.
 
 mod common;
 
@@ -137,17 +139,7 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
 /// files.img as Debian's crit reads it: the listeners with their backlog, the names, the
 /// removed socket file marked deleted, and the outside socket as an external entry.
 fn check_files_with_crit(s: &Scratch) {
-    let crit = std::env::var_os("CRIT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
-        });
-    assert!(
-        crit.is_file(),
-        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
-        crit.display()
-    );
-    let out = std::process::Command::new(crit)
+    let out = std::process::Command::new(crit())
         .args(["decode", "-i"])
         .arg(s.img().join("files.img"))
         .output()
@@ -188,4 +180,53 @@ fn check_files_with_crit(s: &Scratch) {
         1,
         "{text}"
     );
+}
+
+#[test]
+fn files_in_flight_travel_with_their_messages() {
+    become_subreaper();
+    let s = Scratch::new("unix-inflight");
+    let mut child = KillOnDrop(s.spawn(&workload("inflight"), &[s.dir.to_str().unwrap()]));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    s.dump(pid, &[]);
+    assert!(!child.0.wait().unwrap().success());
+    // sk-queues.img as crit reads it: three messages, each naming one file.
+    let out = std::process::Command::new(crit())
+        .args(["decode", "-i"])
+        .arg(s.img().join("sk-queues.img"))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let with_rights = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["scm"][0]["rights"]
+                .as_array()
+                .is_some_and(|r| r.len() == 1)
+        })
+        .count();
+    assert_eq!(with_rights, 3, "{j}");
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+}
+
+fn crit() -> std::path::PathBuf {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    crit
 }
