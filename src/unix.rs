@@ -22,10 +22,10 @@
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
 //! a directory, listeners with connections not accepted yet, connected datagram sockets that
-//! have a name, connections whose both ends have a name, sockets connected to a socket outside the dump or to one that is
-//! gone, shut-down sockets, file descriptors in flight in a stream's queue or unix sockets in
-//! flight, credentials in flight, attached
-//! socket filters, an SO_PEEK_OFF in use by the task.
+//! have a name, connections whose both ends have a name, sockets connected to a socket outside
+//! the dump (except datagram ones with --ext-unix-sk) or to one that is gone, shut-down
+//! sockets, file descriptors in flight in a stream's queue or unix sockets in flight,
+//! credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -230,3 +230,20 @@ fn crit() -> std::path::PathBuf {
     );
     crit
 }
+
+#[test]
+fn files_in_flight_stay_queued_after_leave_running() {
+    become_subreaper();
+    let s = Scratch::new("unix-inflight-leave");
+    let mut child = KillOnDrop(s.spawn(&workload("inflight"), &[s.dir.to_str().unwrap()]));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    s.dump(pid, &["--leave-running"]);
+    assert_running_untraced(pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        s.read("result")
+    );
+}
