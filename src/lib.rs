@@ -43,6 +43,7 @@ pub mod sys;
 pub mod timerfd;
 pub mod timers;
 pub mod track;
+pub mod tty;
 pub mod unix;
 
 pub use error::{Error, Result};

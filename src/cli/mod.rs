@@ -230,6 +230,14 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             Ok(0)
         }
         Action::Restore => {
+            if opts.orphan_pts_master {
+                // The new pty's master would be closed at once: the task's terminal hung up.
+                return Err(CliError::from(crate::error::Error::InvalidOptions(
+                    "--orphan-pts-master: the new pty's master goes to an RPC client \
+                     (criu_set_orphan_pts_master); the command line has nobody to give it to"
+                        .into(),
+                )));
+            }
             let outcome = engine::restore(&opts, &mut notify)?;
             log::info!(
                 "Restore finished successfully; the tree's root is pid {}",

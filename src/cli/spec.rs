@@ -271,7 +271,7 @@ pub fn command() -> Command {
             optional(
                 "ext-unix-sk",
                 "INO,...",
-                "allow unix sockets connected outside the tree (not supported yet)",
+                "allow datagram unix sockets connected to a named socket outside the tree (an INO list: not supported yet)",
             )
             .short('x')
             .value_parser(values::unix_sk_inodes),
@@ -504,7 +504,7 @@ pub fn command() -> Command {
         "orphan-pts-master",
         "no-orphan-pts-master",
         None,
-        "pass the master of an orphaned pty to the RPC client (not supported yet)",
+        "restore: a new pty for each one whose master was outside the tree; its master goes to the RPC client",
     );
 
     c = c.next_help_heading("Check options");

@@ -40,7 +40,6 @@ struct TaskImages {
     pages_id: u32,
     fs: pb::FsEntry,
     fdinfo: Vec<pb::FdinfoEntry>,
-    ttys: Vec<pb::TtyInfoEntry>,
 }
 
 #[derive(Default)]
@@ -298,46 +297,6 @@ fn thread_core(
     Ok((info, core))
 }
 
-fn tty_info(
-    pid: pid_t,
-    fdinfo: &[pb::FdinfoEntry],
-    files: &FileTable,
-    stat: &procfs::Stat,
-) -> Result<Vec<pb::TtyInfoEntry>> {
-    let mut out: Vec<pb::TtyInfoEntry> = Vec::new();
-    for fe in fdinfo {
-        let Some(tty) = files.get(fe.id).and_then(|e| e.tty.as_ref()) else {
-            continue;
-        };
-        if out.iter().any(|t| t.id == tty.tty_info_id) {
-            continue;
-        }
-        let link = format!("/proc/{pid}/fd/{}", fe.fd);
-        let path = procfs::readlink(&link)?;
-        let index = path
-            .to_str()
-            .and_then(|p| p.strip_prefix("/dev/pts/"))
-            .and_then(|n| n.parse().ok());
-        out.push(pb::TtyInfoEntry {
-            id: tty.tty_info_id,
-            r#type: if index.is_some() {
-                pb::TtyType::Pty
-            } else {
-                pb::TtyType::Console
-            } as i32,
-            locked: false,
-            exclusive: false,
-            packet_mode: false,
-            sid: stat.sid as u32,
-            pgrp: stat.pgid as u32,
-            rdev: tty.tty_info_id,
-            pty: index.map(|index| pb::TtyPtyEntry { index }),
-            ..Default::default()
-        });
-    }
-    Ok(out)
-}
-
 /// What the tasks of a tree add to images that are written once for all of them.
 #[derive(Default)]
 struct TreeImages {
@@ -495,7 +454,6 @@ fn dump_task(
         root_id: files.add_path(&root, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)?,
         umask: Some(status.umask),
     };
-    let ttys = tty_info(pid, &fdinfo, files, &stat)?;
 
     let mut cores = Vec::with_capacity(task.threads.len());
     for (th, q) in task.threads.iter().zip(&threads) {
@@ -568,7 +526,6 @@ fn dump_task(
         pages_id,
         fs,
         fdinfo,
-        ttys,
     })
 }
 
@@ -948,15 +905,6 @@ fn write_tree(
                 seccomp_filters: std::mem::take(seccomp),
             },
         )?;
-    }
-    let mut ttys: Vec<&pb::TtyInfoEntry> = Vec::new();
-    for t in images.iter().flat_map(|t| t.ttys.iter()) {
-        if !ttys.iter().any(|x| x.id == t.id) {
-            ttys.push(t);
-        }
-    }
-    if !ttys.is_empty() {
-        dir.write_all(Kind::TtyInfo, "", ttys)?;
     }
     log::debug!("images written");
     write_timens(&dir)?;

@@ -712,6 +712,12 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     } else {
         None
     };
+    // --orphan-pts-master: new ptys for those whose master was outside the tree.
+    let orphan_masters = if opts.orphan_pts_master {
+        plan.files.ttys_mut().replace_orphans()?
+    } else {
+        Vec::new()
+    };
     let pool = crate::files::open_all(
         &tables,
         &plan.files,
@@ -719,6 +725,14 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         terminal.map(crate::sys::fd::borrow_std),
     )?;
     plan.pool = pool.numbers();
+    for master in &orphan_masters {
+        notify.notify(
+            "orphan-pts-master",
+            0,
+            Some(std::os::fd::AsFd::as_fd(master)),
+        )?;
+    }
+    drop(orphan_masters);
 
     // Control channels: one "go" pipe per process, one shared report pipe.
     plan.report = raw_pipe()?;

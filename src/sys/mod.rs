@@ -25,5 +25,6 @@ pub mod sock;
 pub mod sockmsg;
 pub mod sockopt;
 pub mod task;
+pub mod tty;
 pub mod uffd;
 pub mod unix_diag;
