@@ -250,7 +250,7 @@ pub fn command() -> Command {
         "tcp-established",
         "no-tcp-established",
         None,
-        "checkpoint/restore established TCP connections (not supported yet)",
+        "checkpoint/restore established TCP connections (TCP_REPAIR; see --network-lock)",
     );
     c = negatable(
         c,
@@ -264,7 +264,7 @@ pub fn command() -> Command {
         "tcp-close",
         "no-tcp-close",
         None,
-        "restore established TCP connections closed (not supported yet)",
+        "dump or restore established TCP connections as closed sockets",
     );
     c = c
         .arg(
