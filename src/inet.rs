@@ -72,6 +72,8 @@ struct Repaired {
 pub struct InetDump {
     tcp_established: bool,
     tcp_close: bool,
+    /// --skip-in-flight: connections a listener has not accepted yet are left behind.
+    skip_in_flight: bool,
     lock: NetworkLock,
     run_id: String,
     /// Our network namespace, to refuse sockets of another.
@@ -95,6 +97,7 @@ impl InetDump {
         InetDump {
             tcp_established: opts.tcp_established,
             tcp_close: opts.tcp_close,
+            skip_in_flight: opts.tcp_skip_in_flight,
             lock: opts.network_lock,
             run_id: netlock::new_run_id(),
             netns: std::fs::read_link("/proc/self/ns/net").ok(),
@@ -279,12 +282,21 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut InetDump) -> Resul
     e.tcp_opts = Some(dump_tcp_opts(s)?);
     match e.state {
         TCP_LISTEN => {
-            if info.unacked != 0 {
+            if info.unacked != 0 && !dump.skip_in_flight {
                 return Err(bad(format!(
-                    "listening on {local} with {} connection(s) not accepted yet (not \
-                     supported yet)",
+                    "listening on {local} with {} connection(s) not accepted yet (use \
+                     --skip-in-flight to leave them behind)",
                     info.unacked
                 )));
+            }
+            if info.unacked != 0 {
+                log::warn!(
+                    "pid {} fd {}: {} connection(s) not accepted yet on {local} are left \
+                     behind",
+                    fd.pid,
+                    fd.fd,
+                    info.unacked
+                );
             }
             e.backlog = info.sacked;
         }

@@ -262,7 +262,6 @@ impl Options {
             (self.lsm_mount_context.is_some(), "lsm-mount-context"),
             (self.unprivileged, "unprivileged"),
             (self.ext_unix_sk, "ext-unix-sk"),
-            (self.tcp_skip_in_flight, "tcp-skip-in-flight"),
             (self.link_remap, "link-remap"),
             (self.orphan_pts_master, "orphan-pts-master"),
             (!self.external.is_empty(), "external"),

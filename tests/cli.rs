@@ -260,10 +260,6 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
     let dir = s.dir("imgs");
     let d = dir.to_str().unwrap();
     for (flag, name) in [
-        (
-            &["--skip-in-flight"][..],
-            "option --skip-in-flight is not supported yet",
-        ),
         (&["--stream"][..], "option --stream is not supported yet"),
         (
             &["--ext-mount-map", "auto"][..],
@@ -294,9 +290,9 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
             "1",
             "-D",
             "/tmp/x-criu-rs-absent",
-            "--skip-in-flight",
+            "--enable-external-masters",
         ]),
-        "option --skip-in-flight is not supported yet",
+        "option --enable-external-masters is not supported yet",
     );
     assert_fails_with(&criu(&["page-server"]), "not supported yet");
     assert_fails_with(&criu(&["lazy-pages"]), "not supported yet");

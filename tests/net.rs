@@ -312,6 +312,68 @@ impl Drop for Netns {
     }
 }
 
+/// Debian's crit (scripts/get-crit.sh) reads our inet sockets and TCP streams: the listeners
+/// and UDP sockets of both families, the held request in one receive queue, the unread reply in
+/// one send queue.
+fn check_images_with_crit(s: &Scratch) {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first",
+        crit.display()
+    );
+    let decode = |name: &str| -> serde_json::Value {
+        let o = Command::new(&crit)
+            .args(["decode", "--pretty", "-i"])
+            .arg(s.img().join(name))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "crit decode {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let files = decode("files.img");
+    let isk: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "INETSK")
+        .map(|e| &e["isk"])
+        .collect();
+    let count = |family: &str, ty: &str, state: &str| {
+        isk.iter()
+            .filter(|e| e["family"] == family && e["type"] == ty && e["state"] == state)
+            .count()
+    };
+    assert_eq!(count("INET", "STREAM", "LISTEN"), 1, "{isk:?}");
+    assert_eq!(count("INET6", "STREAM", "LISTEN"), 1, "{isk:?}");
+    assert_eq!(count("INET", "DGRAM", "CLOSE"), 1, "{isk:?}");
+    assert_eq!(count("INET6", "DGRAM", "CLOSE"), 1, "{isk:?}");
+    assert_eq!(count("INET", "STREAM", "ESTABLISHED"), 2, "{isk:?}");
+    assert_eq!(count("INET6", "STREAM", "ESTABLISHED"), 1, "{isk:?}");
+    let mut held = 0;
+    let mut unread = 0;
+    for e in isk.iter().filter(|e| e["state"] == "ESTABLISHED") {
+        let ino = e["ino"].as_u64().unwrap();
+        let st = decode(&format!("tcp-stream-{ino:x}.img"));
+        let t = &st["entries"][0];
+        if t["inq_len"] == 12 {
+            held += 1;
+        }
+        if t["outq_len"].as_u64().unwrap() > 1 << 20 {
+            unread += 1;
+        }
+    }
+    assert_eq!((held, unread), (1, 1), "queues as crit reads them");
+}
+
 /// The whole scenario: connections in every state the server can be in, dumped with
 /// --tcp-established and `lock`, restored, then each checked.
 fn server_keeps_its_clients(
@@ -376,6 +438,9 @@ fn server_keeps_its_clients(
         .filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
         .collect();
     assert_eq!(streams.len(), 3, "tcp-stream images: one per connection");
+    if with_v6 {
+        check_images_with_crit(s);
+    }
 
     let pid = s.restore(&[]);
     assert_eq!(pid, srv.pid);
@@ -483,27 +548,32 @@ fn skip_lock_and_tcp_close() {
 fn established_connections_need_an_option_and_failed_dumps_release_them() {
     let _serial = serial();
     let s = Scratch::new("net-refuse");
-    let srv = start_server(&s, &["127.0.0.1"], &[("NETSERVER_EXTRA", "packet")]);
+    let srv = start_server(&s, &["127.0.0.1"], &[("NETSERVER_EXTRA", "others")]);
     let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
     let mut c = Client::connect(a4);
     let n = counter(&c.ask("ECHO a"), "a");
+    // A connection the server has not accepted.
+    assert_eq!(c.ask("NOACCEPT"), "NOACCEPT");
+    let _waiting = TcpStream::connect(a4).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
 
-    // Without --tcp-established: refused, with every unsupported fd in one list.
-    let o = s.criu(&[
-        "dump",
-        "-t",
-        &srv.pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "d1.log",
-    ]);
+    // Without --tcp-established: refused, with every unsupported socket in one list, by type.
+    let pid = srv.pid.to_string();
+    let o = s.criu(&["dump", "-t", &pid, "-D", "img", "-o", "d1.log"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("use --tcp-established or --tcp-close") && err.contains("packet"),
-        "{err}"
-    );
+    for what in [
+        "cannot dump 5 resources",
+        "TCP/IPv4 socket connected",
+        "use --tcp-established or --tcp-close",
+        "listening on 127.0.0.1",
+        "1 connection(s) not accepted yet (use --skip-in-flight",
+        "packet",
+        "netlink",
+        "raw/IPv4 socket",
+    ] {
+        assert!(err.contains(what), "{what:?} missing: {err}");
+    }
     assert_running_untraced(srv.pid);
     assert_eq!(counter(&c.ask("ECHO b"), "b"), n + 1);
 
@@ -519,13 +589,17 @@ fn established_connections_need_an_option_and_failed_dumps_release_them() {
         "-o",
         "d2.log",
         "--tcp-established",
+        "--skip-in-flight",
         "--network-lock",
         "nftables",
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("packet") && !err.contains("tcp-established"),
+        err.contains("cannot dump 3 resources")
+            && err.contains("packet")
+            && !err.contains("tcp-established")
+            && !err.contains("accepted"),
         "{err}"
     );
     assert_running_untraced(srv.pid);

@@ -2,7 +2,7 @@
  * its accepted connections, a unix socket pair, a timerfd, a signalfd and an eventfd.
  *
  * usage: netserver ADDR4 [ADDR6]   (ports are chosen by the kernel)
- * NETSERVER_EXTRA=packet: also holds a packet socket.
+ * NETSERVER_EXTRA=others: also holds a packet, a netlink and a raw socket.
  * Writes "ready": "pid tcp4 tcp6 udp4 udp6" (0 for a family not asked for).
  *
  * TCP protocol, one command per line:
@@ -11,6 +11,7 @@
  *   BIG n       -> n bytes, byte i = (i * 7 + 3) & 0xff, sent as the client makes room
  *   STAT        -> "S ok" or "S bad ..." (timer ticks went through the unix pair, the eventfd
  *                  counted every ECHO)
+ *   NOACCEPT    -> "NOACCEPT", then new connections wait in the listeners' accept queues
  *   QUIT        -> the server exits 0 when its checks pass, 3 otherwise
  * UDP: "ping" -> "pong <n>".
  */
@@ -48,7 +49,7 @@ enum { T_L4 = 1, T_L6, T_U4, T_U6, T_TIMER, T_UNIX, T_SIG, T_EV, T_CONN = 100 };
 static struct conn conns[MAXC];
 static long requests, echoes;
 static unsigned long long ticks, unix_bytes, ev_total;
-static int ep, upair[2], evfd;
+static int ep, upair[2], evfd, listeners[2] = { -1, -1 };
 
 static void die(const char *what)
 {
@@ -201,6 +202,11 @@ static int serve(int idx)
 				b[i] = (i * 7 + 3) & 0xff;
 			queue_out(c, b, n);
 			free(b);
+		} else if (!strcmp(line, "NOACCEPT")) {
+			epoll_ctl(ep, EPOLL_CTL_DEL, listeners[0], NULL);
+			if (listeners[1] >= 0)
+				epoll_ctl(ep, EPOLL_CTL_DEL, listeners[1], NULL);
+			reply(c, "NOACCEPT\n");
 		} else if (!strcmp(line, "STAT")) {
 			const char *why = check();
 			reply(c, why ? "S bad %s\n" : "S ok\n", why);
@@ -250,11 +256,13 @@ int main(int argc, char **argv)
 	int l4 = make(AF_INET, SOCK_STREAM, argv[1]);
 	int u4 = make(AF_INET, SOCK_DGRAM, argv[1]);
 	int l6 = -1, u6 = -1;
+	listeners[0] = l4;
 	add(l4, T_L4, EPOLLIN);
 	add(u4, T_U4, EPOLLIN);
 	if (argc > 2) {
 		l6 = make(AF_INET6, SOCK_STREAM, argv[2]);
 		u6 = make(AF_INET6, SOCK_DGRAM, argv[2]);
+		listeners[1] = l6;
 		add(l6, T_L6, EPOLLIN);
 		add(u6, T_U6, EPOLLIN);
 	}
@@ -263,10 +271,16 @@ int main(int argc, char **argv)
 	add(sfd, T_SIG, EPOLLIN);
 	add(evfd, T_EV, EPOLLIN);
 
-	/* NETSERVER_EXTRA=packet: also hold a packet socket (a kind the dump refuses). */
+	/* NETSERVER_EXTRA=others: also hold sockets of kinds the dump refuses. */
 	const char *extra = getenv("NETSERVER_EXTRA");
-	if (extra && !strcmp(extra, "packet") && socket(AF_PACKET, SOCK_DGRAM, 0) < 0)
-		die("packet socket");
+	if (extra && !strcmp(extra, "others")) {
+		if (socket(AF_PACKET, SOCK_DGRAM, 0) < 0)
+			die("packet socket");
+		if (socket(AF_NETLINK, SOCK_RAW, 0) < 0)
+			die("netlink socket");
+		if (socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) < 0)
+			die("raw socket");
+	}
 
 	FILE *f = fopen("ready.tmp", "w");
 	fprintf(f, "%d %d %d %d %d\n", getpid(), port_of(l4), l6 < 0 ? 0 : port_of(l6), port_of(u4),

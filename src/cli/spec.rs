@@ -257,7 +257,7 @@ pub fn command() -> Command {
         "skip-in-flight",
         "no-skip-in-flight",
         None,
-        "skip TCP connections not yet accepted (not supported yet)",
+        "leave behind TCP connections a listener has not accepted yet",
     );
     c = negatable(
         c,
