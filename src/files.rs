@@ -194,7 +194,9 @@ impl FileTable {
         if !self.shared.is_empty() {
             let me = std::process::id() as pid_t;
             let mut reported: HashSet<&str> = HashSet::new();
-            for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
+            // Our connection guard (inet.rs) holds copies of the tree's connections too.
+            let ours = [dumped, &[me], self.inet.helper_pids()].concat();
+            for (other, fd, link) in procfs::fd_links_of_others(&ours)? {
                 if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
                     if reported.insert(key.as_str()) {
                         refused.push(Error::unsupported(

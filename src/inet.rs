@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -84,6 +84,8 @@ pub struct InetDump {
     streams: Vec<(u32, pb::TcpStreamEntry, Vec<u8>)>,
     /// The tree was killed: leave repair mode and the lock as they are.
     killed: bool,
+    /// Undoes repair mode and the lock if this dumper dies before it is done (see `Guard`).
+    guard: Option<Guard>,
 }
 
 impl Default for InetDump {
@@ -105,7 +107,15 @@ impl InetDump {
             locked: Vec::new(),
             streams: Vec::new(),
             killed: false,
+            guard: None,
         }
+    }
+
+    /// Our helper processes (the guard), which hold copies of the tree's connections.
+    pub fn helper_pids(&self) -> &[i32] {
+        self.guard
+            .as_ref()
+            .map_or(&[], |g| std::slice::from_ref(&g.pid))
     }
 
     /// For inventory.img: names the nftables table of the lock.
@@ -128,6 +138,9 @@ impl InetDump {
     pub fn tree_killed(&mut self) {
         self.killed = true;
         self.repaired.clear();
+        if let Some(g) = self.guard.take() {
+            g.dismiss();
+        }
         if !self.locked.is_empty() {
             log::info!(
                 "{} connection(s) stay locked until the restore (run id {})",
@@ -156,6 +169,9 @@ impl InetDump {
             first.get_or_insert(e);
         }
         self.locked.clear();
+        if let Some(g) = self.guard.take() {
+            g.dismiss();
+        }
         first.map_or(Ok(()), Err)
     }
 }
@@ -352,6 +368,12 @@ fn dump_connection(
     conn: Connection,
     dump: &mut InetDump,
 ) -> Result<()> {
+    if dump.guard.is_none() {
+        dump.guard = Some(Guard::start(dump.lock, &dump.run_id)?);
+    }
+    let guard = dump.guard.as_ref().expect("started");
+    // The guard learns of the connection before it is locked or repaired.
+    guard.watch(copy.as_fd(), &conn)?;
     netlock::lock(dump.lock, &dump.run_id, &conn)?;
     dump.locked.push(conn);
     repair_on(s)?;
@@ -500,6 +522,98 @@ fn dump_tcp_opts(s: BorrowedFd<'_>) -> Result<pb::TcpOptsEntry> {
         keepidle: Some(tcp(libc::TCP_KEEPIDLE, "TCP_KEEPIDLE")? as u32),
         keepintvl: Some(tcp(libc::TCP_KEEPINTVL, "TCP_KEEPINTVL")? as u32),
     })
+}
+
+/// A helper process that undoes what the dump did to the tree's connections if the dumper
+/// dies (SIGKILL, a crash) before it is done: a task left in repair mode after its dumper
+/// vanished would have every one of its connections broken, and the lock would keep the
+/// peers out. The dumper sends it a copy of each connection (SCM_RIGHTS) before locking and
+/// repairing it; at the end it sends "done" (the tree was killed, or everything was undone
+/// already) and the guard exits without touching anything. If the channel ends without
+/// "done", the guard switches repair mode off on its copies and takes the lock away.
+///
+/// Left behind when even the guard is SIGKILLed (by hand) in that window: the tasks'
+/// connections in repair mode and the lock (`nft delete table inet CRIU-<run id>`, or the
+/// iptables DROP rules of the connections).
+struct Guard {
+    channel: OwnedFd,
+    pid: i32,
+}
+
+const GUARD_DONE: &[u8] = b"done";
+
+impl Guard {
+    fn start(lock: NetworkLock, run_id: &str) -> Result<Guard> {
+        use crate::sys::fork::{self, Forked};
+        let (ours, theirs) =
+            crate::sys::sock::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
+        let run_id = run_id.to_owned();
+        match fork::fork().map_err(|e| Error::sys("fork the connection guard", e))? {
+            Forked::Child => {
+                drop(ours);
+                fork::reset_signal_handlers();
+                // Out of the dumper's session: a signal to its group must not take us too.
+                let _ = nix::unistd::setsid();
+                // Nothing of the dumper's stays open here (a caller reading its output
+                // until EOF must not wait for us): only the channel, and /dev/null as 0-2.
+                let keep = theirs.as_raw_fd() as u32;
+                let _ = crate::sys::fd::close_range(0, keep.saturating_sub(1));
+                let _ = crate::sys::fd::close_range(keep + 1, u32::MAX);
+                for _ in 0..3 {
+                    if let Ok(null) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")
+                    {
+                        std::mem::forget(null);
+                    }
+                }
+                fork::exit_now(guard_main(theirs, lock, &run_id))
+            }
+            Forked::Parent(pid) => Ok(Guard {
+                channel: ours,
+                pid: pid.as_raw(),
+            }),
+        }
+    }
+
+    /// Hands the guard a copy of connection `conn`.
+    fn watch(&self, sock: BorrowedFd<'_>, conn: &Connection) -> Result<()> {
+        let text = format!("{} {}", conn.local, conn.peer);
+        crate::sys::sock::send_packet(self.channel.as_fd(), text.as_bytes(), Some(sock))
+            .map_err(|e| Error::sys("hand a connection to the guard", e))
+    }
+
+    /// The dumper is done: the guard exits and leaves everything as it is.
+    fn dismiss(self) {
+        let _ = crate::sys::sock::send_packet(self.channel.as_fd(), GUARD_DONE, None);
+        drop(self.channel);
+        let _ = crate::sys::fork::wait_status(self.pid);
+    }
+}
+
+fn guard_main(channel: OwnedFd, lock: NetworkLock, run_id: &str) -> i32 {
+    let mut held: Vec<(OwnedFd, Connection)> = Vec::new();
+    loop {
+        match crate::sys::sock::recv_packet(channel.as_fd()) {
+            Ok(Some(p)) if p.data == GUARD_DONE => return 0,
+            Ok(Some(p)) => {
+                let text = String::from_utf8_lossy(&p.data).into_owned();
+                let mut it = text.split(' ').map(|a| a.parse::<SocketAddr>());
+                if let (Some(fd), Some(Ok(local)), Some(Ok(peer))) = (p.fd, it.next(), it.next()) {
+                    held.push((fd, Connection { local, peer }));
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // The dumper died before it was done.
+    for (fd, _) in &held {
+        let _ = repair_off(fd.as_fd());
+    }
+    let conns: Vec<Connection> = held.iter().map(|h| h.1).collect();
+    let _ = netlock::unlock(lock, run_id, &conns);
+    0
 }
 
 // ---------------------------------------------------------------------------------------------

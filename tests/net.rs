@@ -627,3 +627,53 @@ fn established_connections_need_an_option_and_failed_dumps_release_them() {
     drop(srv2);
     drop(srv);
 }
+
+#[test]
+fn a_killed_dumper_leaves_the_connections_working() {
+    let _serial = serial();
+    let s = Scratch::new("net-killed");
+    let srv = start_server(&s, &["127.0.0.1"], &[]);
+    let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
+    let mut c = Client::connect(a4);
+    let n = counter(&c.ask("ECHO a"), "a");
+    // At post-dump every connection is locked and in repair mode: the dumper dies right there.
+    let script = s.path("die.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] && kill -9 $PPID\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tables = nft_tables();
+    let o = s.criu(&[
+        "dump",
+        "-t",
+        &srv.pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "dump.log",
+        "-v4",
+        "--tcp-established",
+        "--network-lock",
+        "nftables",
+        "--action-script",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), None, "the dumper was to be killed: {o:?}");
+    // The guard switches repair mode off and takes the lock away; the task runs on.
+    let t0 = std::time::Instant::now();
+    while nft_tables() != tables {
+        assert!(t0.elapsed() < T, "the lock stayed: {}", nft_tables());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = std::time::Instant::now();
+    while state_and_tracer(srv.pid).is_some_and(|(_, tracer)| tracer != 0) {
+        assert!(t0.elapsed() < T, "still traced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_running_untraced(srv.pid);
+    assert_eq!(counter(&c.ask("ECHO b"), "b"), n + 1);
+    assert_eq!(c.ask("STAT"), "S ok");
+    drop(srv);
+}
