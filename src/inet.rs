@@ -683,6 +683,10 @@ struct Pending {
 /// Connections made by this restore, still in repair mode (our copies of them).
 static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
 
+/// Connections the dump locked that this restore brings back closed (--tcp-close): their lock
+/// goes away all the same.
+static CLOSED_INSTEAD: Mutex<Vec<Connection>> = Mutex::new(Vec::new());
+
 /// Creates the inet socket `e`.
 pub fn open_socket(
     e: &pb::InetSkEntry,
@@ -747,6 +751,12 @@ pub fn open_socket(
         (true, TCP_ESTABLISHED) => {
             // --tcp-close: a fresh socket, which polls as hung up.
             set_opts(fd, &e.opts, false)?;
+            if streams.by_ino.contains_key(&e.ino) {
+                CLOSED_INSTEAD
+                    .lock()
+                    .unwrap()
+                    .push(Connection { local, peer });
+            }
         }
         (true, TCP_LISTEN) => {
             // The connections of this listener may be restored already, bound to the same
@@ -879,7 +889,8 @@ fn restore_connection(
 /// repair mode and sends what was not sent at dump time.
 pub fn finish_restore(dir: &ImageDir) -> Result<()> {
     let pending: Vec<Pending> = std::mem::take(&mut *PENDING.lock().unwrap());
-    if pending.is_empty() {
+    let closed: Vec<Connection> = std::mem::take(&mut *CLOSED_INSTEAD.lock().unwrap());
+    if pending.is_empty() && closed.is_empty() {
         return Ok(());
     }
     let inv: pb::InventoryEntry = dir.read_one(Kind::Inventory, "")?;
@@ -888,7 +899,7 @@ pub fn finish_restore(dir: &ImageDir) -> Result<()> {
         .and_then(netlock::method_from_number)
         .unwrap_or_default();
     let run_id = inv.dump_criu_run_id.unwrap_or_default();
-    let conns: Vec<Connection> = pending.iter().map(|p| p.conn).collect();
+    let conns: Vec<Connection> = pending.iter().map(|p| p.conn).chain(closed).collect();
     let unlocked = netlock::unlock(method, &run_id, &conns);
     if let Err(e) = &unlocked {
         log::error!("{e}");
@@ -912,6 +923,7 @@ pub fn finish_restore(dir: &ImageDir) -> Result<()> {
 /// A failed restore: the connections made so far are closed in repair mode (silently).
 pub fn abandon_restore() {
     PENDING.lock().unwrap().clear();
+    CLOSED_INSTEAD.lock().unwrap().clear();
 }
 
 fn set_opts(s: BorrowedFd<'_>, o: &pb::SkOptsEntry, keep_reuse: bool) -> Result<()> {

@@ -194,7 +194,7 @@ fn feature_checks_answer_honestly() {
         assert!(stdout(&o).is_empty());
     }
     // Things this build does not checkpoint at all.
-    for name in ["tun", "autofs", "external_net_ns", "nftables"] {
+    for name in ["tun", "autofs", "external_net_ns"] {
         assert_fails_with(&criu(&["check", "--feature", name]), name);
     }
     // The --opt=value form.

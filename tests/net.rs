@@ -542,6 +542,33 @@ fn skip_lock_and_tcp_close() {
     assert_eq!(counter(&c2.ask("ECHO b"), "b"), n + 1);
     c2.send("QUIT");
     assert_eq!(wait_exit(pid, T), 0, "out: {}", s.read("out"));
+
+    // Dumped with --tcp-established, restored with --tcp-close: the connection is not brought
+    // back, and its lock goes away all the same (the peer then learns it is gone).
+    let s = Scratch::new("net-close2");
+    let mut srv = start_server(&s, &["127.0.0.1"], &[]);
+    let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
+    let mut c = Client::connect(a4);
+    let n = counter(&c.ask("ECHO a"), "a");
+    let tables = nft_tables();
+    s.dump(
+        srv.pid,
+        &["--tcp-established", "--network-lock", "nftables"],
+    );
+    srv.child.reap();
+    assert_ne!(nft_tables(), tables);
+    let pid = s.restore(&["--tcp-close"]);
+    assert_eq!(nft_tables(), tables, "--tcp-close left the lock");
+    c.send("ECHO lost");
+    let mut rest = String::new();
+    assert!(
+        matches!(c.reader.read_line(&mut rest), Ok(0) | Err(_)),
+        "a closed connection answered: {rest:?}"
+    );
+    let mut c2 = Client::connect(a4);
+    assert_eq!(counter(&c2.ask("ECHO b"), "b"), n + 1);
+    c2.send("QUIT");
+    assert_eq!(wait_exit(pid, T), 0, "out: {}", s.read("out"));
 }
 
 #[test]

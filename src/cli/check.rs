@@ -95,7 +95,7 @@ const FEATURES: &[Feature] = &[
     not_built("external_net_ns"),
     kernel("clone3_set_tid", clone3_set_tid),
     not_built("newifindex"),
-    not_built("nftables"),
+    kernel("nftables", |_| nft_works()),
     not_built("has_ipt_legacy"),
     Feature {
         name: "pidfd_store",
@@ -109,7 +109,7 @@ const FEATURES: &[Feature] = &[
         kind: Kind::NotImplemented(Some(|k| yes_if(k.ns_pid, "no NSpid in /proc/PID/status"))),
     },
     not_built("apparmor_stacking"),
-    not_built("network_lock_nftables"),
+    kernel("network_lock_nftables", |_| nft_works()),
     not_built("sockopt_buf_lock"),
     Feature {
         name: "memfd_hugetlb",
@@ -198,6 +198,23 @@ fn timerfd(k: &KernDat) -> Verdict {
     k.timerfd_set_ticks
         .map(|_| String::new())
         .map_err(|e| format!("TFD_IOC_SET_TICKS: {e}"))
+}
+
+/// `--network-lock nftables` runs the `nft` command: it must be there and reach the kernel.
+fn nft_works() -> Verdict {
+    let o = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if o.status.success() {
+        Ok(String::new())
+    } else {
+        Err(format!(
+            "nft list tables: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
 }
 
 fn epoll(k: &KernDat) -> Verdict {
