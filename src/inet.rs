@@ -22,9 +22,13 @@
 //! With `--tcp-close` a connection is saved without its stream and restored as a closed TCP
 //! socket (the task sees a hang-up).
 //!
+//! A connection the peer has closed (CLOSE_WAIT: its FIN received, the task still holding the
+//! socket) is carried like an established one and restored with its read side shut down.
+//!
 //! Not supported (the dump fails naming pid, fd and socket): other protocols (raw, SCTP...),
-//! TCP states other than listen/established/closed, listeners with connections not accepted
-//! yet, sockets of another network namespace, IPv6 link-local addresses.
+//! other TCP states (those after the task's own shutdown or close: FIN_WAIT, CLOSING,
+//! LAST_ACK; connecting), listeners with connections not accepted yet (unless
+//! --skip-in-flight), sockets of another network namespace, IPv6 link-local addresses.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +46,8 @@ use crate::sys::sockopt;
 
 /// TCP_* states as TCP_INFO and the images give them.
 pub const TCP_ESTABLISHED: u32 = 1;
+/// The peer has closed its side (its FIN was received); the task has not closed yet.
+pub const TCP_CLOSE_WAIT: u32 = 8;
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;
 
@@ -317,7 +323,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut InetDump) -> Resul
             e.backlog = info.sacked;
         }
         TCP_CLOSE => {}
-        TCP_ESTABLISHED => {
+        TCP_ESTABLISHED | TCP_CLOSE_WAIT => {
             let peer = peer.ok_or_else(|| bad("established without a peer".into()))?;
             let conn = Connection { local, peer };
             if dump.tcp_established {
@@ -640,7 +646,7 @@ impl StreamImages {
             .transpose()?;
         let tcp_close = inventory.and_then(|i| i.tcp_close).unwrap_or(false);
         for e in entries.filter_map(|e| e.isk.as_ref()) {
-            if !is_tcp(e) || e.state != TCP_ESTABLISHED {
+            if !is_tcp(e) || !matches!(e.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
                 continue;
             }
             let Some(mut r) = dir.open_optional(Kind::TcpStream, Hex(e.ino))? else {
@@ -725,7 +731,7 @@ pub fn open_socket(
     set_ip_opts(fd, family, e.ip_opts.as_ref())?;
     let bound = local.port() != 0 || !local.ip().is_unspecified();
     match (tcp, e.state) {
-        (true, TCP_ESTABLISHED) if !(tcp_close || streams.tcp_close) => {
+        (true, TCP_ESTABLISHED | TCP_CLOSE_WAIT) if !(tcp_close || streams.tcp_close) => {
             let (stream, bytes) = streams.by_ino.get(&e.ino).ok_or_else(|| {
                 Error::InvalidOptions(format!(
                     "established TCP socket {} ({local} <-> {peer}) has no tcp-stream image \
@@ -740,6 +746,12 @@ pub fn open_socket(
             sockopt::set_int(fd, libc::SO_RCVBUFFORCE, room(stream.inq_len))?;
             let unsent = restore_connection(fd, local, peer, stream, bytes)
                 .map_err(|err| Error::InvalidOptions(format!("{}: {err}", what("connection"))))?;
+            if e.state == TCP_CLOSE_WAIT {
+                // The peer's FIN was received and acknowledged: the saved receive sequence
+                // counts it, so the peer sees the same acknowledgements. What the task sees of
+                // it, reads ending after the queued bytes and EPOLLRDHUP, is a read shutdown.
+                sk::shutdown(fd, libc::SHUT_RD).map_err(|err| relabel(err, &what("shutdown")))?;
+            }
             let copy = s.try_clone().map_err(|err| Error::io("dup socket", err))?;
             PENDING.lock().unwrap().push(Pending {
                 sock: copy,
@@ -748,7 +760,7 @@ pub fn open_socket(
                 opts: e.opts.clone(),
             });
         }
-        (true, TCP_ESTABLISHED) => {
+        (true, TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {
             // --tcp-close: a fresh socket, which polls as hung up.
             set_opts(fd, &e.opts, false)?;
             if streams.by_ino.contains_key(&e.ino) {

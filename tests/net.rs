@@ -357,6 +357,7 @@ fn check_images_with_crit(s: &Scratch) {
     assert_eq!(count("INET", "DGRAM", "CLOSE"), 1, "{isk:?}");
     assert_eq!(count("INET6", "DGRAM", "CLOSE"), 1, "{isk:?}");
     assert_eq!(count("INET", "STREAM", "ESTABLISHED"), 2, "{isk:?}");
+    assert_eq!(count("INET", "STREAM", "CLOSE_WAIT"), 1, "{isk:?}");
     assert_eq!(count("INET6", "STREAM", "ESTABLISHED"), 1, "{isk:?}");
     let mut held = 0;
     let mut unread = 0;
@@ -417,6 +418,12 @@ fn server_keeps_its_clients(
     c1.send("ECHO queued");
     // c3: 3 MiB the client does not read yet: most of it waits in the server's send queue.
     let mut c3 = slow_reader(a4);
+    // c5: held, then the client sends a last request and closes its side: the server's socket
+    // is in CLOSE_WAIT with the request queued.
+    let mut c5 = connect(a4);
+    assert_eq!(c5.ask("HOLD"), "HELD");
+    c5.send("ECHO last");
+    c5.stream.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(300));
 
     s.dump(srv.pid, &["--tcp-established", "--network-lock", lock]);
@@ -437,7 +444,7 @@ fn server_keeps_its_clients(
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
         .collect();
-    assert_eq!(streams.len(), 3, "tcp-stream images: one per connection");
+    assert_eq!(streams.len(), 4, "tcp-stream images: one per connection");
     if with_v6 {
         check_images_with_crit(s);
     }
@@ -450,6 +457,12 @@ fn server_keeps_its_clients(
     // The queued request is answered once the held connection is released (signalfd).
     assert!(kill(pid, libc::SIGUSR1));
     assert_eq!(counter(&c1.line(), "queued"), before + 2);
+    // The half-closed client gets its answer, then the server's close: the server read the
+    // request, then the end of the stream.
+    assert_eq!(counter(&c5.line(), "last"), before + 3);
+    let mut rest = String::new();
+    assert_eq!(c5.reader.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+    let before = before + 1;
     // c2 goes on where it was, and c1 too.
     assert_eq!(counter(&c2.ask("ECHO three"), "three"), before + 3);
     assert_eq!(counter(&c1.ask("ECHO four"), "four"), before + 4);
