@@ -717,3 +717,59 @@ fn a_killed_dumper_leaves_the_connections_working() {
     assert_eq!(c.ask("STAT"), "S ok");
     drop(srv);
 }
+
+/// The same through the RPC protocol, from Debian's pycriu (tests/pycriu/net_client.py):
+/// tcp_established and network_lock NFTABLES in criu_opts.
+#[test]
+fn rpc_client_asks_for_established_connections_and_nftables() {
+    let _serial = serial();
+    let pycriu = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root");
+    assert!(
+        pycriu.join("pycriu/criu.py").exists(),
+        "pycriu not found in {}: run scripts/get-crit.sh first",
+        pycriu.display()
+    );
+    let s = Scratch::new("net-rpc");
+    let mut srv = start_server(&s, &["127.0.0.1"], &[]);
+    let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
+    let mut c = Client::connect(a4);
+    let n = counter(&c.ask("ECHO a"), "a");
+    let client = |args: &[&str], log: &str| -> String {
+        let out = Command::new("/usr/bin/python3")
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pycriu/net_client.py"),
+            )
+            .arg(CRIU)
+            .arg(s.img())
+            .args(args)
+            .env("PYTHONPATH", &pycriu)
+            .current_dir(&s.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pycriu {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            s.log(log)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let tables = nft_tables();
+    assert_eq!(
+        client(&["dump", &srv.pid.to_string()], "dump.log"),
+        "dumped, restored=False"
+    );
+    srv.child.reap();
+    assert_ne!(nft_tables(), tables, "no nftables lock");
+    c.assert_quiet();
+    assert_eq!(
+        client(&["restore"], "restore.log"),
+        format!("restored pid {}", srv.pid)
+    );
+    assert_eq!(nft_tables(), tables, "the lock stayed");
+    assert_eq!(counter(&c.ask("ECHO b"), "b"), n + 1);
+    c.send("QUIT");
+    assert_eq!(wait_exit(srv.pid, T), 0, "out: {}", s.read("out"));
+}
