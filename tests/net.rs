@@ -773,3 +773,46 @@ fn rpc_client_asks_for_established_connections_and_nftables() {
     c.send("QUIT");
     assert_eq!(wait_exit(srv.pid, T), 0, "out: {}", s.read("out"));
 }
+
+/// Both ends of a connection inside the dumped tree: the server talks to itself over its own
+/// listener, and goes on doing so after the restore (both ends restored in repair mode).
+#[test]
+fn a_connection_with_both_ends_in_the_tree() {
+    let _serial = serial();
+    let s = Scratch::new("net-self");
+    let mut srv = start_server(&s, &["127.0.0.1"], &[("NETSERVER_EXTRA", "selfconn")]);
+    let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
+    let mut c = Client::connect(a4);
+    let pongs = |c: &mut Client| -> u64 {
+        c.ask("SELF")
+            .strip_prefix("SELF ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = pongs(&mut c);
+    assert!(before > 0, "the server does not talk to itself");
+    let tables = nft_tables();
+    s.dump(
+        srv.pid,
+        &["--tcp-established", "--network-lock", "nftables"],
+    );
+    srv.child.reap();
+    let streams = std::fs::read_dir(s.img())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
+        .count();
+    assert_eq!(streams, 3, "ours and both ends of the inner connection");
+    let pid = s.restore(&[]);
+    assert_eq!(nft_tables(), tables);
+    let t0 = std::time::Instant::now();
+    while pongs(&mut c) <= before + 5 {
+        assert!(t0.elapsed() < T, "the inner connection is stuck");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.ask("STAT"), "S ok");
+    c.send("QUIT");
+    assert_eq!(wait_exit(pid, T), 0, "out: {}", s.read("out"));
+}

@@ -3,6 +3,8 @@
  *
  * usage: netserver ADDR4 [ADDR6]   (ports are chosen by the kernel)
  * NETSERVER_EXTRA=others: also holds a packet, a netlink and a raw socket.
+ * NETSERVER_EXTRA=selfconn: also connects to its own listener and pings itself every tick;
+ *   "SELF" -> "SELF <answers so far>", "PING" -> "PONG".
  * Writes "ready": "pid tcp4 tcp6 udp4 udp6" (0 for a family not asked for).
  *
  * TCP protocol, one command per line:
@@ -44,12 +46,16 @@ struct conn {
 	size_t outlen, outoff;
 };
 
-enum { T_L4 = 1, T_L6, T_U4, T_U6, T_TIMER, T_UNIX, T_SIG, T_EV, T_CONN = 100 };
+enum { T_L4 = 1, T_L6, T_U4, T_U6, T_TIMER, T_UNIX, T_SIG, T_EV, T_SELF, T_CONN = 100 };
 
 static struct conn conns[MAXC];
 static long requests, echoes;
 static unsigned long long ticks, unix_bytes, ev_total;
 static int ep, upair[2], evfd, listeners[2] = { -1, -1 };
+/* NETSERVER_EXTRA=selfconn: a connection from the server to its own listener, pinged on every
+ * timer tick; self_pongs counts the answers. */
+static int selfc = -1, self_waiting;
+static unsigned long long self_pongs;
 
 static void die(const char *what)
 {
@@ -207,6 +213,10 @@ static int serve(int idx)
 			if (listeners[1] >= 0)
 				epoll_ctl(ep, EPOLL_CTL_DEL, listeners[1], NULL);
 			reply(c, "NOACCEPT\n");
+		} else if (!strcmp(line, "PING")) {
+			reply(c, "PONG\n");
+		} else if (!strcmp(line, "SELF")) {
+			reply(c, "SELF %llu\n", self_pongs);
 		} else if (!strcmp(line, "STAT")) {
 			const char *why = check();
 			reply(c, why ? "S bad %s\n" : "S ok\n", why);
@@ -282,6 +292,16 @@ int main(int argc, char **argv)
 			die("raw socket");
 	}
 
+	if (extra && !strcmp(extra, "selfconn")) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		getsockname(l4, (struct sockaddr *)&ss, &len);
+		selfc = socket(AF_INET, SOCK_STREAM, 0);
+		if (selfc < 0 || connect(selfc, (struct sockaddr *)&ss, len))
+			die("self connect");
+		add(selfc, T_SELF, EPOLLIN);
+	}
+
 	FILE *f = fopen("ready.tmp", "w");
 	fprintf(f, "%d %d %d %d %d\n", getpid(), port_of(l4), l6 < 0 ? 0 : port_of(l6), port_of(u4),
 		u6 < 0 ? 0 : port_of(u6));
@@ -306,12 +326,24 @@ int main(int argc, char **argv)
 					ticks += v;
 					if (write(upair[0], "t", 1) != 1)
 						die("unix write");
+					if (selfc >= 0 && !self_waiting && write(selfc, "PING\n", 5) == 5)
+						self_waiting = 1;
 				}
 				break;
 			case T_UNIX: {
 				ssize_t r = read(upair[1], buf, sizeof(buf));
 				if (r > 0)
 					unix_bytes += r;
+				break;
+			}
+			case T_SELF: {
+				ssize_t r = read(selfc, buf, sizeof(buf));
+				if (r <= 0 && errno != EAGAIN)
+					die("self connection");
+				if (r == 5 && !memcmp(buf, "PONG\n", 5)) {
+					self_pongs++;
+					self_waiting = 0;
+				}
 				break;
 			}
 			case T_EV:
