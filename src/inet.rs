@@ -22,12 +22,15 @@
 //! With `--tcp-close` a connection is saved without its stream and restored as a closed TCP
 //! socket (the task sees a hang-up).
 //!
-//! A connection the peer has closed (CLOSE_WAIT: its FIN received, the task still holding the
-//! socket) is carried like an established one and restored with its read side shut down.
+//! Half-closed connections are carried like established ones. The peer's FIN received
+//! (CLOSE_WAIT, LAST_ACK, CLOSING): its sequence number is in the saved receive sequence and the
+//! restored socket has its read side shut down. Our FIN sent (FIN_WAIT1/2, LAST_ACK, CLOSING):
+//! the image holds the sequence number before it, and the restore shuts the write side down
+//! once repair mode is off, which sends the FIN again at that number (the peer acknowledges a
+//! FIN it had, or gets it now).
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other protocols (raw, SCTP...),
-//! other TCP states (those after the task's own shutdown or close: FIN_WAIT, CLOSING,
-//! LAST_ACK; connecting), listeners with connections not accepted yet (unless
+//! connecting sockets (SYN_SENT), listeners with connections not accepted yet (unless
 //! --skip-in-flight), sockets of another network namespace, IPv6 link-local addresses.
 
 use std::collections::HashMap;
@@ -48,6 +51,36 @@ use crate::sys::sockopt;
 pub const TCP_ESTABLISHED: u32 = 1;
 /// The peer has closed its side (its FIN was received); the task has not closed yet.
 pub const TCP_CLOSE_WAIT: u32 = 8;
+pub const TCP_FIN_WAIT1: u32 = 4;
+pub const TCP_FIN_WAIT2: u32 = 5;
+pub const TCP_LAST_ACK: u32 = 9;
+pub const TCP_CLOSING: u32 = 11;
+
+/// States of a connection the dump carries through repair mode.
+fn is_connected(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_CLOSE_WAIT
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+/// The task shut its side down: our FIN is sent, or queued.
+fn sent_fin(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+    )
+}
+
+/// The peer's FIN was received.
+fn got_fin(state: u32) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;
 
@@ -323,7 +356,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut InetDump) -> Resul
             e.backlog = info.sacked;
         }
         TCP_CLOSE => {}
-        TCP_ESTABLISHED | TCP_CLOSE_WAIT => {
+        st if is_connected(st) => {
             let peer = peer.ok_or_else(|| bad("established without a peer".into()))?;
             let conn = Connection { local, peer };
             if dump.tcp_established {
@@ -406,9 +439,17 @@ fn dump_connection(
 /// queue).
 fn read_stream(s: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>)> {
     let tcp = libc::IPPROTO_TCP;
+    let state = sk::tcp_info(s)?.state as u32;
     let inq_len = sk::inq(s)?;
-    let outq_len = sk::outq(s)?;
-    let unsq_len = sk::outq_unsent(s)?;
+    // Our FIN counts in the send queue while it is not acknowledged, and in the sequence
+    // numbers: the image holds the data only and the sequence number before the FIN (the
+    // restore shuts the socket down again, which sends the FIN at that number).
+    let fin = sent_fin(state) as u32;
+    let fin_unacked = matches!(state, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSING) as u32;
+    let outq_len = sk::outq(s)?.saturating_sub(fin_unacked);
+    let unsq = sk::outq_unsent(s)?;
+    // The FIN is the last thing queued: if anything is unsent, so is it.
+    let unsq_len = if unsq > 0 { unsq - fin } else { 0 };
     let mut bytes = Vec::with_capacity((inq_len + outq_len) as usize);
     let mut queue_seq = |queue: i32, len: u32, name: &str| -> Result<u32> {
         sk::set_int(s, tcp, sk::TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
@@ -424,7 +465,7 @@ fn read_stream(s: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>)> {
         Ok(seq)
     };
     let inq_seq = queue_seq(sk::TCP_RECV_QUEUE, inq_len, "receive")?;
-    let outq_seq = queue_seq(sk::TCP_SEND_QUEUE, outq_len, "send")?;
+    let outq_seq = queue_seq(sk::TCP_SEND_QUEUE, outq_len, "send")?.wrapping_sub(fin);
     let info = sk::tcp_info(s)?;
     let mss = sk::get_int(s, tcp, libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
     let timestamp = sk::get_int(s, tcp, sk::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
@@ -646,7 +687,7 @@ impl StreamImages {
             .transpose()?;
         let tcp_close = inventory.and_then(|i| i.tcp_close).unwrap_or(false);
         for e in entries.filter_map(|e| e.isk.as_ref()) {
-            if !is_tcp(e) || !matches!(e.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+            if !is_tcp(e) || !is_connected(e.state) {
                 continue;
             }
             let Some(mut r) = dir.open_optional(Kind::TcpStream, Hex(e.ino))? else {
@@ -684,6 +725,8 @@ struct Pending {
     unsent: Vec<u8>,
     /// The saved options: buffer sizes go back to them once the queues are refilled.
     opts: pb::SkOptsEntry,
+    /// The task had shut its side down: the FIN goes after the unsent bytes.
+    shut_write: bool,
 }
 
 /// Connections made by this restore, still in repair mode (our copies of them).
@@ -731,7 +774,7 @@ pub fn open_socket(
     set_ip_opts(fd, family, e.ip_opts.as_ref())?;
     let bound = local.port() != 0 || !local.ip().is_unspecified();
     match (tcp, e.state) {
-        (true, TCP_ESTABLISHED | TCP_CLOSE_WAIT) if !(tcp_close || streams.tcp_close) => {
+        (true, st) if is_connected(st) && !(tcp_close || streams.tcp_close) => {
             let (stream, bytes) = streams.by_ino.get(&e.ino).ok_or_else(|| {
                 Error::InvalidOptions(format!(
                     "established TCP socket {} ({local} <-> {peer}) has no tcp-stream image \
@@ -746,7 +789,7 @@ pub fn open_socket(
             sockopt::set_int(fd, libc::SO_RCVBUFFORCE, room(stream.inq_len))?;
             let unsent = restore_connection(fd, local, peer, stream, bytes)
                 .map_err(|err| Error::InvalidOptions(format!("{}: {err}", what("connection"))))?;
-            if e.state == TCP_CLOSE_WAIT {
+            if got_fin(e.state) {
                 // The peer's FIN was received and acknowledged: the saved receive sequence
                 // counts it, so the peer sees the same acknowledgements. What the task sees of
                 // it, reads ending after the queued bytes and EPOLLRDHUP, is a read shutdown.
@@ -758,9 +801,10 @@ pub fn open_socket(
                 conn: Connection { local, peer },
                 unsent,
                 opts: e.opts.clone(),
+                shut_write: sent_fin(e.state),
             });
         }
-        (true, TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {
+        (true, st) if is_connected(st) => {
             // --tcp-close: a fresh socket, which polls as hung up.
             set_opts(fd, &e.opts, false)?;
             if streams.by_ino.contains_key(&e.ino) {
@@ -920,6 +964,11 @@ pub fn finish_restore(dir: &ImageDir) -> Result<()> {
         repair_off(p.sock.as_fd())?;
         if !p.unsent.is_empty() {
             sk::send_all(p.sock.as_fd(), &p.unsent, "send the unsent bytes")?;
+        }
+        if p.shut_write {
+            // The FIN at the saved sequence number: the peer has it already (an ACK comes
+            // back), or gets it now.
+            sk::shutdown(p.sock.as_fd(), libc::SHUT_WR)?;
         }
         set_opts(p.sock.as_fd(), &p.opts, true)?;
         log::debug!(

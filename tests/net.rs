@@ -816,3 +816,41 @@ fn a_connection_with_both_ends_in_the_tree() {
     c.send("QUIT");
     assert_eq!(wait_exit(pid, T), 0, "out: {}", s.read("out"));
 }
+
+/// A connection the server shut down its side of (FIN_WAIT2): the client has read the end of
+/// the stream and keeps sending; after the restore the server still reads what it sends.
+#[test]
+fn a_connection_the_server_half_closed() {
+    let _serial = serial();
+    let s = Scratch::new("net-bye");
+    let mut srv = start_server(&s, &["127.0.0.1"], &[]);
+    let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();
+    let mut c = Client::connect(a4);
+    let mut half = Client::connect(a4);
+    let n = counter(&c.ask("ECHO a"), "a");
+    assert_eq!(half.ask("BYE"), "BYE");
+    let mut rest = String::new();
+    assert_eq!(half.reader.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+    s.dump(
+        srv.pid,
+        &["--tcp-established", "--network-lock", "nftables"],
+    );
+    srv.child.reap();
+    let log = s.log("dump.log");
+    // fin-wait1 until the client's ACK of the FIN arrives, then fin-wait2.
+    assert!(log.contains(" fin-wait"), "{log}");
+    let pid = s.restore(&[]);
+    // The half-closed connection still carries requests to the server (answers are dropped).
+    half.send("ECHO late");
+    let t0 = std::time::Instant::now();
+    while c.ask("COUNT") != format!("C {}", n + 1) {
+        assert!(
+            t0.elapsed() < T,
+            "the server never read the half-closed connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter(&c.ask("ECHO b"), "b"), n + 2);
+    c.send("QUIT");
+    assert_eq!(wait_exit(pid, T), 0, "out: {}", s.read("out"));
+}

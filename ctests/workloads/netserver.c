@@ -14,6 +14,8 @@
  *   STAT        -> "S ok" or "S bad ..." (timer ticks went through the unix pair, the eventfd
  *                  counted every ECHO)
  *   NOACCEPT    -> "NOACCEPT", then new connections wait in the listeners' accept queues
+ *   COUNT       -> "C <n>" (n as ECHO would count it, not counting this)
+ *   BYE         -> "BYE", then the server shuts its side down (requests still count)
  *   QUIT        -> the server exits 0 when its checks pass, 3 otherwise
  * UDP: "ping" -> "pong <n>".
  */
@@ -40,6 +42,7 @@
 struct conn {
 	int fd;
 	int held;
+	int wshut; /* BYE: our side is shut down, replies are dropped */
 	char in[8192];
 	size_t inlen;
 	unsigned char *out;
@@ -156,6 +159,8 @@ static void flush_out(struct conn *c)
 
 static void queue_out(struct conn *c, const void *data, size_t len)
 {
+	if (c->wshut)
+		return;
 	c->out = realloc(c->out, c->outlen + len);
 	if (!c->out)
 		die("realloc");
@@ -213,6 +218,13 @@ static int serve(int idx)
 			if (listeners[1] >= 0)
 				epoll_ctl(ep, EPOLL_CTL_DEL, listeners[1], NULL);
 			reply(c, "NOACCEPT\n");
+		} else if (!strcmp(line, "BYE")) {
+			reply(c, "BYE\n");
+			flush_out(c);
+			shutdown(c->fd, SHUT_WR);
+			c->wshut = 1;
+		} else if (!strcmp(line, "COUNT")) {
+			reply(c, "C %ld\n", requests);
 		} else if (!strcmp(line, "PING")) {
 			reply(c, "PONG\n");
 		} else if (!strcmp(line, "SELF")) {
