@@ -21,8 +21,55 @@ const T: Duration = Duration::from_secs(30);
 /// The tests look at the host's firewall tables: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// One test at a time; when it ends, a lock its dump left (a test that failed between dump
+/// and restore) is taken away: nftables tables and iptables rules that were not there before.
+struct Serial {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    tables: String,
+    rules: Vec<String>,
+}
+
+fn iptables_drops() -> Vec<String> {
+    let mut out = Vec::new();
+    for tool in ["iptables", "ip6tables"] {
+        if let Ok(o) = Command::new(tool).arg("-S").output() {
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.ends_with("-j DROP"))
+                    .map(|l| format!("{tool} {l}")),
+            );
+        }
+    }
+    out
+}
+
+fn serial() -> Serial {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _guard: guard,
+        tables: nft_tables(),
+        rules: iptables_drops(),
+    }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        for line in nft_tables().lines() {
+            if !self.tables.contains(line) && line.contains("CRIU-") {
+                let args: Vec<&str> = line.split_whitespace().collect();
+                let _ = Command::new("nft").arg("delete").args(&args).output();
+            }
+        }
+        for rule in iptables_drops() {
+            if !self.rules.contains(&rule) {
+                let mut words = rule.split_whitespace();
+                let tool = words.next().unwrap();
+                let args: Vec<&str> = words.map(|w| if w == "-A" { "-D" } else { w }).collect();
+                let _ = Command::new(tool).args(&args).output();
+            }
+        }
+    }
 }
 
 /// Kills the task when the test ends, also when it fails.
