@@ -58,6 +58,8 @@ pub struct FileTable {
     by_ino: HashMap<u64, Vec<(pid_t, i32, u32)>>,
     pipes: pipes::PipeDump,
     unix: unix::UnixDump,
+    /// IPv4/IPv6 sockets; the dump engine finishes their connections (repair mode, lock).
+    pub inet: crate::inet::InetDump,
     /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
     /// seen holding them: a holder outside the dump would make the restore wrong.
     shared: BTreeMap<String, (pid_t, i32)>,
@@ -98,6 +100,7 @@ impl FileTable {
         let mut t = FileTable {
             ghost_limit: opts.ghost_limit.unwrap_or(ghost::DEFAULT_LIMIT),
             file_locks: opts.file_locks,
+            inet: crate::inet::InetDump::new(opts),
             ..FileTable::new()
         };
         t.unix.ext_unix_sk = opts.ext_unix_sk;
@@ -239,7 +242,9 @@ impl FileTable {
         if !self.shared.is_empty() {
             let me = std::process::id() as pid_t;
             let mut reported: HashSet<&str> = HashSet::new();
-            for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
+            // Our connection guard (inet.rs) holds copies of the tree's connections too.
+            let ours = [dumped, &[me], self.inet.helper_pids()].concat();
+            for (other, fd, link) in procfs::fd_links_of_others(&ours)? {
                 if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
                     if reported.insert(key.as_str()) {
                         refused.push(Error::unsupported(
@@ -273,6 +278,7 @@ impl FileTable {
         self.locks.write_images(dir)?;
         self.memfds.write_images(dir)?;
         self.ttys.write_images(dir)?;
+        self.inet.write_images(dir)?;
         self.unix.write_images(dir)
     }
 }
@@ -555,6 +561,12 @@ fn dump_description(
             .shared
             .entry(target.to_owned())
             .or_insert((fd.pid, fd.fd));
+        let family = crate::sys::sockopt::get_int(fd.copy()?.as_fd(), libc::SO_DOMAIN)?;
+        if crate::inet::is_inet(family) {
+            let e = crate::inet::dump_socket(fd, ino, id, &mut files.inet)?;
+            files.entries.push(e);
+            return Ok(pb::FdTypes::Inetsk);
+        }
         let e = unix::dump_socket(fd, ino, id, &mut files.unix)?;
         files.entries.push(e);
         dump_in_flight(files)?;
@@ -759,6 +771,9 @@ pub struct FileImages {
     unix_by_ino: HashMap<u32, u32>,
     pipes: pipes::PipeImages,
     queues: unix::QueueImages,
+    streams: crate::inet::StreamImages,
+    /// --tcp-close at restore: established connections come back closed.
+    tcp_close: bool,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
     memfds: crate::memfd::MemfdImages,
@@ -774,6 +789,7 @@ impl FileImages {
             .map(|x| &x.fown)
             .or(e.pipe.as_ref().map(|x| &x.fown))
             .or(e.usk.as_ref().map(|x| &x.fown))
+            .or(e.isk.as_ref().map(|x| &x.fown))
             .or(e.efd.as_ref().map(|x| &x.fown))
             .or(e.tty.as_ref().map(|x| &x.fown))
             .or(e.epfd.as_ref().map(|x| &x.fown))
@@ -791,7 +807,10 @@ impl FileImages {
             .iter()
             .filter_map(|e| e.usk.as_ref().map(|u| (u.ino, e.id)))
             .collect();
+        let streams = crate::inet::StreamImages::load(dir, entries.iter())?;
         Ok(FileImages {
+            streams,
+            tcp_close: false,
             by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
             unix_by_ino,
             pipes: pipes::PipeImages::load(dir)?,
@@ -816,6 +835,12 @@ impl FileImages {
 
     pub fn ttys_mut(&mut self) -> &mut crate::tty::TtyImages {
         &mut self.ttys
+    }
+
+    /// --tcp-close at restore time.
+    pub fn with_tcp_close(mut self, tcp_close: bool) -> Self {
+        self.tcp_close = tcp_close;
+        self
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -1120,6 +1145,13 @@ pub fn open_all(
                 });
                 let opened = |id: u32| out.by_id.get(&id).map(|f| f.as_raw_fd());
                 unix::open_socket(sk, peer, &files.queues, &opened)?
+            }
+            Ok(pb::FdTypes::Inetsk) => {
+                let isk = files.member(id, "INETSK", |e| e.isk.as_ref())?;
+                vec![(
+                    id,
+                    crate::inet::open_socket(isk, &files.streams, files.tcp_close)?,
+                )]
             }
             Ok(pb::FdTypes::Eventfd) => {
                 let efd = files.member(id, "EVENTFD", |e| e.efd.as_ref())?;

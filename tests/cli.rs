@@ -196,7 +196,7 @@ fn feature_checks_answer_honestly() {
         assert!(stdout(&o).is_empty());
     }
     // Things this build does not checkpoint at all.
-    for name in ["tun", "autofs", "external_net_ns", "nftables"] {
+    for name in ["tun", "autofs", "external_net_ns"] {
         assert_fails_with(&criu(&["check", "--feature", name]), name);
     }
     // The --opt=value form.
@@ -262,18 +262,6 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
     let dir = s.dir("imgs");
     let d = dir.to_str().unwrap();
     for (flag, name) in [
-        (
-            &["--tcp-close"][..],
-            "option --tcp-close is not supported yet",
-        ),
-        (
-            &["--tcp-established"][..],
-            "option --tcp-established is not supported yet",
-        ),
-        (
-            &["--skip-in-flight"][..],
-            "option --skip-in-flight is not supported yet",
-        ),
         (&["--stream"][..], "option --stream is not supported yet"),
         (
             &["--ext-mount-map", "auto"][..],
@@ -304,9 +292,9 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
             "1",
             "-D",
             "/tmp/x-criu-rs-absent",
-            "--tcp-close",
+            "--enable-external-masters",
         ]),
-        "option --tcp-close is not supported yet",
+        "option --enable-external-masters is not supported yet",
     );
     assert_fails_with(&criu(&["page-server"]), "not supported yet");
     assert_fails_with(&criu(&["lazy-pages", "--page-server"]), "not supported yet");

@@ -144,7 +144,7 @@ fn python_program_continues_where_it_stopped() {
     }
 }
 
-/// A listening TCP socket is still beyond us: the dump fails naming pid, fd and what the socket
+/// A raw IP socket is still beyond us: the dump fails naming pid, fd and what the socket
 /// is, writes no complete-looking image, and the task runs on untouched.
 #[test]
 fn unsupported_socket_fails_and_leaves_task_running() {
@@ -156,8 +156,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
     let s = Scratch::new("sock");
     let script = "import os, socket, time\n\
                   os.setsid()\n\
-                  l = socket.socket()\n\
-                  l.bind(('127.0.0.1', 0)); l.listen()\n\
+                  l = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
                   open('fd', 'w').write(str(l.fileno()))\n\
                   n = 0\n\
                   while True:\n\
@@ -175,10 +174,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "-o",
         "dump.log",
     ]);
-    assert!(
-        !out.status.success(),
-        "dumping a listening TCP socket must fail"
-    );
+    assert!(!out.status.success(), "dumping a raw socket must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("pid {pid}")),
@@ -189,7 +185,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "error names the fd: {err}"
     );
     assert!(
-        err.contains("listening TCP/IPv4 socket"),
+        err.contains("raw/IPv4 socket"),
         "error says what the socket is: {err}"
     );
     assert!(

@@ -250,21 +250,21 @@ pub fn command() -> Command {
         "tcp-established",
         "no-tcp-established",
         None,
-        "checkpoint/restore established TCP connections (not supported yet)",
+        "checkpoint/restore established TCP connections (TCP_REPAIR; see --network-lock)",
     );
     c = negatable(
         c,
         "skip-in-flight",
         "no-skip-in-flight",
         None,
-        "skip TCP connections not yet accepted (not supported yet)",
+        "leave behind TCP connections a listener has not accepted yet",
     );
     c = negatable(
         c,
         "tcp-close",
         "no-tcp-close",
         None,
-        "restore established TCP connections closed (not supported yet)",
+        "dump or restore established TCP connections as closed sockets",
     );
     c = c
         .arg(

@@ -780,12 +780,16 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
 
     let frozen_at = frozen.frozen_at;
     if opts.leave_running {
+        // Connections leave repair mode and the lock goes before the tree runs again.
+        tree.files.inet.release()?;
         frozen.resume()?;
         timing.frozen = frozen_at.elapsed();
     } else {
         // Frozen until killed (waiting for the exit, which frees the memory, is not frozen).
         timing.frozen = frozen_at.elapsed();
         frozen.kill()?;
+        // The connections died in repair mode, without a packet; the lock stays for the restore.
+        tree.files.inet.tree_killed();
     }
     for tt in tracking.iter_mut() {
         match tt.tracker.as_mut() {
@@ -925,6 +929,7 @@ fn write_tree(
             pre_dump_mode: None,
             tcp_close: Some(opts.tcp_close),
             network_lock_method: Some(opts.network_lock as u32 + 1),
+            dump_criu_run_id: Some(tree.files.inet.run_id().to_owned()),
             ..Default::default()
         },
     )?;

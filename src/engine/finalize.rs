@@ -638,8 +638,17 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
             )?;
         }
     }
-    // Keep capabilities across the uid change; securebits are set after.
-    prctl("prctl(PR_SET_KEEPCAPS)", libc::PR_SET_KEEPCAPS as u64, 1, 0)?;
+    // Keep every capability, effective ones too, across the uid change (KEEP_CAPS and
+    // NO_SETUID_FIXUP): the saved securebits and capabilities are set after it, and setting
+    // securebits needs CAP_SETPCAP in the effective set.
+    const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
+    const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS as u64,
+        SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP,
+        0,
+    )?;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = ctl.put(D_BIG, &groups)?;
     ctl.sys(
@@ -667,6 +676,12 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
         libc::SYS_setfsuid,
         [c.fsuid as u64, 0, 0, 0, 0, 0],
     )?;
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS as u64,
+        c.secbits as u64,
+        0,
+    )?;
     // capset v3: header {version, pid} then two {effective, permitted, inheritable}.
     let (eff, prm, inh) = (words(&c.cap_eff), words(&c.cap_prm), words(&c.cap_inh));
     let mut b = Vec::new();
@@ -690,12 +705,6 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
             )?;
         }
     }
-    prctl(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::PR_SET_SECUREBITS as u64,
-        c.secbits as u64,
-        0,
-    )?;
     Ok(())
 }
 

@@ -324,7 +324,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         procs,
         children,
         layouts: Vec::new(),
-        files: FileImages::load(dir)?,
+        files: FileImages::load(dir)?.with_tcp_close(opts.tcp_close),
         shared: Vec::new(),
         inherit,
         pool: Default::default(),
@@ -542,6 +542,7 @@ impl Drop for Created {
         if self.done {
             return;
         }
+        crate::inet::abandon_restore();
         for &pid in self.pids.iter().chain(self.root.iter()) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -910,6 +911,8 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         )?);
     }
     notify.notify("post-restore", root_pid, None)?;
+    // Like CRIU: the network is unlocked, then the connections leave repair mode.
+    crate::inet::finish_restore(&dir)?;
     // The tasks are complete: like CRIU, failing pre-resume/post-resume are only reported.
     if let Err(e) = notify.notify("pre-resume", root_pid, None) {
         log::error!("pre-resume: {e}");

@@ -8,6 +8,7 @@ pub mod eventfd;
 pub mod evfds;
 pub mod fd;
 pub mod fork;
+pub mod inet;
 pub mod inject;
 pub mod kcmp;
 pub mod logfd;
