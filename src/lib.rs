@@ -29,6 +29,7 @@ pub mod ghost;
 pub mod kerndat;
 pub mod logging;
 pub mod mem;
+pub mod pageserver;
 pub mod pidfd;
 pub mod pipes;
 pub mod regs;

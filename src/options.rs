@@ -269,9 +269,7 @@ impl Options {
             (self.orphan_pts_master, "orphan-pts-master"),
             (!self.external.is_empty(), "external"),
             (!self.inherit_fd.is_empty(), "inherit-fd"),
-            (self.page_server.is_some(), "page-server"),
             (self.lazy_pages, "lazy-pages"),
-            (self.tls.enabled, "tls"),
             (
                 !matches!(
                     self.manage_cgroups_mode,

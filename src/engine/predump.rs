@@ -7,7 +7,6 @@
 //! writes during the copy. The tracker does (a page written after the reset is reported by the
 //! next iteration), so both modes copy after unfreezing, through the same 4 MiB chunks.
 
-use std::fs::File;
 use std::time::Instant;
 
 use libc::pid_t;
@@ -18,7 +17,7 @@ use crate::engine::Notify;
 use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::freeze::Frozen;
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::images::{ImageDir, Kind, IMG_VERSION};
 use crate::mem::{self, PagePlan, Tracking};
 use crate::options::{Options, PreDumpMode};
 use crate::pb;
@@ -51,6 +50,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
     let token = procfs::uptime_us()?;
     let parent = link_parent(&dir, opts.prev_images_dir.as_deref())?;
     notify.notify("pre-dump", pid, None)?;
+    let mut sink = crate::engine::dump::page_sink(opts, &dir)?;
 
     let mut timing = Timing::default();
     let t0 = Instant::now();
@@ -67,7 +67,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         ));
     }
     let mut tracking: Vec<TaskTracking> = Vec::new();
-    let planned = plan_frozen(&mut frozen, parent.as_ref(), &mut tracking);
+    let planned = plan_frozen(&mut frozen, parent.as_ref(), &mut tracking, &mut *sink);
     let plans = match planned {
         Ok(p) => p,
         Err(e) => {
@@ -83,24 +83,8 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
     // The tree runs again: copy.
     let t0 = Instant::now();
     for mut t in plans {
-        let path = dir.file(&pages_file_name(t.pages_id));
-        let out = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         t.plan.refine_pinning()?;
-        mem::copy_pages(&mut t.plan, &out, true)?;
-        let mut pm = dir.create(Kind::Pagemap, t.pid)?;
-        pm.write(&pb::PagemapHead {
-            pages_id: t.pages_id,
-        })?;
-        for e in &t.plan.entries {
-            pm.write(e)?;
-        }
-        pm.finish()?;
+        sink.write_task(&mut t.plan, t.pages_id, true)?;
         timing.stats.scanned += t.plan.stats.scanned;
         timing.stats.written += t.plan.stats.written;
         timing.stats.skipped_parent += t.plan.stats.skipped_parent;
@@ -108,6 +92,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             crate::images::pages::dedup(&dir, t.pid)?;
         }
     }
+    sink.finish()?;
     timing.memdump = t0.elapsed();
     timing.memwrite = timing.memdump;
     dir.write_one(
@@ -169,6 +154,7 @@ fn plan_frozen(
     frozen: &mut Frozen,
     parent: Option<&crate::engine::iteration::ParentImages>,
     tracking: &mut Vec<TaskTracking>,
+    sink: &mut dyn mem::PageSink,
 ) -> Result<Vec<TaskPlan>> {
     let mut plans = Vec::new();
     for task in frozen.tasks.iter_mut() {
@@ -178,6 +164,10 @@ fn plan_frozen(
         let maps = procfs::maps_quick(pid)?;
         log::debug!("pid {pid}: maps read");
         let mut tt = TaskTracking::find(pid, stat.start_time, parent)?;
+        if tt.held.is_some() && !sink.has_parent(pid)? {
+            log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
+            tt.held = None;
+        }
         log::debug!("pid {pid}: tracker found");
         if tt.tracker.is_none() {
             in_leader(task, &maps, |remote| tt.ensure(remote))?;
