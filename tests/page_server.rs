@@ -520,3 +520,92 @@ fn a_page_server_that_vanishes_mid_dump_fails_the_dump_and_the_task_runs_on() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(0), "{}", s.read("out"));
 }
+
+/// `criu swrk 3` on one end of a socketpair: one request, one answer.
+fn swrk_call(s: &Scratch, req: &criu::pb::CriuReq) -> criu::pb::CriuResp {
+    use criu::rpc::wire;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+    let (client, server) = criu::sys::sock::seqpacket_pair().unwrap();
+    let server_fd = server.as_raw_fd();
+    let mut cmd = Command::new(CRIU);
+    cmd.args(["swrk", "3"])
+        .current_dir(&s.dir)
+        .stdin(Stdio::null());
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(server_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(server);
+    wire::send(client.as_fd(), req, None).unwrap();
+    let resp = wire::recv::<criu::pb::CriuResp>(client.as_fd(), "criu_resp")
+        .unwrap()
+        .expect("an answer")
+        .msg;
+    drop(client);
+    let _ = child.wait();
+    resp
+}
+
+#[test]
+fn rpc_page_server_request_reports_pid_and_port_and_an_rpc_dump_feeds_it() {
+    use criu::pb::{CriuOpts, CriuPageServerInfo, CriuReq, CriuReqType};
+    become_subreaper();
+    let s = Scratch::new("psrpc");
+    let (mut child, pid) = start_basic(&s);
+    std::fs::create_dir_all(s.path("dst")).unwrap();
+    std::fs::create_dir_all(s.path("src")).unwrap();
+    let opts = |dir: &str| CriuOpts {
+        images_dir_fd: -1,
+        images_dir: Some(s.path(dir).to_str().unwrap().to_owned()),
+        log_file: Some("rpc.log".into()),
+        log_level: Some(4),
+        ..Default::default()
+    };
+    let mut ps_opts = opts("dst");
+    ps_opts.ps = Some(CriuPageServerInfo {
+        address: Some("127.0.0.1".into()),
+        port: Some(0),
+        pid: None,
+        fd: None,
+    });
+    let resp = swrk_call(
+        &s,
+        &CriuReq {
+            r#type: CriuReqType::PageServer as i32,
+            opts: Some(ps_opts),
+            ..Default::default()
+        },
+    );
+    assert!(resp.success, "{resp:?}\n{}", s.read("dst/rpc.log"));
+    let ps = resp.ps.expect("page server info");
+    let (server, port) = (ps.pid.unwrap(), ps.port.unwrap());
+    assert!(server > 0 && port > 0, "{ps:?}");
+    let mut dump_opts = opts("src");
+    dump_opts.pid = Some(pid);
+    dump_opts.ps = Some(CriuPageServerInfo {
+        address: Some("127.0.0.1".into()),
+        port: Some(port),
+        pid: None,
+        fd: None,
+    });
+    let resp = swrk_call(
+        &s,
+        &CriuReq {
+            r#type: CriuReqType::Dump as i32,
+            opts: Some(dump_opts),
+            ..Default::default()
+        },
+    );
+    assert!(resp.success, "{resp:?}\n{}", s.read("src/rpc.log"));
+    let _ = child.wait();
+    assert_eq!(server_exit(server), 0, "{}", s.read("dst/rpc.log"));
+    assert!(files_starting(&s.path("src"), "pages-").is_empty());
+    copy_metadata(&s.path("src"), &s.path("dst"));
+    assert_eq!(restore_and_check(&s, &[], "dst"), 0, "{}", s.read("out"));
+}
