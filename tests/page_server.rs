@@ -609,3 +609,129 @@ fn rpc_page_server_request_reports_pid_and_port_and_an_rpc_dump_feeds_it() {
     copy_metadata(&s.path("src"), &s.path("dst"));
     assert_eq!(restore_and_check(&s, &[], "dst"), 0, "{}", s.read("out"));
 }
+
+/// A test CA and certificates signed by it (openssl): `NAME.pem` and `NAME.key` in `dir` for
+/// each (name, subjectAltName).
+fn make_ca(dir: &Path, ca: &str, certs: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut script = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+           -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca} 2>/dev/null; ",
+        d = dir.display()
+    );
+    for (name, san) in certs {
+        script.push_str(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+               -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null; \
+             printf 'subjectAltName={san}\\nbasicConstraints=CA:FALSE\\n\
+keyUsage=digitalSignature\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext; \
+             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+               -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null; "
+        ));
+    }
+    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(st.success(), "openssl failed");
+}
+
+fn tls_args(dir: &Path, ca: &str, me: &str) -> Vec<String> {
+    let f = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    vec![
+        "--tls".into(),
+        "--tls-cacert".into(),
+        f(&format!("{ca}.pem")),
+        "--tls-cert".into(),
+        f(&format!("{me}.pem")),
+        "--tls-key".into(),
+        f(&format!("{me}.key")),
+    ]
+}
+
+/// A dump to a TLS page server at 127.0.0.1 with the client's TLS arguments; Ok when both ends
+/// succeeded, Err(dump's stderr, server's log) when either failed.
+fn tls_dump(
+    s: &Scratch,
+    pid: i32,
+    tag: &str,
+    server_tls: &[String],
+    client_tls: &[String],
+) -> Result<(), (String, String)> {
+    let port = free_port();
+    let dst = format!("dst{tag}");
+    let src = format!("src{tag}");
+    std::fs::create_dir_all(s.path(&src)).unwrap();
+    let st: Vec<&str> = server_tls.iter().map(String::as_str).collect();
+    let server = start_server(s, &[], &dst, "127.0.0.1", port, &st);
+    let port_s = port.to_string();
+    let pid_s = pid.to_string();
+    let mut args = vec![
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &src,
+        "-o",
+        "dump.log",
+        "-v4",
+        "--leave-running",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+    ];
+    args.extend(client_tls.iter().map(String::as_str));
+    let out = s.criu(&args);
+    let code = server_exit(server);
+    let log = s.read(&format!("{dst}/ps.log"));
+    if out.status.success() && code == 0 {
+        Ok(())
+    } else {
+        Err((String::from_utf8_lossy(&out.stderr).into_owned(), log))
+    }
+}
+
+#[test]
+fn tls_with_a_test_ca_both_sides_and_strangers_are_refused() {
+    become_subreaper();
+    let s = Scratch::new("pstls");
+    let pki = s.path("pki");
+    make_ca(
+        &pki,
+        "ca",
+        &[
+            ("server", "IP:127.0.0.1"),
+            ("client", "DNS:client.test"),
+            ("misnamed", "DNS:elsewhere.test"),
+        ],
+    );
+    make_ca(&pki, "otherca", &[("stranger", "IP:127.0.0.1")]);
+    let (mut child, pid) = start_basic(&s);
+    let server = tls_args(&pki, "ca", "server");
+    let client = tls_args(&pki, "ca", "client");
+    // Both sides with certificates of the test CA.
+    tls_dump(&s, pid, "ok", &server, &client).unwrap_or_else(|(e, l)| panic!("{e}\n{l}"));
+    assert!(!s.read("dstok/ps.log").contains("without --tls"));
+    // A client whose certificate another CA signed is turned away by the server.
+    let stranger = tls_args(&pki, "otherca", "stranger");
+    let (err, log) = tls_dump(&s, pid, "stranger", &server, &stranger).unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+    assert!(log.contains("TLS"), "{log}");
+    assert!(files_starting(&s.path("dststranger"), "pages-").is_empty());
+    // A plain client cannot talk to a TLS server.
+    let (err, _) = tls_dump(&s, pid, "plain", &server, &[]).unwrap_err();
+    assert!(err.contains("page server"), "{err}");
+    // A server certificate that does not name the address: refused unless --tls-no-cn-verify.
+    let misnamed = tls_args(&pki, "ca", "misnamed");
+    let (err, _) = tls_dump(&s, pid, "name", &misnamed, &client).unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+    let mut lax = client.clone();
+    lax.push("--tls-no-cn-verify".into());
+    tls_dump(&s, pid, "lax", &misnamed, &lax).unwrap_or_else(|(e, l)| panic!("{e}\n{l}"));
+    assert_running_untraced(pid);
+    // The images that came over TLS restore (the original is stopped first: same pid).
+    assert!(kill(pid, libc::SIGKILL));
+    let _ = child.wait();
+    copy_metadata(&s.path("srcok"), &s.path("dstok"));
+    assert_eq!(restore_and_check(&s, &[], "dstok"), 0, "{}", s.read("out"));
+}
