@@ -104,11 +104,14 @@ pub fn split_dst_id(dst: u64) -> (u64, u64) {
 pub trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
 
-/// Socket buffers large enough for a few MiB in flight each way (the defaults cap loopback
-/// throughput). Forced past the sysctl limits when we may; a refusal only costs speed.
+/// Socket buffers large enough for a few MiB in flight each way, forced past the sysctl limits
+/// when we may (a refusal only costs speed), and no Nagle delay.
 fn tune(sock: &TcpStream) {
     use nix::sys::socket::{setsockopt, sockopt};
     const BUF: usize = 8 << 20;
+    // Every write is either a whole command or a large block of pages: Nagle would only hold
+    // a command header back until the previous block is acknowledged.
+    let _ = sock.set_nodelay(true);
     if setsockopt(sock, sockopt::SndBufForce, &BUF).is_err() {
         let _ = setsockopt(sock, sockopt::SndBuf, &BUF);
     }
