@@ -16,8 +16,8 @@ use crate::options::Options;
 use crate::pb;
 
 const PAGE_SIZE: u64 = 4096;
-/// Bytes read from the task per command: large writes, and a buffer that stays in the cache.
-const BUF_SIZE: usize = 1 << 20;
+/// Bytes read from the task per command: few large writes (and few wakeups of the server).
+const BUF_SIZE: usize = 4 << 20;
 
 /// A connection to a page server for one dump or pre-dump.
 pub struct RemotePages {
