@@ -735,3 +735,61 @@ fn tls_with_a_test_ca_both_sides_and_strangers_are_refused() {
     copy_metadata(&s.path("srcok"), &s.path("dstok"));
     assert_eq!(restore_and_check(&s, &[], "dstok"), 0, "{}", s.read("out"));
 }
+
+#[test]
+fn a_tree_with_shared_memory_and_inherited_pages_goes_through_the_page_server() {
+    become_subreaper();
+    let s = Scratch::new("psshared");
+    let mut child = s.spawn(&workload("shared"), &[s.dir.to_str().unwrap()]);
+    let ready = s.wait_file("ready", T);
+    let f: Vec<&str> = ready.split_whitespace().collect();
+    let (root, kid): (i32, i32) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+    let port = free_port();
+    let server = start_server(&s, &[], "dst", "127.0.0.1", port, &[]);
+    let port_s = port.to_string();
+    run(
+        &s,
+        "src",
+        "dump.log",
+        &[
+            "dump",
+            "-t",
+            &root.to_string(),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+        ],
+    );
+    let _ = child.wait();
+    let _ = wait_exit(kid, T);
+    assert_eq!(server_exit(server), 0, "{}", s.read("dst/ps.log"));
+    // Both tasks' pagemaps and the shared object's came over the wire.
+    let got = files_starting(&s.path("dst"), "pagemap-");
+    assert!(
+        got.contains(&format!("pagemap-{root}.img"))
+            && got.contains(&format!("pagemap-{kid}.img"))
+            && got.iter().any(|n| n.starts_with("pagemap-shmem-")),
+        "{got:?}"
+    );
+    copy_metadata(&s.path("src"), &s.path("dst"));
+    let d = s.path("dst");
+    let out = s.criu(&[
+        "restore",
+        "-d",
+        "-D",
+        d.to_str().unwrap(),
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        std::fs::read_to_string(d.join("restore.log")).unwrap_or_default()
+    );
+    assert!(kill(kid, libc::SIGUSR1));
+    assert!(kill(root, libc::SIGUSR1));
+    assert_eq!(wait_exit(root, T), 0, "shared memory check failed");
+}
