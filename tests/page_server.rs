@@ -793,3 +793,49 @@ fn a_tree_with_shared_memory_and_inherited_pages_goes_through_the_page_server() 
     assert!(kill(root, libc::SIGUSR1));
     assert_eq!(wait_exit(root, T), 0, "shared memory check failed");
 }
+
+#[test]
+fn status_fd_says_ready_once_the_port_listens() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("psstatus");
+    std::fs::create_dir_all(s.path("dst")).unwrap();
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let wfd = w.as_raw_fd();
+    let port = free_port().to_string();
+    let mut cmd = Command::new(CRIU);
+    cmd.args([
+        "page-server",
+        "-D",
+        "dst",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ])
+    .args(["--status-fd", "5", "-o", "ps.log"])
+    .current_dir(&s.dir)
+    .stdin(Stdio::null());
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(wfd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = cmd.spawn().unwrap();
+    drop(w);
+    let mut f = std::fs::File::from(r);
+    let mut byte = [9u8; 1];
+    f.read_exact(&mut byte).unwrap();
+    assert_eq!(byte, [0]);
+    // Ready means listening: a client connects at once; a stream that ends before CLOSE makes
+    // the server exit non-zero.
+    let c = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    drop(c);
+    let st = server.wait().unwrap();
+    assert_eq!(st.code(), Some(1), "{}", s.read("dst/ps.log"));
+}
