@@ -608,6 +608,185 @@ fn lazy_section(criu: &Path, repo: &Path, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("img"));
 }
 
+/// Raw loopback TCP: 2 GiB from one thread to another, 1 MiB writes, reads into 8 MiB; with
+/// `into`, the receiver writes what it reads to a new file there (what a page server must do).
+fn loopback_tcp_bandwidth(into: Option<&Path>) -> f64 {
+    use std::io::{Read, Write};
+    let into = into.map(Path::to_path_buf);
+    let d = best_of(if into.is_some() { 1 } else { 3 }, || {
+        let into = into.clone();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let rx = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut out = into.map(|p| std::fs::File::create(p.join("tcp-probe")).unwrap());
+            let mut buf = vec![0u8; 8 << 20];
+            let mut got = 0usize;
+            while got < 2 * GIB {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0);
+                if let Some(f) = out.as_mut() {
+                    f.write_all(&buf[..n]).unwrap();
+                }
+                got += n;
+            }
+        });
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let chunk = vec![3u8; 1 << 20];
+        let t = Instant::now();
+        for _ in 0..(2 * GIB / chunk.len()) {
+            c.write_all(&chunk).unwrap();
+        }
+        rx.join().unwrap();
+        t.elapsed()
+    });
+    gbps(2.0 * GIB as f64, d)
+}
+
+/// `mib` MiB dumped through `criu page-server` on loopback, then restored from the
+/// destination's directory and self-checked. Returns (pages, memory copy time, dump wall).
+fn page_server_run(criu: &Path, bin: &Path, dir: &Path, mib: usize) -> (u64, Duration, Duration) {
+    let (src, dst) = (dir.join("ps-src"), dir.join("ps-dst"));
+    for d in [&src, &dst] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The destination is a tmpfs of its own without huge pages: the server receives with
+    // write(), and a write into a huge tmpfs page first clears all 2 MiB of it.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4g", "criu-rs-bench-ps"])
+        .arg(&dst)
+        .status()
+        .is_ok_and(|s| s.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut child = start(bin, dir, mib);
+    let pid = child.id() as i32;
+    let st = Command::new(criu)
+        .args([
+            "page-server",
+            "--daemon",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .args(["--pidfile", "ps.pid", "-o", "ps.log", "-D"])
+        .arg(&dst)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "page-server failed: see {}",
+        dst.join("ps.log").display()
+    );
+    let server: i32 = std::fs::read_to_string(dst.join("ps.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    let st = Command::new(criu)
+        .args([
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port, "-o", "dump.log", "-D"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    let wall = t.elapsed();
+    assert!(
+        st.success(),
+        "dump failed: see {}",
+        src.join("dump.log").display()
+    );
+    assert_eq!(
+        wait_exit(server),
+        0,
+        "page server failed: see {}",
+        dst.join("ps.log").display()
+    );
+    let _ = child.wait();
+    wait_gone(pid);
+    let stats: pb::StatsEntry = ImageDir::new(&src).read_one(Kind::Stats, "dump").unwrap();
+    let d = stats.dump.unwrap();
+    // The destination restores: the source's metadata images join the received pages.
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".img") && !name.starts_with("sent-pagemap-") {
+            std::fs::copy(e.path(), dst.join(&name)).unwrap();
+        }
+    }
+    let st = Command::new(criu)
+        .args(["restore", "-d", "-o", "restore.log", "-D"])
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "restore failed: see {}",
+        dst.join("restore.log").display()
+    );
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert_eq!(wait_exit(pid), 0, "the restored task failed its self-check");
+    if mounted {
+        let _ = Command::new("umount").arg(&dst).status();
+    }
+    for d in [&src, &dst] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    (
+        d.pages_written,
+        Duration::from_micros(d.memdump_time as u64),
+        wall,
+    )
+}
+
+fn page_server(criu: &Path, bin: &Path, dir: &Path, mib: usize) {
+    let raw = loopback_tcp_bandwidth(None);
+    // The same into fresh tmpfs pages (on a VM whose host backs new memory lazily, allocating
+    // the destination's page cache, not the network, is the ceiling).
+    let probe = dir.join("tcp-probe-dir");
+    std::fs::create_dir_all(&probe).unwrap();
+    let probe_mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4g", "criu-rs-bench-tcp"])
+        .arg(&probe)
+        .status()
+        .is_ok_and(|s| s.success());
+    let to_file = loopback_tcp_bandwidth(Some(&probe));
+    if probe_mounted {
+        let _ = Command::new("umount").arg(&probe).status();
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    let (pages, copy, wall) = page_server_run(criu, bin, dir, mib);
+    let bytes = (pages * 4096) as f64;
+    let rate = gbps(bytes, copy);
+    println!("page server on loopback ({mib} MiB received into a tmpfs without huge pages):");
+    println!("  raw loopback TCP              {raw:6.2} GB/s");
+    println!("  loopback TCP into a new file  {to_file:6.2} GB/s");
+    println!(
+        "  dump through the page server  {rate:6.2} GB/s  (memory copy {copy:?}; whole `criu dump` {wall:?})"
+    );
+    println!(
+        "  page server / raw TCP         {:5.0}%",
+        100.0 * rate / raw
+    );
+    println!(
+        "  page server / TCP into a file {:5.0}%",
+        100.0 * rate / to_file
+    );
+}
+
 fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // CARGO_TARGET_DIR when the build went elsewhere.
@@ -665,6 +844,20 @@ fn main() {
     println!("  fill fresh anonymous memory   {fresh:6.2} GB/s");
     println!("  write a new file there        {tmpfs:6.2} GB/s");
 
+    // BENCH_ONLY=page-server or migration: only that section.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "page-server" || only == "migration" {
+        if only == "page-server" {
+            page_server(&criu, &bin, &dir, mib);
+        } else {
+            migration(&criu, &repo, &dir);
+        }
+        if mounted {
+            let _ = Command::new("umount").arg(&dir).status();
+            let _ = std::fs::remove_dir(&dir);
+        }
+        return;
+    }
     let ours = run(&criu, &bin, &dir, mib);
     let bytes = (ours.pages * 4096) as f64;
     let dump_rate = gbps(bytes, ours.memdump);
@@ -702,6 +895,7 @@ fn main() {
 
     forest(&criu, &repo, &dir);
     migration(&criu, &repo, &dir);
+    page_server(&criu, &bin, &dir, mib);
     lazy_section(&criu, &repo, &dir);
 
     if let Ok(other) = std::env::var("CRIU_BIN") {

@@ -55,6 +55,10 @@ pub enum Error {
     #[error("rpc: {0}")]
     Rpc(String),
 
+    /// Page server traffic that breaks the protocol, or a peer that went away.
+    #[error("page server: {0}")]
+    PageServer(String),
+
     /// An RPC request whose options cannot be used (CRIU answers those with EBADRQC, which
     /// pycriu reports as "Bad options").
     #[error("bad request options: {0}")]
@@ -120,6 +124,7 @@ impl Error {
             Error::PidTaken(_) => libc::EEXIST,
             Error::Task { .. } => libc::ESRCH,
             Error::Rpc(_) => libc::EBADMSG,
+            Error::PageServer(_) => libc::ECOMM,
             Error::BadRequest(_) => libc::EBADRQC,
             Error::Aborted(_) => libc::ECANCELED,
         }

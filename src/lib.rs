@@ -33,6 +33,7 @@ pub mod logging;
 pub mod mem;
 pub mod memfd;
 pub mod netlock;
+pub mod pageserver;
 pub mod pidfd;
 pub mod pipes;
 pub mod regs;

@@ -258,15 +258,14 @@ pub struct SharedObject {
     pub source: String,
 }
 
-/// Writes the contents of each distinct shared object once: pagemap-shmem-SHMID.img (offsets in
+/// Saves the contents of each distinct shared object once: pagemap-shmem-SHMID.img (offsets in
 /// the object as vaddr, as CRIU does) and a pages file. Holes stay holes (SEEK_DATA/SEEK_HOLE on
 /// the object itself, which also finds pages no task has mapped right now).
 pub fn dump_shared(
     objects: &[SharedObject],
-    dir: &crate::images::ImageDir,
+    sink: &mut dyn PageSink,
     first_pages_id: u32,
 ) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
     let mut done: Vec<u64> = Vec::new();
     let mut pages_id = first_pages_id;
     let mut written = 0;
@@ -277,39 +276,10 @@ pub fn dump_shared(
         done.push(o.shmid);
         let path = &o.source;
         let obj = File::open(path).map_err(|e| Error::io(format!("open {path}"), e))?;
-        let mut pm = dir.create(crate::images::Kind::ShmemPagemap, o.shmid)?;
-        pm.write(&pb::PagemapHead { pages_id })?;
-        let pages_path = dir.file(&crate::images::pages_file_name(pages_id));
-        let out = File::create(&pages_path)
-            .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
         let size = o.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let mut out_off = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        for (start, end) in crate::sys::fd::data_ranges(&obj, size)? {
-            let nr = (end - start) / PAGE_SIZE;
-            pm.write(&pb::PagemapEntry {
-                vaddr: start,
-                compat_nr_pages: u32::try_from(nr).unwrap_or(0),
-                in_parent: None,
-                flags: Some(PE_PRESENT),
-                nr_pages: Some(nr),
-            })?;
-            let mut at = start;
-            while at < end {
-                let n = ((end - at) as usize).min(CHUNK);
-                // A memfd's last page may reach past its end: the rest of the page is zeros.
-                let in_file = (o.size.saturating_sub(at) as usize).min(n);
-                obj.read_exact_at(&mut buf[..in_file], at)
-                    .map_err(|e| Error::io(format!("read {path}"), e))?;
-                buf[in_file..n].fill(0);
-                out.write_all_at(&buf[..n], out_off)
-                    .map_err(|e| Error::io("write pages image", e))?;
-                out_off += n as u64;
-                at += n as u64;
-            }
-            written += nr;
-        }
-        pm.finish()?;
+        let ranges = crate::sys::fd::data_ranges(&obj, size)?;
+        sink.write_shared(o.shmid, &obj, o.size, &ranges, pages_id)?;
+        written += ranges.iter().map(|r| (r.1 - r.0) / PAGE_SIZE).sum::<u64>();
         pages_id += 1;
     }
     Ok(written)
@@ -770,7 +740,242 @@ pub fn copy_pages(plan: &mut PagePlan, out: &File, live: bool) -> Result<u64> {
     Ok(n)
 }
 
+/// A run of a task's pages as it leaves the dumper, in address order: an entry without data
+/// (PE_PARENT, PE_COW) or pages read from the task.
+pub enum Outgoing<'a> {
+    Entry(&'a pb::PagemapEntry),
+    Data { vaddr: u64, data: &'a [u8] },
+}
+
+/// Where a dump's page data goes: local image files, or a page server.
+pub trait PageSink {
+    /// Whether the destination holds an earlier iteration's pages of task `pid`, so that
+    /// PE_PARENT entries can refer to them.
+    fn has_parent(&mut self, pid: pid_t) -> Result<bool>;
+    /// Saves a task's pages as planned; a running task (`live`) may lose pages meanwhile: they
+    /// leave the plan. Returns how many were lost.
+    fn write_task(&mut self, plan: &mut PagePlan, pages_id: u32, live: bool) -> Result<u64>;
+    /// Saves the data ranges `ranges` (offsets) of shared memory object `shmid`, read from `obj`.
+    /// `obj` holds `size` bytes; its last page may reach past them (a memfd's), as zeros.
+    fn write_shared(
+        &mut self,
+        shmid: u64,
+        obj: &File,
+        size: u64,
+        ranges: &[(u64, u64)],
+        pages_id: u32,
+    ) -> Result<()>;
+    /// Everything was given: only now may the destination's images look complete.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Today's images: pagemap-N.img and pages-N.img in the images directory.
+pub struct LocalPages {
+    pub dir: crate::images::ImageDir,
+}
+
+impl PageSink for LocalPages {
+    fn has_parent(&mut self, _pid: pid_t) -> Result<bool> {
+        // The parent images are right there: held_ranges reads them.
+        Ok(true)
+    }
+
+    fn write_task(&mut self, plan: &mut PagePlan, pages_id: u32, live: bool) -> Result<u64> {
+        let path = self.dir.file(&crate::images::pages_file_name(pages_id));
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        let lost = copy_pages(plan, &out, live)?;
+        let mut pm = self.dir.create(crate::images::Kind::Pagemap, plan.pid)?;
+        pm.write(&pb::PagemapHead { pages_id })?;
+        for e in &plan.entries {
+            pm.write(e)?;
+        }
+        pm.finish()?;
+        Ok(lost)
+    }
+
+    fn write_shared(
+        &mut self,
+        shmid: u64,
+        obj: &File,
+        size: u64,
+        ranges: &[(u64, u64)],
+        pages_id: u32,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut pm = self.dir.create(crate::images::Kind::ShmemPagemap, shmid)?;
+        pm.write(&pb::PagemapHead { pages_id })?;
+        let pages_path = self.dir.file(&crate::images::pages_file_name(pages_id));
+        let out = File::create(&pages_path)
+            .map_err(|e| Error::io(format!("create {}", pages_path.display()), e))?;
+        let mut out_off = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        for &(start, end) in ranges {
+            pm.write(&present_entry(start, (end - start) / PAGE_SIZE))?;
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(CHUNK);
+                read_shared(obj, &mut buf[..n], at, size)?;
+                out.write_all_at(&buf[..n], out_off)
+                    .map_err(|e| Error::io("write pages image", e))?;
+                out_off += n as u64;
+                at += n as u64;
+            }
+        }
+        pm.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads `buf.len()` bytes of a shared memory object of `size` bytes at `at`; what lies past
+/// its end (the rest of a memfd's last page) reads as zeros.
+pub fn read_shared(obj: &File, buf: &mut [u8], at: u64, size: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let in_file = (size.saturating_sub(at) as usize).min(buf.len());
+    obj.read_exact_at(&mut buf[..in_file], at)
+        .map_err(|e| Error::io("read a shared memory object", e))?;
+    buf[in_file..].fill(0);
+    Ok(())
+}
+
+/// A PE_PRESENT entry of `nr` pages at `vaddr`.
+pub fn present_entry(vaddr: u64, nr: u64) -> pb::PagemapEntry {
+    pb::PagemapEntry {
+        vaddr,
+        // CRIU 4.2 reads nr_pages; older readers (crit 3.17) only this one.
+        compat_nr_pages: u32::try_from(nr).unwrap_or(0),
+        in_parent: None,
+        flags: Some(PE_PRESENT),
+        nr_pages: Some(nr),
+    }
+}
+
+/// Appends `nr` pages at `vaddr` with `flags` to `entries`, extending the last entry when
+/// they continue it.
+pub fn push_entry(entries: &mut Vec<pb::PagemapEntry>, vaddr: u64, nr: u64, flags: u32) {
+    match entries.last_mut() {
+        Some(l)
+            if flags != crate::images::PE_COW
+                && l.flags == Some(flags)
+                && l.vaddr + l.nr_pages.unwrap_or(0) * PAGE_SIZE == vaddr =>
+        {
+            let n = l.nr_pages.unwrap_or(0) + nr;
+            l.nr_pages = Some(n);
+            l.compat_nr_pages = u32::try_from(n).unwrap_or(0);
+        }
+        _ => entries.push(pb::PagemapEntry {
+            flags: Some(flags),
+            ..present_entry(vaddr, nr)
+        }),
+    }
+}
+
 impl PagePlan {
+    pub fn pid(&self) -> pid_t {
+        self.pid
+    }
+
+    /// Reads the planned pages in address order into `buf` (at most its size at a time) and
+    /// hands each run read, and each entry without data, to `out`, which sends them on. A
+    /// frozen task must give every page; a running one (`live`) may have lost some: they are
+    /// skipped and leave the plan, whose entries become what `out` was given. Returns how many
+    /// pages were lost.
+    pub fn stream(
+        &mut self,
+        live: bool,
+        buf: &mut [u8],
+        out: &mut dyn FnMut(Outgoing) -> Result<()>,
+    ) -> Result<u64> {
+        let pid = self.pid;
+        let cap = (buf.len() as u64 / PAGE_SIZE * PAGE_SIZE).max(PAGE_SIZE) as usize;
+        let mut proc_mem: Option<ProcMem> = None;
+        let mut sent: Vec<pb::PagemapEntry> = Vec::with_capacity(self.entries.len());
+        let mut lost = 0u64;
+        let mut pi = 0usize;
+        // (addr, len, via_mem) still to read of the current piece.
+        let pieces = std::mem::take(&mut self.pieces);
+        let entries = std::mem::take(&mut self.entries);
+        for e in &entries {
+            let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+            if e.flags != Some(PE_PRESENT) {
+                out(Outgoing::Entry(e))?;
+                push_entry(&mut sent, e.vaddr, nr, e.flags.unwrap_or(PE_PRESENT));
+                continue;
+            }
+            let end = e.vaddr + nr * PAGE_SIZE;
+            // Batches of address-contiguous pieces of one kind, up to `cap` bytes.
+            let mut batch: Vec<(u64, usize)> = Vec::new();
+            let mut batch_mem = false;
+            let mut pending: Option<(u64, u64, bool)> = None;
+            loop {
+                let next = match pending.take() {
+                    Some(p) => Some(p),
+                    None if pi < pieces.len() && pieces[pi].0 < end => {
+                        let p = pieces[pi];
+                        pi += 1;
+                        Some((p.0, p.1, p.3))
+                    }
+                    None => None,
+                };
+                let batch_len: usize = batch.iter().map(|b| b.1).sum();
+                let fits = |a: u64, via: bool| {
+                    batch.is_empty()
+                        || (via == batch_mem
+                            && batch_len < cap
+                            && batch.last().is_some_and(|l| l.0 + l.1 as u64 == a))
+                };
+                match next {
+                    Some((a, l, via)) if fits(a, via) => {
+                        if batch.is_empty() {
+                            batch_mem = via;
+                        }
+                        let room = (cap - batch_len) as u64;
+                        let take = l.min(room);
+                        batch.push((a, take as usize));
+                        if take < l {
+                            pending = Some((a + take, l - take, via));
+                        }
+                    }
+                    other => {
+                        if !batch.is_empty() {
+                            let pm = if batch_mem {
+                                match &proc_mem {
+                                    Some(p) => Some(p),
+                                    None => Some(&*proc_mem.insert(ProcMem::open(pid, false)?)),
+                                }
+                            } else {
+                                None
+                            };
+                            lost += send_batch(pid, &batch, pm, live, buf, &mut sent, out)?;
+                            batch.clear();
+                        }
+                        match other {
+                            Some(p) => pending = Some(p),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        self.stats.written -= lost;
+        self.entries = sent;
+        self.bytes = 0;
+        if lost > 0 {
+            log::info!(
+                "pid {pid}: {lost} pages went away while being copied; the next iteration takes them"
+            );
+        }
+        Ok(lost)
+    }
+
     /// Removes pages (sorted (addr, addr + PAGE_SIZE)) from the plan and their slots from the
     /// data, which `map` holds.
     fn drop_pages(
@@ -868,6 +1073,83 @@ impl PagePlan {
             .filter(|e| e.flags == Some(PE_PRESENT))
             .map(|e| (e.vaddr, e.vaddr + e.nr_pages.unwrap_or(0) * PAGE_SIZE))
     }
+}
+
+/// Reads one batch of address-contiguous pieces (through `proc_mem` when given) and hands
+/// what could be read to `out`. Returns the pages lost (only when `live`).
+fn send_batch(
+    pid: pid_t,
+    batch: &[(u64, usize)],
+    proc_mem: Option<&ProcMem>,
+    live: bool,
+    buf: &mut [u8],
+    sent: &mut Vec<pb::PagemapEntry>,
+    out: &mut dyn FnMut(Outgoing) -> Result<()>,
+) -> Result<u64> {
+    let total: usize = batch.iter().map(|b| b.1).sum();
+    let start = batch[0].0;
+    let whole = match proc_mem {
+        None => crate::sys::mem::readv_remote(pid, &mut buf[..total], batch),
+        Some(pm) => pm.read_exact_at(&mut buf[..total], start).map(|()| total),
+    };
+    match whole {
+        Ok(n) if n == total => {
+            out(Outgoing::Data {
+                vaddr: start,
+                data: &buf[..total],
+            })?;
+            push_entry(sent, start, total as u64 / PAGE_SIZE, PE_PRESENT);
+            return Ok(0);
+        }
+        Ok(n) if !live => {
+            return Err(Error::task(
+                pid,
+                format!("memory changed while frozen: read {n} of {total} bytes"),
+            ))
+        }
+        Err(e) if !live => return Err(e),
+        _ => {}
+    }
+    // Page by page, to keep what can still be read; runs of readable pages go out together.
+    let page = PAGE_SIZE as usize;
+    let mut lost = 0;
+    let mut run: Option<(u64, usize)> = None;
+    let mut flush = |run: &mut Option<(u64, usize)>, buf: &[u8]| -> Result<()> {
+        if let Some((addr, off)) = run.take() {
+            out(Outgoing::Data {
+                vaddr: addr,
+                data: &buf[(addr - start) as usize..off],
+            })?;
+            push_entry(
+                sent,
+                addr,
+                (off - (addr - start) as usize) as u64 / PAGE_SIZE,
+                PE_PRESENT,
+            );
+        }
+        Ok(())
+    };
+    for k in (0..total).step_by(page) {
+        let addr = start + k as u64;
+        let ok = match proc_mem {
+            None => {
+                crate::sys::mem::readv_remote(pid, &mut buf[k..k + page], &[(addr, page)]).ok()
+                    == Some(page)
+            }
+            Some(pm) => pm.read_exact_at(&mut buf[k..k + page], addr).is_ok(),
+        };
+        if ok {
+            run = Some(match run {
+                Some((a, _)) => (a, k + page),
+                None => (addr, k + page),
+            });
+        } else {
+            lost += 1;
+            flush(&mut run, buf)?;
+        }
+    }
+    flush(&mut run, buf)?;
+    Ok(lost)
 }
 
 /// Splits pieces into `n` parts of about equal bytes, cutting pieces at page boundaries.

@@ -264,8 +264,6 @@ impl Options {
             (self.link_remap, "link-remap"),
             (!self.external.is_empty(), "external"),
             (!self.inherit_fd.is_empty(), "inherit-fd"),
-            (self.page_server.is_some(), "page-server"),
-            (self.tls.enabled, "tls"),
             (
                 !matches!(
                     self.manage_cgroups_mode,

@@ -296,7 +296,15 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
         ]),
         "option --enable-external-masters is not supported yet",
     );
-    assert_fails_with(&criu(&["page-server"]), "not supported yet");
+    // The page server runs (tests/page_server.rs); what it cannot do is refused by name.
+    assert_fails_with(
+        &criu(&["page-server", "--port", "1", "--auto-dedup"]),
+        "auto-dedup",
+    );
+    assert_fails_with(
+        &criu(&["page-server", "--port", "1", "-D", "/tmp/x-criu-rs-absent"]),
+        "images dir",
+    );
     assert_fails_with(&criu(&["lazy-pages", "--page-server"]), "not supported yet");
 }
 

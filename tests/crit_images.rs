@@ -2049,7 +2049,7 @@ fn kinds_match_crit_magics() {
             Kind::Core => "CORE",
             Kind::Ids => "IDS",
             Kind::Mm => "MM",
-            Kind::Pagemap | Kind::ShmemPagemap => "PAGEMAP",
+            Kind::Pagemap | Kind::ShmemPagemap | Kind::SentPagemap => "PAGEMAP",
             Kind::Fdinfo => "FDINFO",
             Kind::Files => "FILES",
             Kind::Fs => "FS",

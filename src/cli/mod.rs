@@ -124,6 +124,7 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
         action,
         opts,
         address,
+        port,
         close_fds,
         config_files,
         warnings,
@@ -159,7 +160,15 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
                 opts.pidfile.as_deref(),
             ));
         }
-        Action::PageServer => return Err(CliError::CommandNotSupported("page-server")),
+        Action::PageServer => {
+            if let Some(name) = opts.first_unsupported() {
+                return Err(CliError::NotSupported(flag_spelling(name).to_string()));
+            }
+            if opts.auto_dedup {
+                // The server would have to punch holes in the parent's pages as they come.
+                return Err(CliError::NotSupported("auto-dedup".into()));
+            }
+        }
         Action::LazyPages => {
             // Serving from a remote page server comes with the page server.
             if opts.page_server.is_some() {
@@ -251,6 +260,11 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
         Action::LazyPages => {
             crate::lazy::run_daemon(&opts.images_dir, opts.work_dir())?;
             log::info!("lazy-pages: every page was delivered");
+            Ok(0)
+        }
+        Action::PageServer => {
+            let port = port.unwrap_or(crate::pageserver::DEFAULT_PORT);
+            crate::pageserver::server::run(&opts, address.as_deref(), port)?;
             Ok(0)
         }
         _ => unreachable!("refused above"),

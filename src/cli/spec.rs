@@ -28,7 +28,7 @@ Commands:
   pre-dump       copy memory of a running tree, to shorten a later dump's freeze
   restore        rebuild a process tree from images
   check          report which kernel mechanisms and features this machine and build offer
-  page-server    receive pages from a remote dump (not supported yet)
+  page-server    receive the pages of one dump over TCP (-D DIR --port N)
   lazy-pages     serve memory of a lazily restored tree from the images
   service        serve RPC requests on a socket
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
@@ -585,7 +585,7 @@ pub fn command() -> Command {
         "page-server",
         "no-page-server",
         None,
-        "send pages to a page server at --address/--port (not supported yet)",
+        "send pages to a page server at --address/--port (dump, pre-dump)",
     );
     c = negatable(
         c,
@@ -646,7 +646,7 @@ pub fn command() -> Command {
         "tls",
         "no-tls",
         None,
-        "secure the page server connection with TLS (not supported yet)",
+        "secure the page server connection with TLS (both sides)",
     );
     c = c.arg(flag(
         "tls-no-cn-verify",

@@ -1,7 +1,6 @@
 //! `criu dump`: freeze, collect every resource of the task, write the images, then kill the
 //! task or let it run on.
 
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 use libc::pid_t;
@@ -12,7 +11,7 @@ use crate::engine::{DumpOutcome, Notify};
 use crate::error::{Error, Result};
 use crate::files::{self, FileTable};
 use crate::freeze::{Frozen, FrozenTask, Member, Zombie};
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
+use crate::images::{ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
 use crate::mem::{self, Tracking};
 use crate::options::Options;
 use crate::pb;
@@ -321,6 +320,7 @@ fn dump_task(
     dir: &ImageDir,
     tree: &mut TreeImages,
     pages_id: u32,
+    sink: &mut dyn mem::PageSink,
 ) -> Result<TaskImages> {
     let TreeImages {
         parent: parent_images,
@@ -354,6 +354,10 @@ fn dump_task(
         parent_images.as_ref(),
     )?);
     let tt = tracking.last_mut().expect("just pushed");
+    if tt.held.is_some() && !sink.has_parent(pid)? {
+        log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
+        tt.held = None;
+    }
     let (process, threads) = query_all(task, syscall_ip, &mut |remote| {
         if keep_tracking {
             tt.ensure(remote)
@@ -535,14 +539,6 @@ fn write_images(dir: &ImageDir, t: &TaskImages, fdinfo_written: &mut Vec<u32>) -
     }
     dir.write_one(Kind::Ids, t.pid, &t.ids)?;
     dir.write_one(Kind::Mm, t.pid, &t.mm)?;
-    let mut pm = dir.create(Kind::Pagemap, t.pid)?;
-    pm.write(&pb::PagemapHead {
-        pages_id: t.pages_id,
-    })?;
-    for e in &t.pages.entries {
-        pm.write(e)?;
-    }
-    pm.finish()?;
     dir.write_one(Kind::Fs, t.pid, &t.fs)?;
     // Tasks sharing a file table (CLONE_FILES) share one fdinfo image.
     if !fdinfo_written.contains(&t.ids.files_id) {
@@ -733,6 +729,8 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         Default::default()
     };
     notify.notify("pre-dump", pid, None)?;
+    // Connected before the freeze: a page server that cannot be reached costs no frozen time.
+    let mut sink = page_sink(opts, &dir)?;
 
     let mut timing = Timing::default();
     let t0 = Instant::now();
@@ -767,7 +765,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         timing,
         ..Default::default()
     };
-    let written = write_tree(opts, &dir, &mut frozen, &mut tree, token);
+    let written = write_tree(opts, &dir, &mut frozen, &mut tree, token, &mut *sink);
     let mut tracking = std::mem::take(&mut tree.tracking);
     let mut timing = match written {
         Ok(()) => tree.timing,
@@ -806,6 +804,15 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     Ok(DumpOutcome { restored: false })
 }
 
+/// Where the pages go: a page server (`--page-server`) or the images directory.
+pub(crate) fn page_sink(opts: &Options, dir: &ImageDir) -> Result<Box<dyn mem::PageSink>> {
+    Ok(if opts.page_server.is_some() {
+        Box::new(crate::pageserver::client::RemotePages::connect(opts, dir)?)
+    } else {
+        Box::new(mem::LocalPages { dir: dir.clone() })
+    })
+}
+
 /// smaps of every task of the tree below `root`, read while it runs (best effort: a task
 /// without one gets its smaps read while frozen).
 fn smaps_of_tree(root: pid_t) -> std::collections::HashMap<pid_t, Vec<procfs::MapEntry>> {
@@ -828,12 +835,13 @@ fn write_tree(
     frozen: &mut Frozen,
     tree: &mut TreeImages,
     token: u64,
+    sink: &mut dyn mem::PageSink,
 ) -> Result<()> {
     let dir = dir.clone();
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
         let pages_id = images.len() as u32 + 1;
-        let mut t = dump_task(task, opts, &dir, tree, pages_id)?;
+        let mut t = dump_task(task, opts, &dir, tree, pages_id, sink)?;
         t.pstree.ppid = task.ppid as u32;
         tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
         images.push(t);
@@ -856,15 +864,7 @@ fn write_tree(
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
     for t in images.iter_mut() {
-        let path = dir.file(&pages_file_name(t.pages_id));
-        let out = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        mem::copy_pages(&mut t.pages, &out, false)?;
+        sink.write_task(&mut t.pages, t.pages_id, false)?;
     }
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();
@@ -872,7 +872,7 @@ fn write_tree(
     let t0 = Instant::now();
     // Memfds' contents are dumped like shared anonymous memory.
     shared.extend_from_slice(files.memfd_contents());
-    timing.shpages_written = mem::dump_shared(shared, &dir, images.len() as u32 + 1)?;
+    timing.shpages_written = mem::dump_shared(shared, sink, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
     assign_ids(frozen, &mut images)?;
     let mut fdinfo_written = Vec::new();
@@ -912,6 +912,8 @@ fn write_tree(
     }
     log::debug!("images written");
     write_timens(&dir)?;
+    // The destination's images are whole before ours say so.
+    sink.finish()?;
     dir.write_one(
         Kind::Inventory,
         "",

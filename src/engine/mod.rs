@@ -99,6 +99,11 @@ pub fn untrack(opts: &Options) -> Result<()> {
 /// Rebuilds the tree stored in `opts.images_dir`.
 pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome> {
     reject_unsupported(opts)?;
+    if opts.page_server.is_some() {
+        // Restoring with pages fetched from a page server is lazy restore (not yet).
+        log::error!("option --page-server is not supported by restore yet");
+        return Err(Error::OptionNotSupported("page-server"));
+    }
     restore::restore(opts, notify)
 }
 

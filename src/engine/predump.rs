@@ -8,7 +8,6 @@
 //! writes during the copy. The tracker does (a page written after the reset is reported by the
 //! next iteration), so both modes copy after unfreezing, through the same 4 MiB chunks.
 
-use std::fs::File;
 use std::time::Instant;
 
 use libc::pid_t;
@@ -19,7 +18,7 @@ use crate::engine::Notify;
 use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::freeze::Frozen;
-use crate::images::{pages_file_name, ImageDir, Kind, IMG_VERSION};
+use crate::images::{ImageDir, Kind, IMG_VERSION};
 use crate::mem::{self, Tracking};
 use crate::options::{Options, PreDumpMode};
 use crate::pb;
@@ -52,6 +51,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
     let token = procfs::uptime_us()?;
     let parent = link_parent(&dir, opts.prev_images_dir.as_deref())?;
     notify.notify("pre-dump", pid, None)?;
+    let mut sink = crate::engine::dump::page_sink(opts, &dir)?;
 
     let mut timing = Timing::default();
     let t0 = Instant::now();
@@ -68,7 +68,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         ));
     }
     let mut tracking: Vec<TaskTracking> = Vec::new();
-    let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking);
+    let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking, &mut *sink);
     let tasks = match listed {
         Ok(p) => p,
         Err(e) => {
@@ -105,24 +105,8 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         log::debug!("pid {}: scanned", t.pid);
         let mut plan = mem::plan_pages(t.pid, &t.vmas, scan, None, tt.held.as_deref(), true)?;
         log::debug!("pid {}: planned", t.pid);
-        let path = dir.file(&pages_file_name(t.pages_id));
-        let out = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         plan.refine_pinning()?;
-        mem::copy_pages(&mut plan, &out, true)?;
-        let mut pm = dir.create(Kind::Pagemap, t.pid)?;
-        pm.write(&pb::PagemapHead {
-            pages_id: t.pages_id,
-        })?;
-        for e in &plan.entries {
-            pm.write(e)?;
-        }
-        pm.finish()?;
+        sink.write_task(&mut plan, t.pages_id, true)?;
         timing.stats.scanned += plan.stats.scanned;
         timing.stats.written += plan.stats.written;
         timing.stats.skipped_parent += plan.stats.skipped_parent;
@@ -130,6 +114,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             crate::images::pages::dedup(&dir, t.pid)?;
         }
     }
+    sink.finish()?;
     timing.memdump = t0.elapsed();
     timing.memwrite = timing.memdump;
     dir.write_one(
@@ -192,6 +177,7 @@ fn list_frozen(
     frozen: &mut Frozen,
     parent: Option<&crate::engine::iteration::ParentImages>,
     tracking: &mut Vec<TaskTracking>,
+    sink: &mut dyn mem::PageSink,
 ) -> Result<Vec<TaskVmas>> {
     let mut tasks = Vec::new();
     for task in frozen.tasks.iter_mut() {
@@ -201,6 +187,10 @@ fn list_frozen(
         let maps = procfs::maps_quick(pid)?;
         log::debug!("pid {pid}: maps read");
         let mut tt = TaskTracking::find(pid, stat.start_time, parent)?;
+        if tt.held.is_some() && !sink.has_parent(pid)? {
+            log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
+            tt.held = None;
+        }
         log::debug!("pid {pid}: tracker found");
         if tt.tracker.is_none() {
             in_leader(task, &maps, |remote| tt.ensure(remote))?;

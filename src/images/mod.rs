@@ -69,6 +69,9 @@ kinds! {
     Mm => (0x5749_2820, false, "mm-{}.img"),
     Pagemap => (0x5608_4025, false, "pagemap-{}.img"),
     ShmemPagemap => (0x5608_4025, false, "pagemap-shmem-{}.img"),
+    // Our own: with a page server, the source's record of the pagemap it sent (the pages are
+    // on the destination), so the next iteration knows what the destination holds.
+    SentPagemap => (0x5608_4025, false, "sent-pagemap-{}.img"),
     Fdinfo => (0x5621_3732, false, "fdinfo-{}.img"),
     Files => (0x5630_3138, false, "files.img"),
     Fs => (0x5140_3912, false, "fs-{}.img"),

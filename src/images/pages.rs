@@ -341,8 +341,8 @@ pub fn open_pages(
 }
 
 /// The address ranges the images in `dir` hold for task `pid` (data here or in its parents),
-/// merged and sorted; None when `dir` has no pagemap for it. A later iteration may record these
-/// pages as PE_PARENT when they did not change.
+/// merged and sorted; None when `dir` has no pagemap (nor record of a sent one) for it. A later
+/// iteration may record these pages as PE_PARENT when they did not change.
 pub fn held_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> {
     ranges_with(dir, pid, PE_PRESENT | PE_PARENT)
 }
@@ -355,7 +355,12 @@ pub fn own_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> {
 }
 
 fn ranges_with(dir: &ImageDir, pid: i32, flags: u32) -> Result<Option<Vec<(u64, u64)>>> {
-    let Some(mut r) = dir.open_optional(Kind::Pagemap, pid)? else {
+    // A dump through a page server keeps only the record of what it sent.
+    let r = match dir.open_optional(Kind::Pagemap, pid)? {
+        Some(r) => Some(r),
+        None => dir.open_optional(Kind::SentPagemap, pid)?,
+    };
+    let Some(mut r) = r else {
         return Ok(None);
     };
     let _: Option<pb::PagemapHead> = r.read_entry()?;

@@ -20,6 +20,8 @@ pub enum Purpose {
     PreDump,
     Restore,
     Check,
+    /// PAGE_SERVER, PAGE_SERVER_CHLD: receive a dump's pages into the images dir.
+    PageServer,
 }
 
 /// How the server reaches the descriptors named in the request (images_dir_fd, work_dir_fd,

@@ -127,7 +127,7 @@ pub fn service(address: &Path, daemonize: bool, pidfile: Option<&Path>) -> i32 {
 
 /// Moves the service into the background (daemon(3)). The foreground process waits until the
 /// background one writes to the returned pipe, and exits 0 then (1 if it died first).
-fn background() -> nix::Result<OwnedFd> {
+pub(crate) fn background() -> nix::Result<OwnedFd> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     match fork::fork()? {
         fork::Forked::Parent(_) => {

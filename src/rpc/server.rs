@@ -1,9 +1,9 @@
 //! Serving one client connection: read requests, run them, answer. Like CRIU's cr_service_work:
 //! one request per connection unless it carries keep_open (allowed for VERSION, FEATURE_CHECK
-//! and the not-yet-supported page server and cpuinfo requests), and PRE_DUMP requests chain on
+//! the page server requests and the not-yet-supported cpuinfo requests), and PRE_DUMP requests chain on
 //! one connection until the final DUMP.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nix::errno::Errno;
@@ -12,8 +12,8 @@ use crate::engine::{self, NoNotify, Notify};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::pb::{
-    CriuDumpResp, CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp, CriuRestoreResp,
-    CriuVersion,
+    CriuDumpResp, CriuFeatures, CriuOpts, CriuPageServerInfo, CriuReq, CriuReqType, CriuResp,
+    CriuRestoreResp, CriuVersion,
 };
 use crate::rpc::convert::{self, Client, ClientFds, Purpose};
 use crate::rpc::notify::RpcNotify;
@@ -94,10 +94,10 @@ impl Connection {
             CriuReqType::Version => self.version(),
             CriuReqType::FeatureCheck => self.feature_check(req.features),
             CriuReqType::WaitPid => self.wait_pid(req.pid),
-            CriuReqType::PageServer
-            | CriuReqType::PageServerChld
-            | CriuReqType::CpuinfoDump
-            | CriuReqType::CpuinfoCheck => {
+            CriuReqType::PageServer | CriuReqType::PageServerChld => {
+                self.page_server(req.opts.unwrap_or_default(), kind)
+            }
+            CriuReqType::CpuinfoDump | CriuReqType::CpuinfoCheck => {
                 let msg = format!("{}: not supported yet", kind.as_str_name());
                 log::error!("{msg}");
                 let mut resp = response(kind, false);
@@ -207,6 +207,50 @@ impl Connection {
             .and_then(|_| run_engine(kernel_check));
         self.send(&outcome(CriuReqType::Check, result.as_ref().err()));
         result.is_ok()
+    }
+
+    /// Starts a page server in a child (PAGE_SERVER: in its own session, outliving us) that
+    /// receives one dump, and reports its pid and port.
+    fn page_server(&mut self, req: CriuOpts, kind: CriuReqType) -> bool {
+        let started = self.prepare(&req, Purpose::PageServer).and_then(|opts| {
+            if opts.auto_dedup {
+                return Err(Error::OptionNotSupported("auto-dedup"));
+            }
+            let (address, port) = match &opts.page_server {
+                Some(ps) => (ps.address.clone(), ps.port),
+                None => (None, 0),
+            };
+            let listener = crate::pageserver::server::listen(address.as_deref(), port)?;
+            let port = listener.port;
+            match fork::fork().map_err(|e| Error::sys("fork the page server", e))? {
+                fork::Forked::Child => {
+                    let _ = crate::sys::probe::close_inherited_fd(self.sk.as_raw_fd());
+                    if kind == CriuReqType::PageServer {
+                        let _ = nix::unistd::setsid();
+                    }
+                    let code = match listener.serve_one(&opts) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            log::error!("{e}");
+                            1
+                        }
+                    };
+                    fork::exit_now(code)
+                }
+                fork::Forked::Parent(pid) => Ok((pid.as_raw(), port)),
+            }
+        });
+        let mut resp = outcome(kind, started.as_ref().err());
+        if let Ok((pid, port)) = started {
+            log::info!("page server started: pid {pid}, port {port}");
+            resp.ps = Some(CriuPageServerInfo {
+                address: None,
+                port: Some(port as i32),
+                pid: Some(pid),
+                fd: None,
+            });
+        }
+        self.send(&resp) && resp.success
     }
 
     fn version(&mut self) -> bool {

@@ -315,3 +315,12 @@ pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> Result<i64> {
     // SAFETY: filled by a successful fstatfs.
     Ok(unsafe { st.assume_init() }.f_type)
 }
+
+/// `--status-fd`: one zero byte says "ready" (as CRIU writes it), then the fd is closed.
+pub fn write_status_byte(fd: i32) -> crate::error::Result<()> {
+    // SAFETY: the fd number was handed to us to own (CRIU closes it after writing too).
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::unistd::write(&owned, &[0u8])
+        .map(|_| ())
+        .map_err(|e| crate::error::Error::sys(format!("write to --status-fd {fd}"), e))
+}
