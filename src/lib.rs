@@ -31,6 +31,7 @@ pub mod logging;
 pub mod mem;
 pub mod memfd;
 pub mod pidfd;
+pub mod pidns;
 pub mod pipes;
 pub mod regs;
 pub mod remote;

@@ -67,6 +67,13 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             "the dumper is inside the tree it dumps".into(),
         ));
     }
+    // Pre-dump images would be named by host pids, the dump's by the namespace's.
+    if crate::pidns::PidMap::for_dump(&frozen)?.own_ns {
+        return Err(Error::unsupported(
+            pid,
+            "a pre-dump of the init of a pid namespace (not supported yet; dump it directly)",
+        ));
+    }
     let mut tracking: Vec<TaskTracking> = Vec::new();
     let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking);
     let tasks = match listed {
