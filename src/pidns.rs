@@ -104,6 +104,15 @@ impl PidMap {
         Ok(map)
     }
 
+    /// An empty map, for a restore (filled as the tasks report); `own_ns`: into a fresh pid
+    /// namespace.
+    pub fn new(own_ns: bool) -> PidMap {
+        PidMap {
+            own_ns,
+            ..Default::default()
+        }
+    }
+
     pub fn insert(&mut self, host: pid_t, ns: pid_t) {
         self.to_ns.insert(host, ns);
         self.to_host.insert(ns, host);
@@ -152,4 +161,17 @@ pub fn own_host_pid() -> Option<pid_t> {
         .to_str()?
         .parse()
         .ok()
+}
+
+/// Our thread `tid` (a pid of our namespace) as /proc names it: our /proc is the restorer's
+/// namespace's, where the thread has another number.
+pub fn own_thread_in_proc(tid: pid_t) -> pid_t {
+    let Some(host) = own_host_pid() else {
+        return tid;
+    };
+    procfs::threads(host)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|&t| ns_pids(host, Some(t)).is_ok_and(|p| p.last() == Some(&tid)))
+        .unwrap_or(tid)
 }
