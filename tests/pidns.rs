@@ -30,6 +30,32 @@ fn ns_pids(pid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// crit (scripts/get-crit.sh, or `CRIT`) decodes `file` of the images; its JSON.
+fn crit_decode(s: &Scratch, file: &str) -> serde_json::Value {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    let out = std::process::Command::new(crit)
+        .arg("decode")
+        .arg("-i")
+        .arg(s.img().join(file))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit decode {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("crit prints JSON")
+}
+
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -56,6 +82,32 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
 
     s.dump(root, &["--leave-running"]);
     assert_running_untraced(root);
+
+    // CRIU's view of the images: the namespace's pids, and the namespace in the ids.
+    let pstree = crit_decode(&s, "pstree.img");
+    let entries = pstree["entries"].as_array().unwrap();
+    let t_tid: i64 = s.read("tid.T").trim().parse().unwrap();
+    for (n, b) in names.iter().zip(&before) {
+        let e = entries
+            .iter()
+            .find(|e| e["pid"] == b[0])
+            .unwrap_or_else(|| panic!("{n} (pid {}) in pstree.img: {pstree}", b[0]));
+        assert_eq!(
+            [&e["ppid"], &e["sid"], &e["pgid"]],
+            [b[1], b[2], b[3]].map(serde_json::Value::from).each_ref(),
+            "{n}: {e}"
+        );
+        if *n == "T" {
+            assert_eq!(e["threads"], serde_json::json!([b[0], t_tid]), "{e}");
+        }
+    }
+    assert_eq!(entries.len(), 5, "four processes and the zombie: {pstree}");
+    let ids = crit_decode(&s, "ids-1.img");
+    let inventory = crit_decode(&s, "inventory.img");
+    assert_ne!(
+        ids["entries"][0]["pid_ns_id"], inventory["entries"][0]["root_ids"]["pid_ns_id"],
+        "the root's pid namespace is not the dumper's"
+    );
 
     // The original keeps pids 1.. of its namespace and its host pids: the copy gets a new one.
     let restored = s.restore(&[]);
