@@ -137,6 +137,49 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
     // Each restored process checks its pid, ppid, sid, pgid and memory from inside.
     assert!(kill(restored, libc::SIGUSR1));
     assert_eq!(wait_exit(restored, T), 0, "restored tree's checks");
+    // Restored again, through RPC (Debian's pycriu driving `criu swrk`): the answer's pid is
+    // the root's in our namespace.
+    let pycriu = std::env::var_os("PYCRIU_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root")
+        });
+    assert!(
+        pycriu.join("pycriu/criu.py").exists(),
+        "pycriu not found in {}: run scripts/get-crit.sh first (or set PYCRIU_PATH)",
+        pycriu.display()
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pycriu/client.py"))
+        .arg(CRIU)
+        .arg(s.img())
+        .arg("restore")
+        .env("PYTHONPATH", pycriu)
+        .current_dir(&s.dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run /usr/bin/python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pycriu restore: {said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log("restore.log")
+    );
+    let again: i32 = said
+        .trim()
+        .strip_prefix("restored pid ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ns_pids(again)[1..],
+        [1],
+        "RPC restore: pid {again} is init of a namespace"
+    );
+    assert!(kill(again, libc::SIGUSR1));
+    assert_eq!(wait_exit(again, T), 0, "tree restored through RPC: checks");
+
     // The original ran on untouched and passes the same checks.
     assert_running_untraced(root);
     assert!(kill(root, libc::SIGUSR1));
