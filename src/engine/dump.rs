@@ -617,8 +617,15 @@ fn to_ns_pids(t: &mut TaskImages, pids: &PidMap) -> Result<()> {
     for tid in e.threads.iter_mut() {
         *tid = pids.ns(host, *tid as pid_t)? as u32;
     }
-    for (tid, _) in t.cores.iter_mut() {
+    for (tid, core) in t.cores.iter_mut() {
         *tid = pids.ns(host, *tid)?;
+        // /proc/PID/timers names the thread a timer signals with our namespace's tid.
+        let timers = core.tc.as_mut().and_then(|tc| tc.timers.as_mut());
+        for timer in timers.into_iter().flat_map(|t| t.posix.iter_mut()) {
+            if let Some(tid) = timer.notify_thread_id.as_mut() {
+                *tid = pids.ns(host, *tid as pid_t)? as _;
+            }
+        }
     }
     for tty in t.ttys.iter_mut() {
         tty.sid = pids.ns(host, tty.sid as pid_t)? as u32;
