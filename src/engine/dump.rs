@@ -634,6 +634,44 @@ fn to_ns_pids(t: &mut TaskImages, pids: &PidMap) -> Result<()> {
     Ok(())
 }
 
+/// The owner (F_SETOWN) of a file, whatever its kind: a pid of ours at dump.
+fn fown_mut(e: &mut pb::FileEntry) -> Option<&mut pb::FownEntry> {
+    if let Some(x) = e.reg.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.pipe.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.usk.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.efd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.tty.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.epfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.sgfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.tfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.ify.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.ffy.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.pidfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    e.memfd.as_mut().map(|x| &mut x.fown)
+}
+
 /// A zombie's core: its state, exit status and name; nothing else survives death.
 fn zombie_core(z: &Zombie) -> pb::CoreEntry {
     pb::CoreEntry {
@@ -980,6 +1018,14 @@ fn write_tree(
                     sid: pids.ns(z.pid, z.stat.sid)? as u32,
                     threads: vec![pid as u32],
                 });
+            }
+        }
+    }
+    if pids.own_ns {
+        let root = frozen.tasks[0].pid;
+        for e in files.entries.iter_mut() {
+            if let Some(fown) = fown_mut(e).filter(|f| f.pid != 0) {
+                fown.pid = pids.ns(root, fown.pid as pid_t)? as u32;
             }
         }
     }
