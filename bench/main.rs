@@ -453,9 +453,168 @@ fn migration(criu: &Path, repo: &Path, dir: &Path) {
     let _ = std::fs::remove_dir_all(&img);
 }
 
+fn read_trimmed(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// One lazy restore of the lazy workload with `mib` MiB: (time from the start of `criu restore`
+/// to the task running, fault latency p50 and p99 as the task saw them, `criu restore` wall,
+/// time the daemon took to deliver everything). `lazy` false restores eagerly instead.
+fn lazy_run(criu: &Path, bin: &Path, dir: &Path, mib: usize, lazy: bool) -> [Duration; 5] {
+    let img = dir.join("img");
+    if lazy {
+        let _ = std::fs::remove_dir_all(&img);
+        std::fs::create_dir_all(&img).unwrap();
+        for f in ["ready", "woke", "latency"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let mut child = Command::new(bin);
+        child
+            .arg(dir)
+            .arg(mib.to_string())
+            .arg("bench")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            child.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let mut child = child.spawn().unwrap();
+        while read_trimmed(&dir.join("ready")).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = child.id() as i32;
+        let st = Command::new(criu)
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(&img)
+            .args(["-o", "dump.log"])
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "dump failed: see {}",
+            img.join("dump.log").display()
+        );
+        let _ = child.wait();
+        wait_gone(pid);
+    }
+    let pid: i32 = {
+        let s: pb::PstreeEntry = ImageDir::new(&img).read_one(Kind::Pstree, "").unwrap();
+        s.pid as i32
+    };
+    let mut daemon = None;
+    if lazy {
+        let _ = std::fs::remove_file(img.join("lazy-pages.socket"));
+        daemon = Some(
+            Command::new(criu)
+                .args(["lazy-pages", "-D"])
+                .arg(&img)
+                .args(["-o", "lazy.log", "-v4"])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while !img.join("lazy-pages.socket").exists() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let t0 = monotonic_ns();
+    let t = Instant::now();
+    let mut cmd = Command::new(criu);
+    cmd.args(["restore", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log"]);
+    if lazy {
+        cmd.arg("--lazy-pages");
+    }
+    let st = cmd.status().unwrap();
+    let restore_wall = t.elapsed();
+    assert!(
+        st.success(),
+        "restore failed: see {}",
+        img.join("restore.log").display()
+    );
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let code = wait_exit(pid);
+    assert_eq!(code, 0, "the restored task failed its self-check");
+    let woke: u64 = read_trimmed(&dir.join("woke")).parse().unwrap();
+    let lat: Vec<u64> = read_trimmed(&dir.join("latency"))
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let mut delivered = Duration::ZERO;
+    if let Some(mut d) = daemon {
+        assert!(
+            d.wait().unwrap().success(),
+            "lazy-pages failed: see {}",
+            img.join("lazy.log").display()
+        );
+        let log = std::fs::read_to_string(img.join("lazy.log")).unwrap_or_default();
+        if let Some(secs) = log
+            .split("all pages delivered in ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|x| x.parse::<f64>().ok())
+        {
+            delivered = Duration::from_secs_f64(secs);
+        }
+    }
+    [
+        Duration::from_nanos(woke.saturating_sub(t0)),
+        Duration::from_nanos(lat[0]),
+        Duration::from_nanos(lat[1]),
+        restore_wall,
+        delivered,
+    ]
+}
+
+/// Post-copy: how soon a lazily restored task runs, whatever its size, and what a fault costs it.
+fn lazy_section(criu: &Path, repo: &Path, dir: &Path) {
+    let bin = workload(repo, dir, "lazy");
+    println!(
+        "lazy restore (criu lazy-pages from local images; the task touches 2000 random pages):"
+    );
+    // A first round warms the page cache and the binaries; its numbers are not shown.
+    lazy_run(criu, &bin, dir, 64, true);
+    for mib in [64usize, 2048] {
+        let l = lazy_run(criu, &bin, dir, mib, true);
+        let e = lazy_run(criu, &bin, dir, mib, false);
+        println!(
+            "  {mib:5} MiB  running after {:7.2} ms (eager restore: {:7.2} ms); fault p50 {:6.1} us, \
+             p99 {:6.1} us; all pages in after {:.2} s",
+            l[0].as_secs_f64() * 1e3,
+            e[0].as_secs_f64() * 1e3,
+            l[1].as_secs_f64() * 1e6,
+            l[2].as_secs_f64() * 1e6,
+            l[4].as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir.join("img"));
+}
+
 fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let criu = repo.join("target/release/criu");
+    // CARGO_TARGET_DIR when the build went elsewhere.
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo.join("target"));
+    let criu = target.join("release/criu");
     assert!(
         criu.exists(),
         "build target/release/criu first (make bench does)"
@@ -478,6 +637,15 @@ fn main() {
             (d, true)
         }
     };
+    // BENCH_ONLY=lazy: only the lazy-restore section.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("lazy") {
+        lazy_section(&criu, &repo, &dir);
+        if mounted {
+            let _ = Command::new("umount").arg(&dir).status();
+            let _ = std::fs::remove_dir(&dir);
+        }
+        return;
+    }
     let bin = workload(&repo, &dir, "heartbeat");
     let mib: usize = std::env::var("BENCH_MIB")
         .ok()
@@ -534,6 +702,7 @@ fn main() {
 
     forest(&criu, &repo, &dir);
     migration(&criu, &repo, &dir);
+    lazy_section(&criu, &repo, &dir);
 
     if let Ok(other) = std::env::var("CRIU_BIN") {
         // Pre-dumps need memory tracking; CRIU knows only soft-dirty, which this kernel lacks.

@@ -283,6 +283,8 @@ void criu_local_set_ghost_limit(struct criu_opts *opts, unsigned int limit);
 
 void criu_local_set_images_dir_fd(struct criu_opts *opts, int fd);
 
+void criu_local_set_lazy_pages(struct criu_opts *opts, bool lazy_pages);
+
 void criu_local_set_leave_running(struct criu_opts *opts, bool leave_running);
 
 void criu_local_set_link_remap(struct criu_opts *opts, bool link_remap);
@@ -407,6 +409,12 @@ int criu_set_freeze_cgroup(const char *name);
 void criu_set_ghost_limit(unsigned int limit);
 
 void criu_set_images_dir_fd(int fd);
+
+/**
+ * Restore leaves private anonymous memory to `criu lazy-pages` (not a CRIU 4.2 call: CRIU
+ * offers lazy restore only on its command line).
+ */
+void criu_set_lazy_pages(bool lazy_pages);
 
 void criu_set_leave_running(bool leave_running);
 

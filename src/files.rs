@@ -2,7 +2,7 @@
 //! Regular files and directories are reopened by path with their flags and offset (O_PATH fds
 //! too, also of symlinks, FIFOs and sockets); character devices by path; deleted files from the
 //! contents saved with them (ghost.rs); with --shell-job, a terminal inherited from the shell
-//! is replaced by the restorer's own terminal. Pipes and FIFOs (pipes.rs), unix sockets
+//! is replaced by the restorer's own terminal (ptys of the tree are made again: tty.rs). Pipes and FIFOs (pipes.rs), unix sockets
 //! (unix.rs), eventfds (eventfd.rs), epolls (eventpoll.rs), signalfds (signalfd.rs),
 //! timerfds (timerfd.rs), inotify and fanotify (fsnotify.rs), pidfds (pidfd.rs) and memfds
 //! (memfd.rs) are created anew with their state; file locks come with --file-locks (filelocks.rs).
@@ -58,6 +58,8 @@ pub struct FileTable {
     by_ino: HashMap<u64, Vec<(pid_t, i32, u32)>>,
     pipes: pipes::PipeDump,
     unix: unix::UnixDump,
+    /// IPv4/IPv6 sockets; the dump engine finishes their connections (repair mode, lock).
+    pub inet: crate::inet::InetDump,
     /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
     /// seen holding them: a holder outside the dump would make the restore wrong.
     shared: BTreeMap<String, (pid_t, i32)>,
@@ -78,6 +80,10 @@ pub struct FileTable {
     /// Pidfds of live processes as (process, holder pid, holder fd): the process must be one of
     /// the dump.
     pidfd_targets: Vec<(pid_t, pid_t, i32)>,
+    ttys: crate::tty::TtyDump,
+    /// Our copies of descriptors in flight in socket queues, open until the dump ends (files
+    /// met later are compared with them by kcmp).
+    in_flight: Vec<OwnedFd>,
 }
 
 impl FileTable {
@@ -91,11 +97,14 @@ impl FileTable {
 
     /// A table for a dump with `opts` (--ghost-limit, --file-locks).
     pub fn for_dump(opts: &crate::options::Options) -> Self {
-        FileTable {
+        let mut t = FileTable {
             ghost_limit: opts.ghost_limit.unwrap_or(ghost::DEFAULT_LIMIT),
             file_locks: opts.file_locks,
+            inet: crate::inet::InetDump::new(opts),
             ..FileTable::new()
-        }
+        };
+        t.unix.ext_unix_sk = opts.ext_unix_sk;
+        t
     }
 
     fn alloc_id(&mut self) -> u32 {
@@ -224,6 +233,7 @@ impl FileTable {
                 ));
             }
         }
+        refused.extend(self.ttys.check());
         match self.unix.check_peers() {
             Ok(()) => {}
             Err(e @ Error::Unsupported { .. }) => refused.push(e),
@@ -232,7 +242,9 @@ impl FileTable {
         if !self.shared.is_empty() {
             let me = std::process::id() as pid_t;
             let mut reported: HashSet<&str> = HashSet::new();
-            for (other, fd, link) in procfs::fd_links_of_others(&[dumped, &[me]].concat())? {
+            // Our connection guard (inet.rs) holds copies of the tree's connections too.
+            let ours = [dumped, &[me], self.inet.helper_pids()].concat();
+            for (other, fd, link) in procfs::fd_links_of_others(&ours)? {
                 if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
                     if reported.insert(key.as_str()) {
                         refused.push(Error::unsupported(
@@ -257,12 +269,21 @@ impl FileTable {
     /// files.img and the images of file contents: pipes-data.img, fifo-data.img,
     /// sk-queues.img, remap-fpath.img with ghost-file-N.img, filelocks.img (each only when
     /// it has entries).
+    /// Terminals' sessions and foreground groups in the pids of the tree (see pidns).
+    pub fn map_tty_pids(&mut self, to: &dyn Fn(pid_t) -> Result<pid_t>) -> Result<()> {
+        self.ttys.map_pids(to)
+    }
+
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
-        dir.write_all(Kind::Files, "", &self.entries)?;
+        // Named sockets outside the dump that sockets of it are connected to (--ext-unix-sk).
+        let external = self.unix.external_peers(self.next_id);
+        dir.write_all(Kind::Files, "", self.entries.iter().chain(&external))?;
         self.pipes.write_images(dir)?;
         self.ghosts.write_images(dir)?;
         self.locks.write_images(dir)?;
         self.memfds.write_images(dir)?;
+        self.ttys.write_images(dir)?;
+        self.inet.write_images(dir)?;
         self.unix.write_images(dir)
     }
 }
@@ -404,6 +425,7 @@ pub fn dump_fds(
     let pidfd = OnceCell::new();
     // Memory trackers (track.rs) are ours, not the task's: its own, or one a child inherited.
     let ours = crate::track::fds_in_task(pid, memory_trackers);
+    files.ttys.note_task(pid)?;
     for fd in procfs::fds(pid)?
         .into_iter()
         .filter(|fd| !ours.contains(fd))
@@ -544,8 +566,15 @@ fn dump_description(
             .shared
             .entry(target.to_owned())
             .or_insert((fd.pid, fd.fd));
+        let family = crate::sys::sockopt::get_int(fd.copy()?.as_fd(), libc::SO_DOMAIN)?;
+        if crate::inet::is_inet(family) {
+            let e = crate::inet::dump_socket(fd, ino, id, &mut files.inet)?;
+            files.entries.push(e);
+            return Ok(pb::FdTypes::Inetsk);
+        }
         let e = unix::dump_socket(fd, ino, id, &mut files.unix)?;
         files.entries.push(e);
+        dump_in_flight(files)?;
         return Ok(pb::FdTypes::Unixsk);
     }
     let (entry, ty) = match target {
@@ -577,6 +606,82 @@ fn dump_description(
     };
     files.entries.push(entry);
     Ok(ty)
+}
+
+/// The files in flight in the queue of the socket just dumped: each dumped like an fd (one of
+/// ours: the peek gave us copies), or found to be a description some task holds too, and
+/// named by id in its message's entry. Unix sockets in flight are refused.
+fn dump_in_flight(files: &mut FileTable) -> Result<()> {
+    let me = std::process::id() as pid_t;
+    for batch in files.unix.take_in_flight() {
+        let (pid, holder_fd) = batch.holder;
+        let mut ids = Vec::new();
+        for copy in batch.fds {
+            let raw = copy.as_raw_fd();
+            let link = procfs::readlink(&format!("/proc/self/fd/{raw}"))?
+                .to_string_lossy()
+                .into_owned();
+            let refuse = |why: String| {
+                (
+                    pid,
+                    format!("fd {holder_fd}: a queued message carries {link} in flight: {why}"),
+                )
+            };
+            if link.starts_with("socket:") {
+                files
+                    .refused
+                    .push(refuse("a socket in flight (not supported yet)".into()));
+                continue;
+            }
+            let info = procfs::fdinfo(me, raw)?;
+            let mut shared = None;
+            for &(other_pid, other_fd, id) in files
+                .by_ino
+                .get(&info.ino)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                if kcmp::same_file(me, raw, other_pid, other_fd)? {
+                    shared = Some(id);
+                    break;
+                }
+            }
+            let id = match shared {
+                Some(id) => id,
+                None => {
+                    let pidfd = OnceCell::new();
+                    let task_fd = TaskFd {
+                        pid: me,
+                        fd: raw,
+                        link: &link,
+                        info: &info,
+                        flags: info.flags & !(libc::O_CLOEXEC as u32),
+                        pidfd: &pidfd,
+                        service_sk_ino: None,
+                    };
+                    let id = files.alloc_id();
+                    match dump_description(&task_fd, id, files, false) {
+                        Ok(_) => {}
+                        Err(Error::Unsupported { resource, .. }) => {
+                            files.refused.push(refuse(resource));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    files
+                        .by_ino
+                        .entry(info.ino)
+                        .or_default()
+                        .push((me, raw, id));
+                    id
+                }
+            };
+            ids.push(id);
+            files.in_flight.push(copy);
+        }
+        files.unix.set_rights(batch.message, ids);
+    }
+    Ok(())
 }
 
 /// A file the fd reaches by a path: a regular file, directory, device, FIFO, or an O_PATH fd
@@ -619,29 +724,17 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
         return Ok(pb::FdTypes::Reg);
     }
     if is_tty(&meta) {
-        if !shell_job {
-            return Err(fd.unsupported(format!(
-                "terminal {target}: use --shell-job to restore it on the restorer's terminal"
-            )));
-        }
-        files.entries.push(pb::FileEntry {
-            r#type: pb::FdTypes::Tty as i32,
-            id,
-            tty: Some(pb::TtyFileEntry {
-                id,
-                tty_info_id: tty_info_id(&meta),
-                flags: fd.flags,
-                fown: pb::FownEntry::default(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let e = files.ttys.dump(fd, id, &meta, shell_job)?;
+        files.entries.push(e);
         Ok(pb::FdTypes::Tty)
     } else if ft.is_file() || ft.is_dir() || ft.is_char_device() {
+        let mut reg = reg_entry(id, target, fd.flags, fd.info.pos, &meta);
+        // Owner and signal (F_SETOWN, F_SETSIG) of the description.
+        reg.fown = dump_fown(fd.copy()?.as_fd())?;
         files.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Reg as i32,
             id,
-            reg: Some(reg_entry(id, target, fd.flags, fd.info.pos, &meta)),
+            reg: Some(reg),
             ..Default::default()
         });
         Ok(pb::FdTypes::Reg)
@@ -672,11 +765,6 @@ fn dump_path(fd: &TaskFd, id: u32, files: &mut FileTable, shell_job: bool) -> Re
     }
 }
 
-/// The id linking a tty file to its tty-info entry: the device number.
-fn tty_info_id(meta: &std::fs::Metadata) -> u32 {
-    meta.rdev() as u32
-}
-
 // ---------------------------------------------------------------------------------------------
 // Restore
 
@@ -688,9 +776,13 @@ pub struct FileImages {
     unix_by_ino: HashMap<u32, u32>,
     pipes: pipes::PipeImages,
     queues: unix::QueueImages,
+    streams: crate::inet::StreamImages,
+    /// --tcp-close at restore: established connections come back closed.
+    tcp_close: bool,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
     memfds: crate::memfd::MemfdImages,
+    ttys: crate::tty::TtyImages,
 }
 
 impl FileImages {
@@ -702,6 +794,7 @@ impl FileImages {
             .map(|x| &x.fown)
             .or(e.pipe.as_ref().map(|x| &x.fown))
             .or(e.usk.as_ref().map(|x| &x.fown))
+            .or(e.isk.as_ref().map(|x| &x.fown))
             .or(e.efd.as_ref().map(|x| &x.fown))
             .or(e.tty.as_ref().map(|x| &x.fown))
             .or(e.epfd.as_ref().map(|x| &x.fown))
@@ -719,7 +812,10 @@ impl FileImages {
             .iter()
             .filter_map(|e| e.usk.as_ref().map(|u| (u.ino, e.id)))
             .collect();
+        let streams = crate::inet::StreamImages::load(dir, entries.iter())?;
         Ok(FileImages {
+            streams,
+            tcp_close: false,
             by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
             unix_by_ino,
             pipes: pipes::PipeImages::load(dir)?,
@@ -727,7 +823,29 @@ impl FileImages {
             ghosts: ghost::GhostImages::load(dir)?,
             locks: filelocks::LockImages::load(dir)?,
             memfds: crate::memfd::MemfdImages::load(dir)?,
+            ttys: crate::tty::TtyImages::load(dir)?,
         })
+    }
+
+    /// The entry of the unix socket `sk` is connected to, if the images have it.
+    fn unix_peer(&self, sk: &pb::UnixSkEntry) -> Option<&pb::UnixSkEntry> {
+        let id = self.unix_by_ino.get(&sk.peer).filter(|_| sk.peer != 0)?;
+        self.by_id.get(id)?.usk.as_ref()
+    }
+
+    /// The terminals of the images (tty-info.img).
+    pub fn ttys(&self) -> &crate::tty::TtyImages {
+        &self.ttys
+    }
+
+    pub fn ttys_mut(&mut self) -> &mut crate::tty::TtyImages {
+        &mut self.ttys
+    }
+
+    /// --tcp-close at restore time.
+    pub fn with_tcp_close(mut self, tcp_close: bool) -> Self {
+        self.tcp_close = tcp_close;
+        self
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -940,6 +1058,7 @@ pub fn open_all(
     let wanted: BTreeSet<u32> = tables
         .iter()
         .flat_map(|(_, t)| t.iter().map(|f| f.id))
+        .chain(files.queues.files_in_flight())
         .filter(|&id| !files.is_late(id))
         .collect();
     // Pipe ends by pipe, in id order, for the one pipe() that serves them all; pidfds of a
@@ -962,10 +1081,39 @@ pub fn open_all(
     };
     // fanotify groups last: one with permission marks would make our own opens of the files
     // it marks wait for an answer no one gives.
+    // Pty masters first: their slaves can only be opened once they exist.
     let is_fanotify = |id: &u32| files.by_id.get(id).is_some_and(|e| e.ffy.is_some());
+    let is_pty_master = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.tty.as_ref())
+            .is_some_and(|t| matches!(files.ttys.role(t), Ok(crate::tty::Role::Master(_))))
+    };
+    // Unix listeners after the connections they accepted: those are made again through a
+    // stand-in listener bound to the same name for a moment (unix::open_socket).
+    let is_listener = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.usk.as_ref())
+            .is_some_and(|u| {
+                unix::opens_late(u, files.unix_peer(u))
+                    || files.queues.carries_files(u.id)
+                    || files
+                        .unix_peer(u)
+                        .is_some_and(|p| files.queues.carries_files(p.id))
+            })
+    };
     let order = wanted
         .iter()
-        .filter(|id| !is_fanotify(id))
+        .filter(|id| is_pty_master(id))
+        .chain(
+            wanted
+                .iter()
+                .filter(|id| !is_fanotify(id) && !is_pty_master(id) && !is_listener(id)),
+        )
+        .chain(wanted.iter().filter(|id| is_listener(id)))
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
     for &id in order {
         if out.by_id.contains_key(&id) {
@@ -992,17 +1140,23 @@ pub fn open_all(
             }
             Ok(pb::FdTypes::Unixsk) => {
                 let sk = files.member(id, "UNIXSK", |e| e.usk.as_ref())?;
-                let peer = match sk.peer {
-                    0 => None,
-                    ino => {
-                        let peer_id = files.unix_by_ino.get(&ino).copied();
-                        match peer_id.filter(|p| wanted.contains(p)) {
-                            Some(p) => Some(files.member(p, "UNIXSK", |e| e.usk.as_ref())?),
-                            None => None,
-                        }
-                    }
-                };
-                unix::open_socket(sk, peer, &files.queues)?
+                // A peer no task holds is only of use when it is connected to by name.
+                let peer = files.unix_peer(sk).filter(|p| {
+                    files
+                        .unix_by_ino
+                        .get(&p.ino)
+                        .is_some_and(|id| wanted.contains(id))
+                        || !p.name.is_empty()
+                });
+                let opened = |id: u32| out.by_id.get(&id).map(|f| f.as_raw_fd());
+                unix::open_socket(sk, peer, &files.queues, &opened)?
+            }
+            Ok(pb::FdTypes::Inetsk) => {
+                let isk = files.member(id, "INETSK", |e| e.isk.as_ref())?;
+                vec![(
+                    id,
+                    crate::inet::open_socket(isk, &files.streams, files.tcp_close)?,
+                )]
             }
             Ok(pb::FdTypes::Eventfd) => {
                 let efd = files.member(id, "EVENTFD", |e| e.efd.as_ref())?;
@@ -1035,6 +1189,14 @@ pub fn open_all(
             Ok(pb::FdTypes::Memfd) => {
                 let m = files.member(id, "MEMFD", |e| e.memfd.as_ref())?;
                 vec![(id, files.memfds.open_file(m)?)]
+            }
+            Ok(pb::FdTypes::Tty)
+                if e.tty.as_ref().is_some_and(|t| {
+                    !matches!(files.ttys.role(t), Ok(crate::tty::Role::Outside))
+                }) =>
+            {
+                let t = files.member(id, "TTY", |e| e.tty.as_ref())?;
+                vec![(id, files.ttys.open(t)?)]
             }
             _ => vec![(id, files.open_description(e, terminal)?)],
         };

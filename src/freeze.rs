@@ -232,8 +232,9 @@ fn freeze_one(pid: pid_t, ppid: pid_t, deadline: Instant) -> Result<Option<Froze
         }
     }
     if let Err(e) = result {
+        let job_stopped = task.stop_signo.is_some();
         for th in task.threads {
-            let _ = release_thread(th);
+            let _ = release_thread(th, job_stopped);
         }
         return Err(e);
     }
@@ -289,8 +290,9 @@ impl Frozen {
         self.released = true;
         let mut first_err = Ok(());
         for task in std::mem::take(&mut self.tasks) {
+            let job_stopped = task.stop_signo.is_some();
             for th in task.threads {
-                if let Err(e) = release_thread(th) {
+                if let Err(e) = release_thread(th, job_stopped) {
                     log::error!("{e}");
                     if first_err.is_ok() {
                         first_err = Err(e);
@@ -328,9 +330,39 @@ impl Frozen {
     }
 }
 
-fn release_thread(th: FrozenThread) -> Result<()> {
+/// Lets one thread go as it was at the freeze. A thread stopped inside an interrupted syscall
+/// is first brought back to a stop within signal delivery, where the kernel itself finishes
+/// the call once the thread runs: restarted, with its restart block (a sleep's time left), or
+/// failed with EINTR when a signal handler runs first (a pause() or sigsuspend() woken by a
+/// signal sent right after the release must return). Syscalls we ran in the thread leave it at
+/// a syscall-exit stop, from which the kernel looks at no restart; only a thread in a
+/// job-control stop, which a resume would end, gets the restart applied by hand.
+fn release_thread(mut th: FrozenThread, job_stopped: bool) -> Result<()> {
     let tid = th.tracee.tid;
-    th.tracee.set_regs(&restart_adjusted(&th.regs))?;
+    let in_syscall = (th.regs.orig_rax as i64) >= 0;
+    if in_syscall && !job_stopped {
+        th.tracee.interrupt()?;
+        th.tracee.cont(0)?;
+        loop {
+            match th.tracee.wait()? {
+                Stop::Event(_) => break,
+                Stop::Signal(sig) => {
+                    th.deferred.push(sig);
+                    th.tracee.cont(0)?;
+                }
+                Stop::Syscall | Stop::OtherEvent(_) => th.tracee.cont(0)?,
+                s @ (Stop::Exited(_) | Stop::Killed(_)) => {
+                    return Err(Error::task(
+                        tid,
+                        format!("died while being released: {s:?}"),
+                    ))
+                }
+            }
+        }
+        th.tracee.set_regs(&th.regs)?;
+    } else {
+        th.tracee.set_regs(&restart_adjusted(&th.regs))?;
+    }
     th.tracee.set_sigmask(th.sigmask)?;
     th.tracee.detach(0)?;
     for sig in th.deferred {
@@ -349,9 +381,10 @@ impl Drop for Frozen {
             return;
         }
         for task in std::mem::take(&mut self.tasks) {
+            let job_stopped = task.stop_signo.is_some();
             for th in task.threads {
                 let tid = th.tracee.tid;
-                if let Err(e) = release_thread(th) {
+                if let Err(e) = release_thread(th, job_stopped) {
                     log::error!("could not release thread {tid}: {e}");
                 }
             }

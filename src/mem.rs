@@ -1284,12 +1284,21 @@ pub fn premap(
     pages: &PageFile,
     open_file: &dyn Fn(u32, i32) -> Result<std::os::fd::OwnedFd>,
     inherited: &[bool],
+    left_out: &[(u64, u64)],
 ) -> Result<u64> {
     use crate::sys::mm;
     use std::os::fd::AsFd;
 
     let temp_of = |i: usize| layout.temps.iter().find(|t| t.0 == i).map(|t| t.1);
-    let segments = page_segments(vmas, pagemap)?;
+    // Pages `left_out` (sorted, disjoint) stay empty: the lazy-pages daemon delivers them.
+    let mut segments = Vec::new();
+    for (i, addr, len, off) in page_segments(vmas, pagemap)? {
+        for (s, e, lazy) in split_by_cover(addr, addr + len, left_out) {
+            if !lazy {
+                segments.push((i, s, e - s, off + (s - addr)));
+            }
+        }
+    }
     for (s, e) in cow_ranges(pagemap) {
         let inside = vmas
             .iter()

@@ -261,16 +261,10 @@ impl Options {
             (self.lsm_profile.is_some(), "lsm-profile"),
             (self.lsm_mount_context.is_some(), "lsm-mount-context"),
             (self.unprivileged, "unprivileged"),
-            (self.ext_unix_sk, "ext-unix-sk"),
-            (self.tcp_established, "tcp-established"),
-            (self.tcp_close, "tcp-close"),
-            (self.tcp_skip_in_flight, "tcp-skip-in-flight"),
             (self.link_remap, "link-remap"),
-            (self.orphan_pts_master, "orphan-pts-master"),
             (!self.external.is_empty(), "external"),
             (!self.inherit_fd.is_empty(), "inherit-fd"),
             (self.page_server.is_some(), "page-server"),
-            (self.lazy_pages, "lazy-pages"),
             (self.tls.enabled, "tls"),
             (
                 !matches!(

@@ -155,6 +155,8 @@ pub struct Stat {
     pub pgid: pid_t,
     pub sid: pid_t,
     pub tty_nr: i32,
+    /// Foreground process group of the controlling terminal (-1: none).
+    pub tpgid: pid_t,
     pub flags: u32,
     pub nice: i64,
     pub num_threads: i64,
@@ -196,6 +198,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
         pgid: s(5)? as pid_t,
         sid: s(6)? as pid_t,
         tty_nr: s(7)? as i32,
+        tpgid: s(8)? as pid_t,
         flags: n(9)? as u32,
         nice: s(19)?,
         num_threads: s(20)?,

@@ -1,5 +1,12 @@
 //! Unix sockets: connected pairs (socketpair, stream/datagram/seqpacket) with the messages
-//! queued in both directions, and unconnected unbound sockets.
+//! queued in both directions, unconnected sockets, bound ones (absolute path or abstract name;
+//! a removed socket file is removed again), listeners with their backlog, and stream or
+//! seqpacket connections accepted by a listener (the accepted side has the listener's name),
+//! datagram sockets connected to a named socket not connected back (connected again by name;
+//! outside the dump with --ext-unix-sk, written as an external entry as CRIU does), and files
+//! in flight (SCM_RIGHTS) in datagram and seqpacket queues: the peek gives us copies, which
+//! files.rs dumps as files; each message's entry names them by id, and the refill passes them
+//! along again.
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -13,13 +20,16 @@
 //! Restore: one socketpair() for a pair; each socket's queue is sent from its peer, one send per
 //! saved message; then options, flags and owners.
 //!
-//! Not supported (the dump fails naming pid, fd and socket): other families, bound (named)
-//! sockets and listeners, sockets connected to a socket outside the dump or to one that is
-//! gone, shut-down sockets, file descriptors or credentials in flight in a queue, attached
-//! socket filters, an SO_PEEK_OFF in use by the task.
+//! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
+//! a directory, listeners with connections not accepted yet, connected datagram sockets that
+//! have a name, connections whose both ends have a name, sockets connected to a socket outside
+//! the dump (except datagram ones with --ext-unix-sk) or to one that is gone, shut-down
+//! sockets, file descriptors in flight in a stream's queue or unix sockets in flight,
+//! credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use libc::pid_t;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
@@ -37,16 +47,35 @@ const MAX_QUEUE_BYTES: usize = 256 << 20;
 
 struct SeenSocket {
     peer: Option<u32>,
+    /// Bound to a name.
+    named: bool,
+    /// A datagram socket connected to a named one that is not connected back: the peer's
+    /// type and name (it is connected to again by name at restore).
+    one_way: Option<(u8, Vec<u8>)>,
     pid: pid_t,
     fd: i32,
     link: String,
 }
 
 /// Unix sockets dumped so far, by inode, and their queues.
+/// Descriptors in flight with one queued message: our copies, until files.rs has dumped
+/// them as files and named them in the message's entry (`set_rights`).
+pub struct InFlight {
+    /// Index of the message in `UnixDump::queues`.
+    pub message: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The task and fd of the socket whose queue holds them.
+    pub holder: (pid_t, i32),
+}
+
 #[derive(Default)]
 pub struct UnixDump {
     sockets: BTreeMap<u32, SeenSocket>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Found by the last `dump_socket`, for files.rs to take.
+    in_flight: Vec<InFlight>,
+    /// --ext-unix-sk: a datagram socket may be connected to a named socket outside the dump.
+    pub ext_unix_sk: bool,
 }
 
 impl UnixDump {
@@ -56,6 +85,24 @@ impl UnixDump {
         for (&ino, s) in &self.sockets {
             let Some(peer) = s.peer else { continue };
             match self.sockets.get(&peer) {
+                None if s.one_way.is_some() && self.ext_unix_sk => {}
+                None if s.one_way.is_some() => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} is connected to socket:[{peer}]{}, which no dumped \
+                             task holds: use --ext-unix-sk to connect to that name again at \
+                             restore",
+                            s.fd,
+                            s.link,
+                            s.one_way
+                                .as_ref()
+                                .map(|(_, n)| printable_name(n))
+                                .unwrap_or_default()
+                        ),
+                    ))
+                }
+                Some(_) if s.one_way.is_some() => {}
                 None => {
                     return Err(Error::unsupported(
                         s.pid,
@@ -76,10 +123,66 @@ impl UnixDump {
                         ),
                     ))
                 }
+                Some(p) if p.named && s.named && ino < peer => {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} and its peer socket:[{peer}] are both bound to a                              name (not supported yet)",
+                            s.fd, s.link
+                        ),
+                    ))
+                }
                 Some(_) => {}
             }
         }
         Ok(())
+    }
+
+    /// The descriptors in flight found since the last call.
+    pub fn take_in_flight(&mut self) -> Vec<InFlight> {
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Names the files (by file id) that travel with queued message `message`.
+    pub fn set_rights(&mut self, message: usize, ids: Vec<u32>) {
+        self.queues[message].0.scm = vec![pb::ScmEntry {
+            r#type: libc::SCM_RIGHTS as u32,
+            rights: ids,
+        }];
+    }
+
+    /// files.img entries for the named sockets outside the dump that datagram sockets of the
+    /// dump are connected to (--ext-unix-sk), marked external, with ids from `first_id` on.
+    pub fn external_peers(&self, first_id: u32) -> Vec<pb::FileEntry> {
+        let mut out: Vec<pb::FileEntry> = Vec::new();
+        for s in self.sockets.values() {
+            let (Some(peer), Some((ty, name))) = (s.peer, &s.one_way) else {
+                continue;
+            };
+            if self.sockets.contains_key(&peer)
+                || out
+                    .iter()
+                    .any(|e| e.usk.as_ref().is_some_and(|u| u.ino == peer))
+            {
+                continue;
+            }
+            let id = first_id + out.len() as u32;
+            out.push(pb::FileEntry {
+                r#type: pb::FdTypes::Unixsk as i32,
+                id,
+                usk: Some(pb::UnixSkEntry {
+                    id,
+                    ino: peer,
+                    r#type: *ty as u32,
+                    state: STATE_CLOSE as u32,
+                    uflags: USK_EXTERN,
+                    name: name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        out
     }
 
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
@@ -115,19 +218,56 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             fd.link
         ))
     })?;
+    let mut info = info;
+    // A datagram socket others connected to reads as established, with no peer of its own.
+    if info.sock_type as i32 == libc::SOCK_DGRAM
+        && info.state == STATE_ESTABLISHED
+        && info.peer.is_none()
+    {
+        info.state = STATE_CLOSE;
+    }
     let kind = type_name(info.sock_type);
     let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
-    if info.state == STATE_LISTEN {
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
         return Err(bad(format!(
-            "listening{} (not supported yet)",
+            "listening{} with {} connection(s) not accepted yet (not supported yet)",
+            name_suffix(&info),
+            info.rqueue
+        )));
+    }
+    let named = info.name.as_ref().is_some_and(|n| !n.is_empty());
+    if named && info.state == STATE_ESTABLISHED && info.sock_type as i32 == libc::SOCK_DGRAM {
+        return Err(bad(format!(
+            "connected and bound to a name{} (not supported yet)",
             name_suffix(&info)
         )));
     }
-    if info.name.as_ref().is_some_and(|n| !n.is_empty()) {
+    let bound = match &info.name {
+        Some(n) if named => Some(bound_name(fd, n, info.vfs, &bad)?),
+        _ => None,
+    };
+    if named && info.state == STATE_CLOSE && info.rqueue != 0 {
         return Err(bad(format!(
-            "bound to a name{} (not supported yet)",
+            "bound to a name{} with datagrams queued (their senders' addresses would be lost: \
+             not supported yet)",
             name_suffix(&info)
         )));
+    }
+    // A datagram socket connected to a named socket that is not connected back to it.
+    let one_way = match info.peer {
+        Some(p) if info.sock_type as i32 == libc::SOCK_DGRAM => match unix_diag::query(p)? {
+            Some(pi) if pi.peer != Some(ino) => match pi.name {
+                Some(n) if !n.is_empty() => Some((pi.sock_type, n)),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    if one_way.is_some() && info.rqueue != 0 {
+        return Err(bad(
+            "connected to a named socket, with datagrams queued (not supported yet)".into(),
+        ));
     }
     if !matches!(
         info.sock_type as i32,
@@ -136,7 +276,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         return Err(bad("of an unknown type".into()));
     }
     match (info.state, info.peer) {
-        (STATE_ESTABLISHED, Some(_)) | (STATE_CLOSE, None) => {}
+        (STATE_ESTABLISHED, Some(_)) | (STATE_CLOSE, None) | (STATE_LISTEN, None) => {}
         (STATE_ESTABLISHED, None) => {
             return Err(bad("whose peer is closed (not supported yet)".to_owned()))
         }
@@ -157,7 +297,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         .find(|(k, _)| k == "scm_fds")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    if in_flight != 0 {
+    if in_flight != 0 && info.sock_type as i32 == libc::SOCK_STREAM {
         return Err(bad(format!(
             "with {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue \
              (not supported yet)"
@@ -174,7 +314,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
 
     let opts = dump_opts(sock)?;
     let fown = files::dump_fown(sock)?;
-    let queue = read_queue(fd, sock, &info)?;
+    // A listener's queue holds connections, refused above when there are any.
+    let mut rights: Vec<(usize, Vec<OwnedFd>)> = Vec::new();
+    let queue = if info.state == STATE_LISTEN {
+        Vec::new()
+    } else {
+        read_queue(fd, sock, &info, &mut rights)?
+    };
     log::debug!(
         "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
         fd.pid,
@@ -183,6 +329,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         queue.len(),
         queue.iter().map(Vec::len).sum::<usize>()
     );
+    for (i, fds) in rights {
+        dump.in_flight.push(InFlight {
+            message: dump.queues.len() + i,
+            fds,
+            holder: (fd.pid, fd.fd),
+        });
+    }
     for bytes in queue {
         dump.queues.push((
             pb::SkPacketEntry {
@@ -197,6 +350,8 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         ino,
         SeenSocket {
             peer: info.peer,
+            named,
+            one_way,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -212,16 +367,97 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             state: info.state as u32,
             flags: fd.flags,
             uflags: 0,
-            // Only listeners have a backlog.
-            backlog: 0,
+            // Only listeners have a backlog (sock_diag reports it as their write queue).
+            backlog: if info.state == STATE_LISTEN {
+                info.wqueue
+            } else {
+                0
+            },
             peer: info.peer.unwrap_or(0),
             fown,
             opts,
-            name: Vec::new(),
+            name: bound.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
+            file_perms: bound.as_ref().and_then(|b| b.perms),
+            deleted: bound.as_ref().map(|b| b.deleted),
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// The name a socket is bound to, as the images keep it.
+struct BoundName {
+    /// sun_path bytes: an absolute path, or NUL and an abstract name.
+    name: Vec<u8>,
+    /// Owner and mode of the socket file (a path still naming this socket).
+    perms: Option<pb::FilePermsEntry>,
+    /// The socket file was removed (or replaced) since the bind: bound again, then removed.
+    deleted: bool,
+}
+
+fn bound_name(
+    fd: &TaskFd,
+    name: &[u8],
+    vfs: Option<(u32, u32)>,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<BoundName> {
+    if name.first() == Some(&0) {
+        return Ok(BoundName {
+            name: name.to_vec(),
+            perms: None,
+            deleted: false,
+        });
+    }
+    let path = String::from_utf8_lossy(until_nul(name)).into_owned();
+    if !path.starts_with('/') {
+        return Err(bad(format!(
+            "bound to the relative path {path} (not supported yet)"
+        )));
+    }
+    // The path may name our socket still, or nothing (unlinked), or another file now.
+    let meta = std::fs::symlink_metadata(&path).ok();
+    let ours = match (&meta, vfs) {
+        (Some(m), Some((_, ino))) => {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            m.file_type().is_socket() && m.ino() == ino as u64
+        }
+        _ => false,
+    };
+    log::debug!(
+        "pid {} fd {}: unix socket bound to {path}{}",
+        fd.pid,
+        fd.fd,
+        if ours { "" } else { " (file removed)" }
+    );
+    Ok(BoundName {
+        name: name.to_vec(),
+        perms: meta.filter(|_| ours).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            pb::FilePermsEntry {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+            }
+        }),
+        deleted: !ours,
+    })
+}
+
+/// " to NAME" (" to @NAME" for an abstract one), for messages.
+fn printable_name(n: &[u8]) -> String {
+    match n.first() {
+        Some(0) => format!(" @{}", String::from_utf8_lossy(&n[1..])),
+        Some(_) => format!(" {}", String::from_utf8_lossy(until_nul(n))),
+        None => String::new(),
+    }
+}
+
+/// CRIU's mark of a socket outside the dump (unix_sk_entry.uflags).
+const USK_EXTERN: u32 = 1;
+
+/// A path name as bound: sun_path may carry the terminating NUL (and more).
+fn until_nul(name: &[u8]) -> &[u8] {
+    name.split(|&b| b == 0).next().unwrap_or(name)
 }
 
 fn type_name(ty: u8) -> &'static str {
@@ -238,7 +474,7 @@ fn name_suffix(info: &UnixSockInfo) -> String {
         Some(n) if n.first() == Some(&0) => {
             format!(" to @{}", String::from_utf8_lossy(&n[1..]))
         }
-        Some(n) if !n.is_empty() => format!(" to {}", String::from_utf8_lossy(n)),
+        Some(n) if !n.is_empty() => format!(" to {}", String::from_utf8_lossy(until_nul(n))),
         _ => String::new(),
     }
 }
@@ -285,7 +521,12 @@ fn dump_opts(sock: BorrowedFd<'_>) -> Result<pb::SkOptsEntry> {
 }
 
 /// The socket's receive queue, oldest first, without consuming it.
-fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<Vec<Vec<u8>>> {
+fn read_queue(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    info: &UnixSockInfo,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
     if info.sock_type as i32 == libc::SOCK_STREAM {
         // One peek from the start of the stream reads across all its buffers.
         if info.rqueue == 0 {
@@ -294,7 +535,7 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
         let mut buf = vec![0u8; info.rqueue as usize];
         let got = match sockmsg::peek(sock, &mut buf, 0)? {
             Some(p) => {
-                check_control(fd, &p)?;
+                check_control(fd, &p, false)?;
                 p.len
             }
             None => 0,
@@ -312,7 +553,7 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
     // Datagrams: walk the queue with a peek offset, each message probed for its length first
     // (MSG_TRUNC with no buffer), then peeked whole.
     sockopt::set_int(sock, SO_PEEK_OFF, 0)?;
-    let walked = walk_datagrams(fd, sock);
+    let walked = walk_datagrams(fd, sock, rights);
     let reset = sockopt::set_int(sock, SO_PEEK_OFF, -1);
     let messages = walked?;
     reset?;
@@ -329,12 +570,19 @@ fn read_queue(fd: &TaskFd, sock: BorrowedFd<'_>, info: &UnixSockInfo) -> Result<
     Ok(messages)
 }
 
-fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+/// Each message's bytes; the descriptors in flight with any of them go into `rights` as
+/// (message index, our copies).
+fn walk_datagrams(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
     let mut messages = Vec::new();
     let mut total = 0usize;
     while let Some(probe) = sockmsg::peek(sock, &mut [], libc::MSG_TRUNC)? {
-        check_control(fd, &probe)?;
+        check_control(fd, &probe, true)?;
         let len = probe.len;
+        let mut fds = probe.fds;
         // An empty datagram: the probe has stepped over it already (the kernel marks it
         // peeked and the next peek at this offset skips it).
         let mut buf = vec![0u8; len];
@@ -342,7 +590,8 @@ fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
             let p = sockmsg::peek(sock, &mut buf, 0)?.ok_or_else(|| {
                 Error::task(fd.pid, format!("fd {}: {}: queue changed", fd.fd, fd.link))
             })?;
-            check_control(fd, &p)?;
+            check_control(fd, &p, true)?;
+            fds = p.fds;
             if p.len != len || p.truncated {
                 return Err(Error::task(
                     fd.pid,
@@ -360,13 +609,26 @@ fn walk_datagrams(fd: &TaskFd, sock: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
                 fd.link
             )));
         }
+        if !fds.is_empty() {
+            rights.push((messages.len(), fds));
+        }
         messages.push(buf);
     }
     Ok(messages)
 }
 
-fn check_control(fd: &TaskFd, p: &Peeked) -> Result<()> {
+/// Control data we cannot carry: anything but descriptors (`rights_ok`: on a datagram or
+/// seqpacket queue).
+fn check_control(fd: &TaskFd, p: &Peeked, rights_ok: bool) -> Result<()> {
     if p.control.is_empty() && !p.control_truncated {
+        return Ok(());
+    }
+    if rights_ok
+        && !p.control_truncated
+        && p.control
+            .iter()
+            .all(|&c| c == (libc::SOL_SOCKET, libc::SCM_RIGHTS))
+    {
         return Ok(());
     }
     let has = |ty| p.control.contains(&(libc::SOL_SOCKET, ty));
@@ -390,33 +652,76 @@ fn check_control(fd: &TaskFd, p: &Peeked) -> Result<()> {
 #[derive(Default)]
 pub struct QueueImages {
     by_socket: HashMap<u32, Vec<Vec<u8>>>,
+    /// Files in flight: (socket id, message index) → file ids, passed along with the message.
+    rights: HashMap<(u32, usize), Vec<u32>>,
 }
 
 impl QueueImages {
     pub fn load(dir: &ImageDir) -> Result<QueueImages> {
         let mut by_socket: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        let mut rights = HashMap::new();
         if let Some(mut r) = dir.open_optional(Kind::SkQueues, "")? {
             while let Some(e) = r.read_entry::<pb::SkPacketEntry>()? {
                 let bytes = r.read_raw(e.length as usize)?;
-                if !e.scm.is_empty() {
-                    return Err(Error::image(
-                        r.path().to_owned(),
-                        format!(
-                            "a message queued for socket {} carries control data (file \
-                             descriptors), which this build cannot restore",
-                            e.id_for
-                        ),
-                    ));
+                let queue = by_socket.entry(e.id_for).or_default();
+                for scm in &e.scm {
+                    if scm.r#type != libc::SCM_RIGHTS as u32 {
+                        return Err(Error::image(
+                            r.path().to_owned(),
+                            format!(
+                                "a message queued for socket {} carries control data of type \
+                                 {}, which this build cannot restore",
+                                e.id_for, scm.r#type
+                            ),
+                        ));
+                    }
+                    rights
+                        .entry((e.id_for, queue.len()))
+                        .or_insert_with(Vec::new)
+                        .extend(scm.rights.iter().copied());
                 }
-                by_socket.entry(e.id_for).or_default().push(bytes);
+                queue.push(bytes);
             }
         }
-        Ok(QueueImages { by_socket })
+        Ok(QueueImages { by_socket, rights })
     }
 
     fn of(&self, id: u32) -> &[Vec<u8>] {
         self.by_socket.get(&id).map_or(&[], Vec::as_slice)
     }
+
+    /// Every file in flight: they are opened like the tasks' files, before the sockets whose
+    /// queues carry them.
+    pub fn files_in_flight(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rights.values().flatten().copied()
+    }
+
+    /// Whether socket `id`'s queue carries files.
+    pub fn carries_files(&self, id: u32) -> bool {
+        self.rights.keys().any(|&(s, _)| s == id)
+    }
+}
+
+/// Whether the saved socket is opened after the others: a listener (after the connections it
+/// accepted, made through a stand-in bound to its name), or a socket connected by name to a
+/// socket that is not connected back (after that one is bound).
+pub fn opens_late(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool {
+    sk.state as u8 == STATE_LISTEN || peer.is_some_and(|p| p.peer != sk.ino && !p.name.is_empty())
+}
+
+/// Connects `s` to the name `peer` is bound to.
+fn connect_by_name(s: &OwnedFd, peer: &pb::UnixSkEntry) -> Result<()> {
+    let name = printable_name(&peer.name);
+    let addr = if peer.name.first() == Some(&0) {
+        socket::UnixAddr::new_abstract(&peer.name[1..])
+    } else {
+        socket::UnixAddr::new(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            until_nul(&peer.name),
+        )))
+    }
+    .map_err(|e| Error::sys(format!("unix address{name}"), e))?;
+    socket::connect(s.as_raw_fd(), &addr)
+        .map_err(|e| Error::sys(format!("connect to the unix socket{name}"), e))
 }
 
 /// Creates the socket `sk` and, when it is connected, its peer `peer` with it (one
@@ -425,6 +730,7 @@ pub fn open_socket(
     sk: &pb::UnixSkEntry,
     peer: Option<&pb::UnixSkEntry>,
     queues: &QueueImages,
+    opened: &dyn Fn(u32) -> Option<std::os::fd::RawFd>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     check_restorable(sk)?;
     let ty = SockType::try_from(sk.r#type as i32).map_err(|_| {
@@ -435,6 +741,28 @@ pub fn open_socket(
     })?;
     let what = |verb: &str| format!("{verb} for unix socket {}", sk.ino);
     match (sk.state as u8, peer) {
+        (STATE_ESTABLISHED, Some(peer))
+            if peer.peer != sk.ino
+                && sk.r#type as i32 == libc::SOCK_DGRAM
+                && !peer.name.is_empty() =>
+        {
+            // Connected again by name: the peer is bound already (a socket of the tree, opened
+            // before: see `opens_late`) or lives outside (--ext-unix-sk).
+            if !queues.of(sk.id).is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "unix socket {} connected to a named socket has queued messages",
+                    sk.ino
+                )));
+            }
+            let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            connect_by_name(&s, peer)?;
+            set_buffers(s.as_fd(), &sk.opts)?;
+            set_behaviour(s.as_fd(), &sk.opts)?;
+            files::restore_status_flags(s.as_fd(), sk.flags)?;
+            Ok(vec![(sk.id, s)])
+        }
         (STATE_ESTABLISHED, Some(peer)) => {
             check_restorable(peer)?;
             if peer.peer != sk.ino || peer.r#type != sk.r#type {
@@ -443,13 +771,21 @@ pub fn open_socket(
                     sk.ino, peer.ino
                 )));
             }
-            let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| Error::sys(what("socketpair"), e))?;
+            let (a, b) = if !sk.name.is_empty() {
+                let (accepted, client) = accepted_pair(sk, ty)?;
+                (accepted, client)
+            } else if !peer.name.is_empty() {
+                let (accepted, client) = accepted_pair(peer, ty)?;
+                (client, accepted)
+            } else {
+                socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                    .map_err(|e| Error::sys(what("socketpair"), e))?
+            };
             // Each queue is sent by the peer: room for it in the sender's buffer first.
             make_room(b.as_fd(), &peer.opts, queues.of(sk.id))?;
             make_room(a.as_fd(), &sk.opts, queues.of(peer.id))?;
-            refill(b.as_fd(), queues.of(sk.id), sk)?;
-            refill(a.as_fd(), queues.of(peer.id), peer)?;
+            refill(b.as_fd(), queues, sk, opened)?;
+            refill(a.as_fd(), queues, peer, opened)?;
             for (fd, e) in [(&a, sk), (&b, peer)] {
                 set_buffers(fd.as_fd(), &e.opts)?;
                 set_behaviour(fd.as_fd(), &e.opts)?;
@@ -457,7 +793,7 @@ pub fn open_socket(
             }
             Ok(vec![(sk.id, a), (peer.id, b)])
         }
-        (STATE_CLOSE, None) if sk.peer == 0 => {
+        (STATE_CLOSE | STATE_LISTEN, None) if sk.peer == 0 => {
             if !queues.of(sk.id).is_empty() {
                 return Err(Error::InvalidOptions(format!(
                     "unconnected unix socket {} has queued messages",
@@ -466,6 +802,12 @@ pub fn open_socket(
             }
             let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            if sk.state as u8 == STATE_LISTEN {
+                let backlog = socket::Backlog::new(sk.backlog.min(i32::MAX as u32) as i32)
+                    .map_err(|e| Error::sys(what("listen backlog"), e))?;
+                socket::listen(&s, backlog).map_err(|e| Error::sys(what("listen"), e))?;
+            }
             set_buffers(s.as_fd(), &sk.opts)?;
             set_behaviour(s.as_fd(), &sk.opts)?;
             files::restore_status_flags(s.as_fd(), sk.flags)?;
@@ -482,9 +824,112 @@ pub fn open_socket(
     }
 }
 
+/// Binds a restored socket to its saved name. A path still naming a socket file is the dead
+/// original's (its file outlives it): removed first. A socket file removed at dump time is
+/// removed again after the bind.
+fn bind_name(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if sk.name.is_empty() {
+        return Ok(());
+    }
+    if sk.name[0] == 0 {
+        let addr = socket::UnixAddr::new_abstract(&sk.name[1..])
+            .map_err(|e| Error::sys(format!("abstract name of unix socket {}", sk.ino), e))?;
+        return socket::bind(s.as_raw_fd(), &addr).map_err(|e| {
+            Error::sys(
+                format!(
+                    "bind unix socket {} to @{}",
+                    sk.ino,
+                    String::from_utf8_lossy(&sk.name[1..])
+                ),
+                e,
+            )
+        });
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(until_nul(&sk.name)));
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() || sk.deleted == Some(true) {
+            return Err(Error::InvalidOptions(format!(
+                "unix socket {}: {} is taken by another file",
+                sk.ino,
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("remove the old socket file {}", path.display()), e))?;
+    }
+    let addr = socket::UnixAddr::new(path)
+        .map_err(|e| Error::sys(format!("name of unix socket {}", sk.ino), e))?;
+    socket::bind(s.as_raw_fd(), &addr).map_err(|e| {
+        Error::sys(
+            format!("bind unix socket {} to {}", sk.ino, path.display()),
+            e,
+        )
+    })?;
+    if sk.deleted == Some(true) {
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("remove {} again", path.display()), e))?;
+    } else if let Some(p) = &sk.file_perms {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(p.mode & 0o7777))
+            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+        std::os::unix::fs::lchown(path, Some(p.uid), Some(p.gid))
+            .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// A connection accepted by a listener bound to `accepted`'s name: a stand-in listener bound
+/// to that name for the time of one connect and accept (the accepted socket takes its name
+/// from it), then closed and its file removed, before the tree's own listener (if any) binds
+/// the name: `files::open_all` opens such pairs before listeners. Returns (accepted, client).
+fn accepted_pair(accepted: &pb::UnixSkEntry, ty: SockType) -> Result<(OwnedFd, OwnedFd)> {
+    let what = |verb: &str| format!("{verb} for the accepted unix socket {}", accepted.ino);
+    let stand_in = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| Error::sys(what("socket"), e))?;
+    bind_name_keeping_file(&stand_in, accepted)?;
+    let result = (|| {
+        socket::listen(
+            &stand_in,
+            socket::Backlog::new(1).expect("1 is a valid backlog"),
+        )
+        .map_err(|e| Error::sys(what("listen"), e))?;
+        let client = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| Error::sys(what("socket"), e))?;
+        let addr = socket::getsockname::<socket::UnixAddr>(stand_in.as_raw_fd())
+            .map_err(|e| Error::sys(what("getsockname"), e))?;
+        socket::connect(client.as_raw_fd(), &addr).map_err(|e| Error::sys(what("connect"), e))?;
+        let raw = socket::accept4(stand_in.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| Error::sys(what("accept"), e))?;
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        let server = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        Ok((server, client))
+    })();
+    drop(stand_in);
+    if accepted.name.first() != Some(&0) {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(until_nul(&accepted.name)));
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// `bind_name`, leaving a path's socket file in place whatever the entry says.
+fn bind_name_keeping_file(s: &OwnedFd, sk: &pb::UnixSkEntry) -> Result<()> {
+    bind_name(
+        s,
+        &pb::UnixSkEntry {
+            deleted: Some(false),
+            ..sk.clone()
+        },
+    )
+}
+
 fn check_restorable(sk: &pb::UnixSkEntry) -> Result<()> {
-    let why = if !sk.name.is_empty() {
-        "bound to a name"
+    let why = if !sk.name.is_empty()
+        && sk.state as u8 == STATE_ESTABLISHED
+        && sk.r#type as i32 == libc::SOCK_DGRAM
+    {
+        "connected and bound to a name"
     } else if sk.uflags != 0 {
         "external or inherited (uflags)"
     } else if sk
@@ -571,12 +1016,34 @@ fn set_behaviour(sock: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
 }
 
 /// Sends `messages` from `sender` into its peer's queue, one send per saved message.
-fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEntry) -> Result<()> {
+/// Sends `receiver`'s saved queue from `sender`, with the files in flight (found in
+/// `opened` by file id) passed along with their messages.
+fn refill(
+    sender: BorrowedFd<'_>,
+    queues: &QueueImages,
+    receiver: &pb::UnixSkEntry,
+    opened: &dyn Fn(u32) -> Option<std::os::fd::RawFd>,
+) -> Result<()> {
+    let messages = queues.of(receiver.id);
     let stream = receiver.r#type as i32 == libc::SOCK_STREAM;
     for (i, m) in messages.iter().enumerate() {
         let mut done = 0;
+        let mut fds = Vec::new();
+        for &id in queues
+            .rights
+            .get(&(receiver.id, i))
+            .map_or(&[][..], Vec::as_slice)
+        {
+            fds.push(opened(id).map(crate::sys::fd::borrow).ok_or_else(|| {
+                Error::InvalidOptions(format!(
+                    "unix socket {}: file {id} in flight was not opened",
+                    receiver.ino
+                ))
+            })?);
+        }
         loop {
-            let n = sockmsg::send(sender, &m[done..]).map_err(|e| match e {
+            let fds_now = if done == 0 { &fds[..] } else { &[][..] };
+            let n = sockmsg::send_with_fds(sender, &m[done..], fds_now).map_err(|e| match e {
                 Error::Sys { what, errno } => Error::sys(
                     format!(
                         "refill unix socket {} (message {i} of {}): {what}",
@@ -609,11 +1076,12 @@ fn refill(sender: BorrowedFd<'_>, messages: &[Vec<u8>], receiver: &pb::UnixSkEnt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn seen(id: u32, peer: Option<u32>) -> SeenSocket {
         SeenSocket {
             peer,
+            named: false,
+            one_way: None,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),
@@ -685,7 +1153,7 @@ mod tests {
 
         let a = sk(1, 100, 101, libc::SOCK_DGRAM);
         let b = sk(2, 101, 100, libc::SOCK_DGRAM);
-        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues, &|_| None)
             .unwrap()
             .into_iter()
             .collect();
@@ -720,11 +1188,12 @@ mod tests {
         let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 40_000]).collect();
         let queues = QueueImages {
             by_socket: HashMap::from([(1, msgs.clone())]),
+            rights: HashMap::new(),
         };
         let a = sk(1, 100, 101, libc::SOCK_SEQPACKET);
         let mut b = sk(2, 101, 100, libc::SOCK_SEQPACKET);
         b.opts.so_sndbuf = 8192;
-        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues)
+        let fds: HashMap<u32, OwnedFd> = open_socket(&a, Some(&b), &queues, &|_| None)
             .unwrap()
             .into_iter()
             .collect();
@@ -745,13 +1214,20 @@ mod tests {
     }
 
     #[test]
-    fn named_or_half_pairs_are_not_restored() {
+    fn connected_named_or_half_pairs_are_not_restored() {
         let queues = QueueImages::default();
-        let mut named = sk(1, 100, 0, libc::SOCK_STREAM);
+        let mut named = sk(1, 100, 101, libc::SOCK_DGRAM);
+        let mut peer = sk(2, 101, 100, libc::SOCK_DGRAM);
         named.name = b"/tmp/x".to_vec();
-        assert!(open_socket(&named, None, &queues).is_err());
+        peer.name = b"/tmp/x".to_vec();
+        let e = open_socket(&named, Some(&peer), &queues, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connected and bound to a name"), "{e}");
         let lonely = sk(1, 100, 101, libc::SOCK_STREAM);
-        let e = open_socket(&lonely, None, &queues).unwrap_err().to_string();
+        let e = open_socket(&lonely, None, &queues, &|_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("peer 101"), "{e}");
     }
 }

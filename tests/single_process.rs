@@ -144,7 +144,7 @@ fn python_program_continues_where_it_stopped() {
     }
 }
 
-/// A listening TCP socket is still beyond us: the dump fails naming pid, fd and what the socket
+/// A raw IP socket is still beyond us: the dump fails naming pid, fd and what the socket
 /// is, writes no complete-looking image, and the task runs on untouched.
 #[test]
 fn unsupported_socket_fails_and_leaves_task_running() {
@@ -156,8 +156,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
     let s = Scratch::new("sock");
     let script = "import os, socket, time\n\
                   os.setsid()\n\
-                  l = socket.socket()\n\
-                  l.bind(('127.0.0.1', 0)); l.listen()\n\
+                  l = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
                   open('fd', 'w').write(str(l.fileno()))\n\
                   n = 0\n\
                   while True:\n\
@@ -175,10 +174,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "-o",
         "dump.log",
     ]);
-    assert!(
-        !out.status.success(),
-        "dumping a listening TCP socket must fail"
-    );
+    assert!(!out.status.success(), "dumping a raw socket must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("pid {pid}")),
@@ -189,7 +185,7 @@ fn unsupported_socket_fails_and_leaves_task_running() {
         "error names the fd: {err}"
     );
     assert!(
-        err.contains("listening TCP/IPv4 socket"),
+        err.contains("raw/IPv4 socket"),
         "error says what the socket is: {err}"
     );
     assert!(
@@ -213,4 +209,53 @@ fn unsupported_socket_fails_and_leaves_task_running() {
     }
     assert!(kill(pid, libc::SIGKILL));
     let _ = child.wait();
+}
+
+/// A signal sent while the task is frozen (here by a post-dump action script) reaches it once
+/// the dump lets it go, and its pause() or sigsuspend() returns EINTR after the handler ran, as
+/// without the dump: the kernel, not the dumper, finishes the interrupted call.
+#[test]
+fn signal_during_leave_running_dump_ends_pause_with_eintr() {
+    become_subreaper();
+    let bin = workload("pause");
+    for how in ["pause", "suspend"] {
+        let s = Scratch::new(&format!("pause-{how}"));
+        let mut child = s.spawn(&bin, &[s.dir.to_str().unwrap(), how]);
+        let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+        // Inside the call (state S), not on its way there.
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") S ")
+        {
+            assert!(t0.elapsed() < T, "the workload never went to sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let script = s.path("signal.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] && kill -USR1 {pid}\nexit 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        s.dump(
+            pid,
+            &[
+                "--leave-running",
+                "--action-script",
+                script.to_str().unwrap(),
+            ],
+        );
+        let woke = s.wait_file("woke", Duration::from_secs(10));
+        assert_eq!(
+            woke.trim(),
+            format!("woke -1 {} 1", libc::EINTR),
+            "{how}: the call did not end as the signal says"
+        );
+        assert!(child.wait().unwrap().success());
+    }
 }

@@ -582,6 +582,19 @@ pub unsafe extern "C" fn criu_local_set_auto_dedup(opts: *mut LibOpts, auto_dedu
     unsafe { with_local(opts, (), |o| o.rpc.auto_dedup = Some(auto_dedup.get())) }
 }
 
+/// Restore leaves private anonymous memory to `criu lazy-pages` (not a CRIU 4.2 call: CRIU
+/// offers lazy restore only on its command line).
+#[no_mangle]
+pub extern "C" fn criu_set_lazy_pages(lazy_pages: CBool) {
+    with_global((), |o| o.rpc.lazy_pages = Some(lazy_pages.get()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn criu_local_set_lazy_pages(opts: *mut LibOpts, lazy_pages: CBool) {
+    // SAFETY: forwarded from the C caller.
+    unsafe { with_local(opts, (), |o| o.rpc.lazy_pages = Some(lazy_pages.get())) }
+}
+
 #[no_mangle]
 pub extern "C" fn criu_set_force_irmap(force_irmap: CBool) {
     with_global((), |o| o.rpc.force_irmap = Some(force_irmap.get()))

@@ -77,7 +77,7 @@ const FEATURES: &[Feature] = &[
     not_built("loginuid"),
     not_built("cgroupns"),
     not_built("autofs"),
-    not_built("tcp_half_closed"),
+    kernel("tcp_half_closed", |_| tcp_repair()),
     not_built("compat_cr"),
     kernel("uffd", uffd),
     kernel("uffd-noncoop", uffd_noncoop),
@@ -95,7 +95,7 @@ const FEATURES: &[Feature] = &[
     not_built("external_net_ns"),
     kernel("clone3_set_tid", clone3_set_tid),
     not_built("newifindex"),
-    not_built("nftables"),
+    kernel("nftables", |_| nft_works()),
     not_built("has_ipt_legacy"),
     Feature {
         name: "pidfd_store",
@@ -109,7 +109,7 @@ const FEATURES: &[Feature] = &[
         kind: Kind::NotImplemented(Some(|k| yes_if(k.ns_pid, "no NSpid in /proc/PID/status"))),
     },
     not_built("apparmor_stacking"),
-    not_built("network_lock_nftables"),
+    kernel("network_lock_nftables", |_| nft_works()),
     not_built("sockopt_buf_lock"),
     Feature {
         name: "memfd_hugetlb",
@@ -198,6 +198,40 @@ fn timerfd(k: &KernDat) -> Verdict {
     k.timerfd_set_ticks
         .map(|_| String::new())
         .map_err(|e| format!("TFD_IOC_SET_TICKS: {e}"))
+}
+
+/// TCP_REPAIR, which --tcp-established uses for every connection state it carries (half-closed
+/// ones too): a fresh TCP socket must accept it.
+fn tcp_repair() -> Verdict {
+    use crate::sys::inet as sk;
+    let s = sk::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP)
+        .map_err(|e| e.to_string())?;
+    sk::set_int(
+        std::os::fd::AsFd::as_fd(&s),
+        libc::IPPROTO_TCP,
+        sk::TCP_REPAIR,
+        1,
+        "TCP_REPAIR",
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(String::new())
+}
+
+/// `--network-lock nftables` runs the `nft` command: it must be there and reach the kernel.
+fn nft_works() -> Verdict {
+    let o = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if o.status.success() {
+        Ok(String::new())
+    } else {
+        Err(format!(
+            "nft list tables: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
 }
 
 fn epoll(k: &KernDat) -> Verdict {

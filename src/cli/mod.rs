@@ -160,7 +160,14 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             ));
         }
         Action::PageServer => return Err(CliError::CommandNotSupported("page-server")),
-        Action::LazyPages => return Err(CliError::CommandNotSupported("lazy-pages")),
+        Action::LazyPages => {
+            // Serving from a remote page server comes with the page server.
+            if opts.page_server.is_some() {
+                return Err(CliError::NotSupported(
+                    flag_spelling("page-server").to_string(),
+                ));
+            }
+        }
         Action::CpuinfoDump => return Err(CliError::CommandNotSupported("cpuinfo dump")),
         Action::CpuinfoCheck => return Err(CliError::CommandNotSupported("cpuinfo check")),
         Action::Swrk(_) => unreachable!("handled above"),
@@ -223,6 +230,14 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             Ok(0)
         }
         Action::Restore => {
+            if opts.orphan_pts_master {
+                // The new pty's master would be closed at once: the task's terminal hung up.
+                return Err(CliError::from(crate::error::Error::InvalidOptions(
+                    "--orphan-pts-master: the new pty's master goes to an RPC client \
+                     (criu_set_orphan_pts_master); the command line has nobody to give it to"
+                        .into(),
+                )));
+            }
             let outcome = engine::restore(&opts, &mut notify)?;
             log::info!(
                 "Restore finished successfully; the tree's root is pid {}",
@@ -231,6 +246,11 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             if !opts.restore_detached {
                 wait_for_restored_tree(outcome.pid);
             }
+            Ok(0)
+        }
+        Action::LazyPages => {
+            crate::lazy::run_daemon(&opts.images_dir, opts.work_dir())?;
+            log::info!("lazy-pages: every page was delivered");
             Ok(0)
         }
         _ => unreachable!("refused above"),

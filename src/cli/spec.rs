@@ -29,7 +29,7 @@ Commands:
   restore        rebuild a process tree from images
   check          report which kernel mechanisms and features this machine and build offer
   page-server    receive pages from a remote dump (not supported yet)
-  lazy-pages     serve memory of a lazily restored tree (not supported yet)
+  lazy-pages     serve memory of a lazily restored tree from the images
   service        serve RPC requests on a socket
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
   cpuinfo dump   write CPU information into an image (not supported yet)
@@ -198,7 +198,7 @@ pub fn command() -> Command {
     );
     c = c.arg(flag(
         "lazy-pages",
-        "restore memory on demand from 'criu lazy-pages' (not supported yet)",
+        "restore: memory on demand from 'criu lazy-pages' (dump: not supported yet)",
     ));
     c = negatable(
         c,
@@ -250,28 +250,28 @@ pub fn command() -> Command {
         "tcp-established",
         "no-tcp-established",
         None,
-        "checkpoint/restore established TCP connections (not supported yet)",
+        "checkpoint/restore established TCP connections (TCP_REPAIR; see --network-lock)",
     );
     c = negatable(
         c,
         "skip-in-flight",
         "no-skip-in-flight",
         None,
-        "skip TCP connections not yet accepted (not supported yet)",
+        "leave behind TCP connections a listener has not accepted yet",
     );
     c = negatable(
         c,
         "tcp-close",
         "no-tcp-close",
         None,
-        "restore established TCP connections closed (not supported yet)",
+        "dump or restore established TCP connections as closed sockets",
     );
     c = c
         .arg(
             optional(
                 "ext-unix-sk",
                 "INO,...",
-                "allow unix sockets connected outside the tree (not supported yet)",
+                "allow datagram unix sockets connected to a named socket outside the tree (an INO list: not supported yet)",
             )
             .short('x')
             .value_parser(values::unix_sk_inodes),
@@ -504,7 +504,7 @@ pub fn command() -> Command {
         "orphan-pts-master",
         "no-orphan-pts-master",
         None,
-        "pass the master of an orphaned pty to the RPC client (not supported yet)",
+        "restore: a new pty for each one whose master was outside the tree; its master goes to the RPC client",
     );
 
     c = c.next_help_heading("Check options");

@@ -41,7 +41,6 @@ struct TaskImages {
     pages_id: u32,
     fs: pb::FsEntry,
     fdinfo: Vec<pb::FdinfoEntry>,
-    ttys: Vec<pb::TtyInfoEntry>,
 }
 
 #[derive(Default)]
@@ -299,46 +298,6 @@ fn thread_core(
     Ok((info, core))
 }
 
-fn tty_info(
-    pid: pid_t,
-    fdinfo: &[pb::FdinfoEntry],
-    files: &FileTable,
-    stat: &procfs::Stat,
-) -> Result<Vec<pb::TtyInfoEntry>> {
-    let mut out: Vec<pb::TtyInfoEntry> = Vec::new();
-    for fe in fdinfo {
-        let Some(tty) = files.get(fe.id).and_then(|e| e.tty.as_ref()) else {
-            continue;
-        };
-        if out.iter().any(|t| t.id == tty.tty_info_id) {
-            continue;
-        }
-        let link = format!("/proc/{pid}/fd/{}", fe.fd);
-        let path = procfs::readlink(&link)?;
-        let index = path
-            .to_str()
-            .and_then(|p| p.strip_prefix("/dev/pts/"))
-            .and_then(|n| n.parse().ok());
-        out.push(pb::TtyInfoEntry {
-            id: tty.tty_info_id,
-            r#type: if index.is_some() {
-                pb::TtyType::Pty
-            } else {
-                pb::TtyType::Console
-            } as i32,
-            locked: false,
-            exclusive: false,
-            packet_mode: false,
-            sid: stat.sid as u32,
-            pgrp: stat.pgid as u32,
-            rdev: tty.tty_info_id,
-            pty: index.map(|index| pb::TtyPtyEntry { index }),
-            ..Default::default()
-        });
-    }
-    Ok(out)
-}
-
 /// What the tasks of a tree add to images that are written once for all of them.
 #[derive(Default)]
 struct TreeImages {
@@ -496,7 +455,6 @@ fn dump_task(
         root_id: files.add_path(&root, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)?,
         umask: Some(status.umask),
     };
-    let ttys = tty_info(pid, &fdinfo, files, &stat)?;
 
     let mut cores = Vec::with_capacity(task.threads.len());
     for (th, q) in task.threads.iter().zip(&threads) {
@@ -569,7 +527,6 @@ fn dump_task(
         pages_id,
         fs,
         fdinfo,
-        ttys,
     })
 }
 
@@ -626,10 +583,6 @@ fn to_ns_pids(t: &mut TaskImages, pids: &PidMap) -> Result<()> {
                 *tid = pids.ns(host, *tid as pid_t)? as _;
             }
         }
-    }
-    for tty in t.ttys.iter_mut() {
-        tty.sid = pids.ns(host, tty.sid as pid_t)? as u32;
-        tty.pgrp = pids.ns(host, tty.pgrp as pid_t)? as u32;
     }
     Ok(())
 }
@@ -901,12 +854,16 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
 
     let frozen_at = frozen.frozen_at;
     if opts.leave_running {
+        // Connections leave repair mode and the lock goes before the tree runs again.
+        tree.files.inet.release()?;
         frozen.resume()?;
         timing.frozen = frozen_at.elapsed();
     } else {
         // Frozen until killed (waiting for the exit, which frees the memory, is not frozen).
         timing.frozen = frozen_at.elapsed();
         frozen.kill()?;
+        // The connections died in repair mode, without a packet; the lock stays for the restore.
+        tree.files.inet.tree_killed();
     }
     for tt in tracking.iter_mut() {
         match tt.tracker.as_mut() {
@@ -1028,6 +985,7 @@ fn write_tree(
                 fown.pid = pids.ns(root, fown.pid as pid_t)? as u32;
             }
         }
+        files.map_tty_pids(&|p| pids.ns(root, p))?;
     }
     files.write_images(&dir)?;
     dir.write_all(Kind::Pstree, "", &pstree)?;
@@ -1039,15 +997,6 @@ fn write_tree(
                 seccomp_filters: std::mem::take(seccomp),
             },
         )?;
-    }
-    let mut ttys: Vec<&pb::TtyInfoEntry> = Vec::new();
-    for t in images.iter().flat_map(|t| t.ttys.iter()) {
-        if !ttys.iter().any(|x| x.id == t.id) {
-            ttys.push(t);
-        }
-    }
-    if !ttys.is_empty() {
-        dir.write_all(Kind::TtyInfo, "", ttys)?;
     }
     log::debug!("images written");
     write_timens(&dir)?;
@@ -1072,6 +1021,7 @@ fn write_tree(
             pre_dump_mode: None,
             tcp_close: Some(opts.tcp_close),
             network_lock_method: Some(opts.network_lock as u32 + 1),
+            dump_criu_run_id: Some(tree.files.inet.run_id().to_owned()),
             ..Default::default()
         },
     )?;

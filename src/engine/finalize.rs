@@ -70,6 +70,7 @@ fn stop(t: &Tracee) -> Result<()> {
 
 /// Swaps a parked task into its final shape and loads its registers; it stays stopped until
 /// `release`. Returns the tracees of its other threads.
+#[allow(clippy::too_many_arguments)]
 pub fn finalize(
     tracee: &Tracee,
     task: &TaskImage,
@@ -78,6 +79,7 @@ pub fn finalize(
     shared: &[(u64, u64)],
     ready: &Ready,
     pids: &PidMap,
+    lazy: Option<(&crate::lazy::Handoff, &[bool])>,
 ) -> Result<Vec<Tracee>> {
     let pid = pids.host(task.pid);
     stop(tracee)?;
@@ -172,6 +174,11 @@ pub fn finalize(
                 [v.start, v.end - v.start, advice as u64, 0, 0, 0],
             )?;
         }
+    }
+    // Lazy memory is in place and still empty: register it before anything can touch it (and
+    // before credentials change, which could forbid a userfaultfd).
+    if let Some((handoff, lazy)) = lazy {
+        hand_over_lazy(&ctl, handoff, &task.mm.vmas, lazy)?;
     }
     // Shared anonymous memory: a new mapping of the object built by the restorer (mremap with
     // old size 0 maps the same pages again).
@@ -363,6 +370,33 @@ pub fn finalize(
         t.set_sigmask(blocked)?;
     }
     Ok(others)
+}
+
+/// Creates the task's userfaultfd (inside it: a userfaultfd serves the mm of its creator),
+/// takes a copy, closes the task's own, and hands the lazy VMAs over to the daemon.
+fn hand_over_lazy(
+    ctl: &Ctl,
+    handoff: &crate::lazy::Handoff,
+    vmas: &[pb::VmaEntry],
+    lazy: &[bool],
+) -> Result<()> {
+    let ranges: Vec<(u64, u64)> = vmas
+        .iter()
+        .zip(lazy)
+        .filter(|(_, &l)| l)
+        .map(|(v, _)| (v.start, v.end))
+        .collect();
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let fd = ctl.sys(
+        "userfaultfd",
+        libc::SYS_userfaultfd,
+        [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+    )?;
+    let uffd = crate::sys::pidfd::PidFd::open(ctl.pid)?.get_fd(fd as i32);
+    ctl.sys("close(userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    handoff.hand_over(ctl.pid, std::os::fd::AsFd::as_fd(&uffd?), &ranges)
 }
 
 /// Lets a finalized task run: its threads, then its leader.
@@ -613,8 +647,17 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
             )?;
         }
     }
-    // Keep capabilities across the uid change; securebits are set after.
-    prctl("prctl(PR_SET_KEEPCAPS)", libc::PR_SET_KEEPCAPS as u64, 1, 0)?;
+    // Keep every capability, effective ones too, across the uid change (KEEP_CAPS and
+    // NO_SETUID_FIXUP): the saved securebits and capabilities are set after it, and setting
+    // securebits needs CAP_SETPCAP in the effective set.
+    const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
+    const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS as u64,
+        SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP,
+        0,
+    )?;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = ctl.put(D_BIG, &groups)?;
     ctl.sys(
@@ -642,6 +685,12 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
         libc::SYS_setfsuid,
         [c.fsuid as u64, 0, 0, 0, 0, 0],
     )?;
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS as u64,
+        c.secbits as u64,
+        0,
+    )?;
     // capset v3: header {version, pid} then two {effective, permitted, inheritable}.
     let (eff, prm, inh) = (words(&c.cap_eff), words(&c.cap_prm), words(&c.cap_inh));
     let mut b = Vec::new();
@@ -665,12 +714,6 @@ fn restore_creds(ctl: &Ctl, c: &pb::CredsEntry) -> Result<()> {
             )?;
         }
     }
-    prctl(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::PR_SET_SECUREBITS as u64,
-        c.secbits as u64,
-        0,
-    )?;
     Ok(())
 }
 

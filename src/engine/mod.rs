@@ -63,6 +63,11 @@ fn reject_unsupported(opts: &Options) -> Result<()> {
 /// Checkpoints the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     reject_unsupported(opts)?;
+    if opts.lazy_pages {
+        // Dumping for lazy migration needs the page server; restore takes it alone.
+        log::error!("option --lazy-pages is not supported yet for dump");
+        return Err(Error::OptionNotSupported("lazy-pages"));
+    }
     dump::dump(opts, notify)
 }
 
@@ -104,7 +109,7 @@ pub fn features() -> Features {
     // What this build implements. Flip a field in the commit that lands the code using it.
     const IMPLEMENTED: Features = Features {
         mem_track: true,
-        lazy_pages: false,
+        lazy_pages: true,
         pidfd_store: false,
     };
     let kernel = crate::kerndat::get();

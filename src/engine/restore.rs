@@ -339,7 +339,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         procs,
         children,
         layouts: Vec::new(),
-        files: FileImages::load(dir)?,
+        files: FileImages::load(dir)?.with_tcp_close(opts.tcp_close),
         shared: Vec::new(),
         inherit,
         pool: Default::default(),
@@ -562,6 +562,7 @@ impl Drop for Created {
         if self.done {
             return;
         }
+        crate::inet::abandon_restore();
         for &pid in self.pids.iter().chain(self.root.iter()) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -595,6 +596,20 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     check_pids(&plan)?;
+    // The lazy-pages daemon knows the tasks by one pid: images' and ours differ here.
+    if opts.lazy_pages && plan.new_pidns {
+        return Err(Error::InvalidOptions(
+            "a lazy restore of a pid namespace's init is not supported yet".into(),
+        ));
+    }
+    // Lazy restore: the daemon must be there before anything is built.
+    let handoff = if opts.lazy_pages {
+        Some(crate::lazy::Handoff::connect(opts.work_dir())?)
+    } else {
+        None
+    };
+    let lazy = lazy_vmas(&plan, opts.lazy_pages);
+    let left_out = lazy_pages(&dir, &plan, &lazy)?;
     if procfs::threads(std::process::id() as pid_t)?.len() != 1 {
         return Err(Error::InvalidOptions(
             "restore must run in a single-threaded process".into(),
@@ -681,7 +696,13 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     notify.notify("pre-restore", 0, None)?;
     // Every task's memory, built here and inherited through the forks.
     let mut pages_restored = 0;
-    for ((p, layout), inh) in plan.procs.iter().zip(&plan.layouts).zip(&inherited) {
+    for (((p, layout), inh), lz) in plan
+        .procs
+        .iter()
+        .zip(&plan.layouts)
+        .zip(&inherited)
+        .zip(&left_out)
+    {
         let (Proc::Alive(t), Some(layout)) = (p, layout) else {
             continue;
         };
@@ -692,6 +713,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             &t.pages,
             &|id, flags| plan.files.open_path(id, flags),
             inh,
+            lz,
         )?;
     }
     for (&(shmid, size), &at) in shared.iter().zip(&shared_at) {
@@ -725,6 +747,12 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     } else {
         None
     };
+    // --orphan-pts-master: new ptys for those whose master was outside the tree.
+    let orphan_masters = if opts.orphan_pts_master {
+        plan.files.ttys_mut().replace_orphans()?
+    } else {
+        Vec::new()
+    };
     let pool = crate::files::open_all(
         &tables,
         &plan.files,
@@ -732,6 +760,14 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         terminal.map(crate::sys::fd::borrow_std),
     )?;
     plan.pool = pool.numbers();
+    for master in &orphan_masters {
+        notify.notify(
+            "orphan-pts-master",
+            0,
+            Some(std::os::fd::AsFd::as_fd(master)),
+        )?;
+    }
+    drop(orphan_masters);
 
     // Control channels: one "go" pipe per process, one shared report pipe.
     plan.report = raw_pipe()?;
@@ -923,11 +959,14 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             &plan.shared,
             r,
             &pids,
+            handoff.as_ref().map(|h| (h, lazy[i].as_slice())),
         )?);
     }
     // From here on, the root's pid as the caller sees it.
     let root_pid = pids.host(root_pid);
     notify.notify("post-restore", root_pid, None)?;
+    // Like CRIU: the network is unlocked, then the connections leave repair mode.
+    crate::inet::finish_restore(&dir)?;
     // The tasks are complete: like CRIU, failing pre-resume/post-resume are only reported.
     if let Err(e) = notify.notify("pre-resume", root_pid, None) {
         log::error!("pre-resume: {e}");
@@ -969,6 +1008,65 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         plan.procs.len()
     );
     Ok(RestoreOutcome { pid: root_pid })
+}
+
+/// Per process, per VMA: whether its pages are left to the lazy-pages daemon. Memory a child
+/// inherits from its parent is restored eagerly on both sides: the child compares its saved
+/// pages with what it inherits, and keeps the parent's where it recorded them as shared.
+fn lazy_vmas(plan: &Plan, lazy_pages: bool) -> Vec<Vec<bool>> {
+    let mut lazy: Vec<Vec<bool>> = plan
+        .procs
+        .iter()
+        .zip(&plan.inherit)
+        .map(|(p, inh)| match p {
+            Proc::Alive(t) if lazy_pages => {
+                t.mm.vmas
+                    .iter()
+                    .zip(inh)
+                    .map(|(v, from)| from.is_none() && crate::lazy::can_be_lazy(v))
+                    .collect()
+            }
+            Proc::Alive(t) => vec![false; t.mm.vmas.len()],
+            Proc::Zombie { .. } => Vec::new(),
+        })
+        .collect();
+    for (i, inh) in plan.inherit.iter().enumerate() {
+        let Some(p) = plan.parent[i] else { continue };
+        for pv in inh.iter().flatten() {
+            if let Some(x) = lazy[p].get_mut(*pv) {
+                *x = false;
+            }
+        }
+    }
+    lazy
+}
+
+/// Per process: the pages left to the lazy-pages daemon, sorted. Those of its lazy VMAs whose
+/// data is in the last images' own pages file: after pre-dumps, only what was written since the
+/// last one; pages the pre-dumps hold are restored before the task runs.
+fn lazy_pages(dir: &ImageDir, plan: &Plan, lazy: &[Vec<bool>]) -> Result<Vec<Vec<(u64, u64)>>> {
+    let mut out = Vec::with_capacity(plan.procs.len());
+    for (p, lz) in plan.procs.iter().zip(lazy) {
+        let Proc::Alive(t) = p else {
+            out.push(Vec::new());
+            continue;
+        };
+        if !lz.iter().any(|&l| l) {
+            out.push(Vec::new());
+            continue;
+        }
+        let own = crate::images::pages::own_ranges(dir, t.pid)?.unwrap_or_default();
+        let mut left = Vec::new();
+        for (v, _) in t.mm.vmas.iter().zip(lz).filter(|(_, &l)| l) {
+            let first = own.partition_point(|r| r.1 <= v.start);
+            for r in own[first..].iter().take_while(|r| r.0 < v.end) {
+                left.push((r.0.max(v.start), r.1.min(v.end)));
+            }
+        }
+        left.sort_unstable();
+        out.push(left);
+    }
+    Ok(out)
 }
 
 /// Reads until every writer is gone (EOF), with a time limit.

@@ -164,6 +164,11 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
             .map_err(|e| Error::sys("setpgid", e))?;
     }
+    // Our pty as controlling terminal (or its foreground group: ours), before our children
+    // inherit the session.
+    plan.files
+        .ttys()
+        .take_back(pid, e.sid as pid_t, e.pgid as pid_t)?;
     // Memory we share with our parent, made ours before our children inherit it in turn; and
     // the build areas nobody below us needs, dropped so that forks stay cheap.
     if let Proc::Alive(task) = p {

@@ -344,6 +344,17 @@ pub fn open_pages(
 /// merged and sorted; None when `dir` has no pagemap for it. A later iteration may record these
 /// pages as PE_PARENT when they did not change.
 pub fn held_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> {
+    ranges_with(dir, pid, PE_PRESENT | PE_PARENT)
+}
+
+/// The address ranges whose data is in `dir`'s own pages file for task `pid` (not in its
+/// parents'), merged and sorted; None when `dir` has no pagemap for it. After pre-dumps, these
+/// are the pages written since the last one.
+pub fn own_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> {
+    ranges_with(dir, pid, PE_PRESENT)
+}
+
+fn ranges_with(dir: &ImageDir, pid: i32, flags: u32) -> Result<Option<Vec<(u64, u64)>>> {
     let Some(mut r) = dir.open_optional(Kind::Pagemap, pid)? else {
         return Ok(None);
     };
@@ -352,10 +363,7 @@ pub fn held_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> 
     let path = r.path().to_owned();
     let runs = check_entries(&entries).map_err(|m| Error::image(&path, m))?;
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
-    for run in runs
-        .iter()
-        .filter(|r| r.flags & (PE_PRESENT | PE_PARENT) != 0)
-    {
+    for run in runs.iter().filter(|r| r.flags & flags != 0) {
         match out.last_mut() {
             Some(l) if l.1 == run.start => l.1 = run.end,
             _ => out.push((run.start, run.end)),

@@ -1,6 +1,6 @@
 //! Reading a socket's receive queue without consuming it (MSG_PEEK), and refilling one.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
@@ -15,8 +15,11 @@ pub struct Peeked {
     /// The message did not fit the buffer (MSG_TRUNC in msg_flags).
     pub truncated: bool,
     /// (level, type) of the control messages that came with it (SOL_SOCKET with SCM_RIGHTS,
-    /// SCM_CREDENTIALS...). Descriptors passed with SCM_RIGHTS are closed again at once.
+    /// SCM_CREDENTIALS...).
     pub control: Vec<(i32, i32)>,
+    /// Our copies of the descriptors passed with SCM_RIGHTS (a peek installs them too),
+    /// close-on-exec.
+    pub fds: Vec<OwnedFd>,
     /// Control data did not fit our buffer (MSG_CTRUNC).
     pub control_truncated: bool,
 }
@@ -51,6 +54,7 @@ pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8], extra: i32) -> Result<Option<P
         }
     };
     let mut types = Vec::new();
+    let mut fds = Vec::new();
     // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk the control buffer the kernel just filled, within
     // msg_controllen; SCM_RIGHTS payloads are ints the kernel installed as fds for us.
     unsafe {
@@ -63,7 +67,7 @@ pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8], extra: i32) -> Result<Option<P
                 let count = (h.cmsg_len as usize - libc::CMSG_LEN(0) as usize)
                     / std::mem::size_of::<libc::c_int>();
                 for i in 0..count {
-                    libc::close(data.add(i).read_unaligned());
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
@@ -73,6 +77,7 @@ pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8], extra: i32) -> Result<Option<P
         len: n,
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         control: types,
+        fds,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     }))
 }
@@ -96,6 +101,59 @@ pub fn send(sock: BorrowedFd<'_>, data: &[u8]) -> Result<usize> {
         match Errno::last() {
             Errno::EINTR => continue,
             e => return Err(Error::sys(format!("send({} bytes)", data.len()), e)),
+        }
+    }
+}
+
+/// sendmsg of `data` with `fds` passed along (SCM_RIGHTS), MSG_DONTWAIT | MSG_NOSIGNAL.
+/// Returns the bytes accepted.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<usize> {
+    if fds.is_empty() {
+        return send(sock, data);
+    }
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers are filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds one cmsghdr with room for `payload` bytes of data.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload as u32) as usize;
+        std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), payload);
+    }
+    loop {
+        // SAFETY: sendmsg reads `data` and the control buffer through `msg`.
+        let n = unsafe {
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => {
+                return Err(Error::sys(
+                    format!("sendmsg({} bytes, {} fds)", data.len(), fds.len()),
+                    e,
+                ))
+            }
         }
     }
 }

@@ -113,3 +113,214 @@ pub fn unregister(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Re
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lazy restore: MISSING-mode registration, filling pages, and the events of a tree that runs.
+
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+/// What a lazy-pages daemon asks for: every change of the address space it serves is reported,
+/// and a fault says which thread took it.
+pub const LAZY_FEATURES: u64 = UFFD_FEATURE_EVENT_FORK
+    | UFFD_FEATURE_EVENT_REMAP
+    | UFFD_FEATURE_EVENT_REMOVE
+    | UFFD_FEATURE_EVENT_UNMAP
+    | UFFD_FEATURE_THREAD_ID;
+
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+const UFFDIO_WAKE: libc::c_ulong = ior(0x02, std::mem::size_of::<UffdioRange>());
+const UFFDIO_COPY: libc::c_ulong = iowr(0x03, std::mem::size_of::<UffdioCopy>());
+const UFFDIO_ZEROPAGE: libc::c_ulong = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
+
+/// Registers [start, end) of the descriptor's process so that touching a page that is not
+/// there waits for whoever reads the descriptor.
+pub fn register_missing(
+    uffd: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> std::result::Result<(), Errno> {
+    let mut r = UffdioRegister {
+        range: UffdioRange {
+            start,
+            len: end - start,
+        },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes one uffdio_register.
+    let ret = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_REGISTER,
+            &mut r as *mut UffdioRegister,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// What a UFFDIO_COPY or UFFDIO_ZEROPAGE did: bytes placed from the start of the range, and
+/// the error that stopped it early, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Filled {
+    pub done: u64,
+    pub error: Option<Errno>,
+}
+
+fn filled(ret: libc::c_int, reported: i64, len: u64) -> Filled {
+    if ret == 0 {
+        return Filled {
+            done: len,
+            error: None,
+        };
+    }
+    let err = Errno::last();
+    Filled {
+        done: reported.max(0) as u64,
+        error: Some(if reported < 0 {
+            Errno::from_raw(-reported as i32)
+        } else {
+            err
+        }),
+    }
+}
+
+/// Places `data` at `dst` in the descriptor's process (atomically per page) and wakes the
+/// threads waiting there.
+pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> Filled {
+    let mut c = UffdioCopy {
+        dst,
+        src: data.as_ptr() as u64,
+        len: data.len() as u64,
+        mode: 0,
+        copy: 0,
+    };
+    // SAFETY: UFFDIO_COPY reads `len` bytes at `src` (our buffer, alive for the call) and
+    // writes the count back into the struct.
+    let ret = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, &mut c as *mut UffdioCopy) };
+    filled(ret, c.copy, data.len() as u64)
+}
+
+/// Maps the zero page over [start, start + len) and wakes the threads waiting there.
+pub fn zeropage(uffd: BorrowedFd<'_>, start: u64, len: u64) -> Filled {
+    let mut z = UffdioZeropage {
+        range: UffdioRange { start, len },
+        mode: 0,
+        zeropage: 0,
+    };
+    // SAFETY: UFFDIO_ZEROPAGE reads and writes one uffdio_zeropage.
+    let ret = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_ZEROPAGE,
+            &mut z as *mut UffdioZeropage,
+        )
+    };
+    filled(ret, z.zeropage, len)
+}
+
+/// Wakes the threads waiting on [start, start + len) (whose page arrived by another way).
+pub fn wake(uffd: BorrowedFd<'_>, start: u64, len: u64) -> std::result::Result<(), Errno> {
+    let r = UffdioRange { start, len };
+    // SAFETY: UFFDIO_WAKE reads one uffdio_range.
+    let ret = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WAKE, &r as *const UffdioRange) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// One message read from a userfaultfd.
+#[derive(Debug)]
+pub enum Event {
+    /// A thread (`tid`, when the feature was asked for) touched the missing page at `addr`.
+    PageFault { addr: u64, tid: u32 },
+    /// The process forked: the child's memory is served through this new descriptor.
+    Fork(std::os::fd::OwnedFd),
+    /// mremap moved [from, from + len) to `to`.
+    Remap { from: u64, to: u64, len: u64 },
+    /// madvise(MADV_DONTNEED/REMOVE) emptied [start, end): those pages read as zeros now.
+    Remove { start: u64, end: u64 },
+    /// munmap (or mremap shrinking, or a mapping on top) removed [start, end).
+    Unmap { start: u64, end: u64 },
+    /// An event this code does not know.
+    Other(u8),
+}
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_FORK: u8 = 0x13;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
+
+/// Reads the next message of a non-blocking descriptor; None when there is none.
+pub fn read_event(uffd: BorrowedFd<'_>) -> std::result::Result<Option<Event>, Errno> {
+    let mut m = [0u8; 32];
+    let n = loop {
+        // SAFETY: read writes at most 32 bytes into `m`.
+        let n = unsafe { libc::read(uffd.as_raw_fd(), m.as_mut_ptr().cast(), m.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            e => return Err(e),
+        }
+    };
+    if n != m.len() {
+        return Err(Errno::EIO);
+    }
+    let u64_at = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().expect("8 bytes"));
+    let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().expect("4 bytes"));
+    // The union of arguments starts at byte 8.
+    Ok(Some(match m[0] {
+        UFFD_EVENT_PAGEFAULT => Event::PageFault {
+            addr: u64_at(16),
+            tid: u32_at(24),
+        },
+        UFFD_EVENT_FORK => {
+            let fd = u32_at(8) as i32;
+            // SAFETY: the kernel installed this descriptor in our table for this message.
+            Event::Fork(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            })
+        }
+        UFFD_EVENT_REMAP => Event::Remap {
+            from: u64_at(8),
+            to: u64_at(16),
+            len: u64_at(24),
+        },
+        UFFD_EVENT_REMOVE => Event::Remove {
+            start: u64_at(8),
+            end: u64_at(16),
+        },
+        UFFD_EVENT_UNMAP => Event::Unmap {
+            start: u64_at(8),
+            end: u64_at(16),
+        },
+        other => Event::Other(other),
+    }))
+}
