@@ -269,6 +269,11 @@ impl FileTable {
     /// files.img and the images of file contents: pipes-data.img, fifo-data.img,
     /// sk-queues.img, remap-fpath.img with ghost-file-N.img, filelocks.img (each only when
     /// it has entries).
+    /// Terminals' sessions and foreground groups in the pids of the tree (see pidns).
+    pub fn map_tty_pids(&mut self, to: &dyn Fn(pid_t) -> Result<pid_t>) -> Result<()> {
+        self.ttys.map_pids(to)
+    }
+
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
         // Named sockets outside the dump that sockets of it are connected to (--ext-unix-sk).
         let external = self.unix.external_peers(self.next_id);

@@ -35,6 +35,7 @@ pub mod memfd;
 pub mod netlock;
 pub mod pageserver;
 pub mod pidfd;
+pub mod pidns;
 pub mod pipes;
 pub mod regs;
 pub mod remote;

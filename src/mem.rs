@@ -754,7 +754,14 @@ pub trait PageSink {
     fn has_parent(&mut self, pid: pid_t) -> Result<bool>;
     /// Saves a task's pages as planned; a running task (`live`) may lose pages meanwhile: they
     /// leave the plan. Returns how many were lost.
-    fn write_task(&mut self, plan: &mut PagePlan, pages_id: u32, live: bool) -> Result<u64>;
+    /// `image_pid` names the task in the images (its pid in its own pid namespace).
+    fn write_task(
+        &mut self,
+        plan: &mut PagePlan,
+        image_pid: pid_t,
+        pages_id: u32,
+        live: bool,
+    ) -> Result<u64>;
     /// Saves the data ranges `ranges` (offsets) of shared memory object `shmid`, read from `obj`.
     /// `obj` holds `size` bytes; its last page may reach past them (a memfd's), as zeros.
     fn write_shared(
@@ -780,7 +787,13 @@ impl PageSink for LocalPages {
         Ok(true)
     }
 
-    fn write_task(&mut self, plan: &mut PagePlan, pages_id: u32, live: bool) -> Result<u64> {
+    fn write_task(
+        &mut self,
+        plan: &mut PagePlan,
+        image_pid: pid_t,
+        pages_id: u32,
+        live: bool,
+    ) -> Result<u64> {
         let path = self.dir.file(&crate::images::pages_file_name(pages_id));
         let out = File::options()
             .read(true)
@@ -790,7 +803,7 @@ impl PageSink for LocalPages {
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let lost = copy_pages(plan, &out, live)?;
-        let mut pm = self.dir.create(crate::images::Kind::Pagemap, plan.pid)?;
+        let mut pm = self.dir.create(crate::images::Kind::Pagemap, image_pid)?;
         pm.write(&pb::PagemapHead { pages_id })?;
         for e in &plan.entries {
             pm.write(e)?;

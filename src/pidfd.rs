@@ -31,14 +31,22 @@ fn open_flags(flags: u32) -> u32 {
 
 /// The entry, and the pid it refers to (None: a dead process).
 pub fn dump(fd: &TaskFd, id: u32) -> Result<(pb::FileEntry, Option<pid_t>)> {
-    let nspid: i32 = fd
+    // NSpid goes from our namespace (our /proc's) to the process's own: the image keeps the
+    // pid its holder sees (the innermost), /proc and the tree check need ours (the first).
+    let pids: Vec<i32> = fd
         .field("NSpid")
-        .and_then(|v| v.split_whitespace().last())
         .or_else(|| fd.field("Pid"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| fd.unsupported(format!("{}: no Pid in fdinfo", fd.link)))?;
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (Some(&host), Some(&nspid)) = (pids.first(), pids.last()) else {
+        return Err(fd.unsupported(format!("{}: no Pid in fdinfo", fd.link)));
+    };
     let flags = fd.flags & !(libc::O_RDWR as u32);
-    if flags & PIDFD_THREAD != 0 && nspid > 0 && !is_leader(nspid) {
+    if flags & PIDFD_THREAD != 0 && host > 0 && !is_leader(host) {
         return Err(fd.unsupported(format!(
             "pidfd of thread {nspid} (PIDFD_THREAD of a thread other than its leader is not \
              supported yet)"
@@ -58,7 +66,7 @@ pub fn dump(fd: &TaskFd, id: u32) -> Result<(pb::FileEntry, Option<pid_t>)> {
         }),
         ..Default::default()
     };
-    Ok((e, (nspid > 0).then_some(nspid)))
+    Ok((e, (host > 0).then_some(host)))
 }
 
 fn is_leader(tid: pid_t) -> bool {

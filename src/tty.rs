@@ -81,6 +81,15 @@ impl TtyDump {
         Ok(())
     }
 
+    /// Rewrites the sessions and foreground groups noted with `to` (our pids to the tree's,
+    /// for a tree in a pid namespace of its own).
+    pub fn map_pids(&mut self, to: &dyn Fn(pid_t) -> Result<pid_t>) -> Result<()> {
+        for (sid, pgrp) in self.sessions.values_mut() {
+            (*sid, *pgrp) = (to(*sid)?, to(*pgrp)?);
+        }
+        Ok(())
+    }
+
     /// The file entry of a terminal fd; its tty-info entry the first time the terminal is
     /// seen. Refuses what would lose data or cannot be made again.
     pub fn dump(

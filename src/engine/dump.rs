@@ -15,6 +15,7 @@ use crate::images::{ImageDir, Kind, IMG_VERSION, IMG_VERSION_COW};
 use crate::mem::{self, Tracking};
 use crate::options::Options;
 use crate::pb;
+use crate::pidns::PidMap;
 use crate::procfs;
 use crate::regs;
 use crate::remote::{Remote, Resume};
@@ -548,6 +549,78 @@ fn write_images(dir: &ImageDir, t: &TaskImages, fdinfo_written: &mut Vec<u32>) -
     Ok(())
 }
 
+/// The images of one task as its pid namespace sees it (see pidns): every pid in them is the
+/// namespace's, and so are the names of its image files.
+fn to_ns_pids(t: &mut TaskImages, pids: &PidMap) -> Result<()> {
+    let host = t.pid;
+    t.ids.pid_ns_id = Some(if pids.own_ns {
+        crate::pidns::TREE_PID_NS_ID
+    } else {
+        crate::pidns::HOST_PID_NS_ID
+    });
+    if !pids.own_ns {
+        return Ok(());
+    }
+    t.pid = pids.ns(host, host)?;
+    let e = &mut t.pstree;
+    e.pid = t.pid as u32;
+    e.ppid = pids.ns(host, e.ppid as pid_t)? as u32;
+    e.pgid = pids.ns(host, e.pgid as pid_t)? as u32;
+    e.sid = pids.ns(host, e.sid as pid_t)? as u32;
+    for tid in e.threads.iter_mut() {
+        *tid = pids.ns(host, *tid as pid_t)? as u32;
+    }
+    for (tid, core) in t.cores.iter_mut() {
+        *tid = pids.ns(host, *tid)?;
+        // /proc/PID/timers names the thread a timer signals with our namespace's tid.
+        let timers = core.tc.as_mut().and_then(|tc| tc.timers.as_mut());
+        for timer in timers.into_iter().flat_map(|t| t.posix.iter_mut()) {
+            if let Some(tid) = timer.notify_thread_id.as_mut() {
+                *tid = pids.ns(host, *tid as pid_t)? as _;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The owner (F_SETOWN) of a file, whatever its kind: a pid of ours at dump.
+fn fown_mut(e: &mut pb::FileEntry) -> Option<&mut pb::FownEntry> {
+    if let Some(x) = e.reg.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.pipe.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.usk.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.efd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.tty.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.epfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.sgfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.tfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.ify.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.ffy.as_mut() {
+        return Some(&mut x.fown);
+    }
+    if let Some(x) = e.pidfd.as_mut() {
+        return Some(&mut x.fown);
+    }
+    e.memfd.as_mut().map(|x| &mut x.fown)
+}
+
 /// A zombie's core: its state, exit status and name; nothing else survives death.
 fn zombie_core(z: &Zombie) -> pb::CoreEntry {
     pb::CoreEntry {
@@ -753,6 +826,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             "the dumper is inside the tree it dumps".into(),
         ));
     }
+    let pids = crate::pidns::PidMap::for_dump(&frozen)?;
     check_tree(&frozen, opts)?;
     // CRIU asks an RPC client for external resources once the tree is frozen.
     notify.notify("query-ext-files", pid, None)?;
@@ -765,7 +839,7 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         timing,
         ..Default::default()
     };
-    let written = write_tree(opts, &dir, &mut frozen, &mut tree, token, &mut *sink);
+    let written = write_tree(opts, &dir, &mut frozen, &mut tree, &pids, token, &mut *sink);
     let mut tracking = std::mem::take(&mut tree.tracking);
     let mut timing = match written {
         Ok(()) => tree.timing,
@@ -834,6 +908,7 @@ fn write_tree(
     dir: &ImageDir,
     frozen: &mut Frozen,
     tree: &mut TreeImages,
+    pids: &PidMap,
     token: u64,
     sink: &mut dyn mem::PageSink,
 ) -> Result<()> {
@@ -855,16 +930,22 @@ fn write_tree(
         ..
     } = tree;
     // Pipes and sockets are whole only when every holder was dumped.
-    let pids: Vec<pid_t> = images
+    let holders: Vec<pid_t> = images
         .iter()
         .map(|t| t.pid)
         .chain(frozen.zombies.iter().map(|z| z.pid))
         .collect();
-    files.check_complete(&pids)?;
+    files.check_complete(&holders)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
     for t in images.iter_mut() {
-        sink.write_task(&mut t.pages, t.pages_id, false)?;
+        // The images name a task by its pid in its own pid namespace.
+        let image_pid = if pids.own_ns {
+            pids.ns(t.pid, t.pid)?
+        } else {
+            t.pid
+        };
+        sink.write_task(&mut t.pages, image_pid, t.pages_id, false)?;
     }
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();
@@ -875,6 +956,9 @@ fn write_tree(
     timing.shpages_written = mem::dump_shared(shared, sink, images.len() as u32 + 1)?;
     timing.memdump += t0.elapsed();
     assign_ids(frozen, &mut images)?;
+    for t in images.iter_mut() {
+        to_ns_pids(t, pids)?;
+    }
     let mut fdinfo_written = Vec::new();
     for t in &images {
         write_images(&dir, t, &mut fdinfo_written)?;
@@ -888,16 +972,26 @@ fn write_tree(
             Member::Alive(i) => pstree.push(images[i].pstree.clone()),
             Member::Zombie(i) => {
                 let z = &frozen.zombies[i];
-                dir.write_one(Kind::Core, z.pid, &zombie_core(z))?;
+                let pid = pids.ns(z.pid, z.pid)?;
+                dir.write_one(Kind::Core, pid, &zombie_core(z))?;
                 pstree.push(pb::PstreeEntry {
-                    pid: z.pid as u32,
-                    ppid: z.ppid as u32,
-                    pgid: z.stat.pgid as u32,
-                    sid: z.stat.sid as u32,
-                    threads: vec![z.pid as u32],
+                    pid: pid as u32,
+                    ppid: pids.ns(z.pid, z.ppid)? as u32,
+                    pgid: pids.ns(z.pid, z.stat.pgid)? as u32,
+                    sid: pids.ns(z.pid, z.stat.sid)? as u32,
+                    threads: vec![pid as u32],
                 });
             }
         }
+    }
+    if pids.own_ns {
+        let root = frozen.tasks[0].pid;
+        for e in files.entries.iter_mut() {
+            if let Some(fown) = fown_mut(e).filter(|f| f.pid != 0) {
+                fown.pid = pids.ns(root, fown.pid as pid_t)? as u32;
+            }
+        }
+        files.map_tty_pids(&|p| pids.ns(root, p))?;
     }
     files.write_images(&dir)?;
     dir.write_all(Kind::Pstree, "", &pstree)?;
@@ -924,7 +1018,11 @@ fn write_tree(
                 IMG_VERSION
             },
             fdinfo_per_id: Some(true),
-            root_ids: Some(images[0].ids),
+            // The dumper's own pid namespace: a root in another one is the init of its own.
+            root_ids: Some(pb::TaskKobjIdsEntry {
+                pid_ns_id: Some(crate::pidns::HOST_PID_NS_ID),
+                ..images[0].ids
+            }),
             ns_per_id: Some(true),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
             dump_uptime: Some(token),

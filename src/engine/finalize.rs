@@ -10,6 +10,7 @@ use crate::engine::restore::{Ready, TaskImage};
 use crate::error::{Error, Result};
 use crate::mem::{self, Layout};
 use crate::pb;
+use crate::pidns::PidMap;
 use crate::procfs;
 use crate::regs;
 use crate::signals;
@@ -27,7 +28,9 @@ const D_BIG: u64 = 16 << 10;
 
 struct Ctl<'a> {
     inj: Injector<'a>,
+    /// The task's pid for us (ptrace, /proc); `ns_pid` is its own (syscalls run inside it).
     pid: pid_t,
+    ns_pid: pid_t,
     data: u64,
 }
 
@@ -67,6 +70,7 @@ fn stop(t: &Tracee) -> Result<()> {
 
 /// Swaps a parked task into its final shape and loads its registers; it stays stopped until
 /// `release`. Returns the tracees of its other threads.
+#[allow(clippy::too_many_arguments)]
 pub fn finalize(
     tracee: &Tracee,
     task: &TaskImage,
@@ -74,15 +78,16 @@ pub fn finalize(
     layout: &Layout,
     shared: &[(u64, u64)],
     ready: &Ready,
+    pids: &PidMap,
     lazy: Option<(&crate::lazy::Handoff, &[bool])>,
 ) -> Result<Vec<Tracee>> {
-    let pid = task.pid;
+    let pid = pids.host(task.pid);
     stop(tracee)?;
     // The other threads are parked in pause(): attach to them now.
     let mut others = Vec::with_capacity(task.threads.len());
     for (tid, _) in &task.threads {
         let t = Tracee::seize(
-            *tid,
+            pids.host(*tid),
             PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
         )?;
         stop(&t)?;
@@ -93,6 +98,7 @@ pub fn finalize(
     let ctl = Ctl {
         inj: Injector::new(tracee, tracee.get_regs()?, layout.ctrl),
         pid,
+        ns_pid: task.pid,
         data: layout.ctrl_data(),
     };
 
@@ -291,15 +297,17 @@ pub fn finalize(
         let tctl = Ctl {
             inj: Injector::new(t, t.get_regs()?, layout.ctrl),
             pid,
+            ns_pid: task.pid,
             data: layout.ctrl_data(),
         };
-        restore_thread_state(&tctl, core, tid, tid != pid)?;
+        restore_thread_state(&tctl, core, tid, tid != task.pid)?;
     }
     // 7. Credentials (per thread), then what depends on them.
     for (t, (_, core)) in tracees.iter().zip(task.all_threads()) {
         let tctl = Ctl {
             inj: Injector::new(t, t.get_regs()?, layout.ctrl),
             pid,
+            ns_pid: task.pid,
             data: layout.ctrl_data(),
         };
         if let Some(creds) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
@@ -317,6 +325,7 @@ pub fn finalize(
         let tctl = Ctl {
             inj: Injector::new(t, t.get_regs()?, layout.ctrl),
             pid,
+            ns_pid: task.pid,
             data: layout.ctrl_data(),
         };
         let th = core.thread_core.as_ref();
@@ -467,7 +476,7 @@ fn restore_thread_state(
             ctl.sys(
                 "rt_tgsigqueueinfo(pending signal)",
                 libc::SYS_rt_tgsigqueueinfo,
-                [ctl.pid as u64, tid as u64, signo as u64, a, 0, 0],
+                [ctl.ns_pid as u64, tid as u64, signo as u64, a, 0, 0],
             )?;
         }
     }

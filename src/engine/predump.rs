@@ -67,6 +67,13 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             "the dumper is inside the tree it dumps".into(),
         ));
     }
+    // Pre-dump images would be named by host pids, the dump's by the namespace's.
+    if crate::pidns::PidMap::for_dump(&frozen)?.own_ns {
+        return Err(Error::unsupported(
+            pid,
+            "a pre-dump of the init of a pid namespace (not supported yet; dump it directly)",
+        ));
+    }
     let mut tracking: Vec<TaskTracking> = Vec::new();
     let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking, &mut *sink);
     let tasks = match listed {
@@ -106,7 +113,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         let mut plan = mem::plan_pages(t.pid, &t.vmas, scan, None, tt.held.as_deref(), true)?;
         log::debug!("pid {}: planned", t.pid);
         plan.refine_pinning()?;
-        sink.write_task(&mut plan, t.pages_id, true)?;
+        sink.write_task(&mut plan, t.pid, t.pages_id, true)?;
         timing.stats.scanned += plan.stats.scanned;
         timing.stats.written += plan.stats.written;
         timing.stats.skipped_parent += plan.stats.skipped_parent;

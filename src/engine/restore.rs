@@ -148,6 +148,9 @@ pub struct Plan {
     pub go: Vec<(RawFd, RawFd)>,
     /// All processes report on this pipe (write end), the restorer reads (read end).
     pub report: (RawFd, RawFd),
+    /// The root is the init of a pid namespace of its own (see pidns): it is forked into a
+    /// fresh one, and the pids of the images are that namespace's.
+    pub new_pidns: bool,
 }
 
 /// A process that exists only during the restore, with the pid of a session or process group
@@ -311,6 +314,18 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         }
     }
     let helpers = plan_helpers(&procs, &parent, opts.shell_job, opts.restore_sibling)?;
+    // A root in another pid namespace than the dumper's was the init of its own.
+    let new_pidns = match (&procs[0], inv.root_ids.and_then(|r| r.pid_ns_id)) {
+        (Proc::Alive(t), Some(ours)) => t.ids.pid_ns_id.is_some_and(|id| id != ours),
+        _ => false,
+    };
+    if new_pidns && (procs[0].pid() != 1 || helpers.iter().any(|h| h.parent.is_none())) {
+        return Err(Error::image(
+            dir.file("pstree.img"),
+            "the root of a pid namespace of its own must be its pid 1, in a session it leads \
+             or inherits",
+        ));
+    }
     check_shared_ids(&procs, &parent).map_err(|why| Error::image(dir.file("pstree.img"), why))?;
     // Private memory still shared with the parent at checkpoint time is inherited again.
     let inherit = (0..procs.len())
@@ -333,6 +348,7 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         shell_job: opts.shell_job,
         go: Vec::new(),
         report: (-1, -1),
+        new_pidns,
     })
 }
 
@@ -484,6 +500,10 @@ fn check_shared_ids(procs: &[Proc], parent: &[Option<usize>]) -> std::result::Re
 
 /// Every pid and tid the tree needs must be free.
 fn check_pids(plan: &Plan) -> Result<()> {
+    // A fresh pid namespace has every pid free.
+    if plan.new_pidns {
+        return Ok(());
+    }
     for p in &plan.procs {
         for &tid in &p.pstree().threads {
             if systask::pid_in_use(tid as pid_t) {
@@ -547,6 +567,14 @@ impl Drop for Created {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
+        // Our tracees' deaths are reported to us first: until we take them, the init of a
+        // pid namespace of the tree's own would wait for them forever.
+        for &pid in &self.pids {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::__WALL),
+            );
+        }
         if let (Some(root), true) = (self.root, self.root_is_ours) {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
         }
@@ -568,6 +596,12 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     check_pids(&plan)?;
+    // The lazy-pages daemon knows the tasks by one pid: images' and ours differ here.
+    if opts.lazy_pages && plan.new_pidns {
+        return Err(Error::InvalidOptions(
+            "a lazy restore of a pid namespace's init is not supported yet".into(),
+        ));
+    }
     // Lazy restore: the daemon must be there before anything is built.
     let handoff = if opts.lazy_pages {
         Some(crate::lazy::Handoff::connect(opts.work_dir())?)
@@ -752,6 +786,8 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
     };
     let t_fork = Instant::now();
     let root_pid = plan.procs[0].pid();
+    // The tasks' pids as we see them (ptrace, /proc), from what each reports.
+    let mut pids = crate::pidns::PidMap::new(plan.new_pidns);
     let mut created = Created {
         tracees: Vec::new(),
         pids: Vec::new(),
@@ -769,6 +805,14 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             Forked::Parent(pid) => {
                 created.helper = Some(pid);
                 created.root = Some(root_pid);
+            }
+        },
+        // The init of a fresh pid namespace is pid 1 there whatever we ask.
+        None if plan.new_pidns => match fork_with_pid(None, flags | libc::CLONE_NEWPID as u64)? {
+            Forked::Child => run_task(&plan, 0),
+            Forked::Parent(pid) => {
+                created.root = Some(pid);
+                pids.insert(pid, root_pid);
             }
         },
         None => match fork_with_pid(Some(root_pid), flags)? {
@@ -793,10 +837,16 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         match kind {
             REPORT_CREATED => {
                 pending -= 1;
-                created.pids.push(pid);
+                // Each reports its pid in our namespace too.
+                let host = match body.get(..4) {
+                    Some(b) if plan.new_pidns => i32::from_ne_bytes(b.try_into().unwrap()),
+                    _ => pid,
+                };
+                pids.insert(host, pid);
+                created.pids.push(host);
                 if alive.iter().any(|&i| plan.procs[i].pid() == pid) {
                     let t = Tracee::seize(
-                        pid,
+                        host,
                         PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP,
                     )?;
                     created.tracees.push((pid, t));
@@ -900,6 +950,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             .find(|(p, _)| *p == task.pid)
             .ok_or_else(|| Error::task(task.pid, "never reported ready"))?
             .1;
+        pids.add_threads(pids.host(task.pid))?;
         threads.push(finalize(
             tracee,
             task,
@@ -907,9 +958,12 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
             plan.layouts[i].as_ref().unwrap(),
             &plan.shared,
             r,
+            &pids,
             handoff.as_ref().map(|h| (h, lazy[i].as_slice())),
         )?);
     }
+    // From here on, the root's pid as the caller sees it.
+    let root_pid = pids.host(root_pid);
     notify.notify("post-restore", root_pid, None)?;
     // Like CRIU: the network is unlocked, then the connections leave repair mode.
     crate::inet::finish_restore(&dir)?;
@@ -930,7 +984,7 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         if task.tc().task_state == TASK_STOPPED {
             if let Some(sig) = task.tc().stop_signo {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(task.pid),
+                    nix::unistd::Pid::from_raw(pids.host(task.pid)),
                     nix::sys::signal::Signal::try_from(sig as i32).ok(),
                 );
             }

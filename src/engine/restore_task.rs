@@ -98,7 +98,7 @@ fn become_helper(plan: &Plan, h: usize) -> Result<()> {
             sysfd::close(r);
         }
     }
-    report(plan.report.1, helper.pid, REPORT_CREATED, &[]);
+    report(plan.report.1, helper.pid, REPORT_CREATED, &host_pid(plan));
     wait_go(go)?;
     // Every process exists now; the members of our group join it right after "go". Once they
     // all have, the group lives on without us. (A member that is gone means the restore failed.)
@@ -140,6 +140,15 @@ fn wait_go(go: RawFd) -> Result<()> {
     match nix::unistd::read(sysfd::borrow(go), &mut b) {
         Ok(1) => Ok(()),
         _ => Err(Error::InvalidOptions("the restorer went away".into())),
+    }
+}
+
+/// Our pid in the restorer's namespace, for its ptrace and /proc accesses: sent with
+/// REPORT_CREATED when the tree has a pid namespace of its own (see pidns).
+fn host_pid(plan: &Plan) -> Vec<u8> {
+    match crate::pidns::own_host_pid().filter(|_| plan.new_pidns) {
+        Some(p) => p.to_ne_bytes().to_vec(),
+        None => Vec::new(),
     }
 }
 
@@ -212,7 +221,7 @@ fn become_task(plan: &Plan, idx: usize, report_fd: &mut RawFd) -> Result<()> {
             }
         }
     }
-    report(*report_fd, pid, REPORT_CREATED, &[]);
+    report(*report_fd, pid, REPORT_CREATED, &host_pid(plan));
     wait_go(go)?;
     // Every process exists now, so every process group does: join ours.
     if e.pgid as pid_t != pid && nix::unistd::getpgrp().as_raw() != e.pgid as pid_t {
@@ -465,7 +474,11 @@ fn build_self(
         // a signal with a kernel or tkill si_code to itself.
         let th = core.thread_core.as_ref().expect("checked on load");
         if let Some(comm) = &th.comm {
-            std::fs::write(format!("/proc/self/task/{tid}/comm"), comm)
+            let proc_tid = match plan.new_pidns {
+                true => crate::pidns::own_thread_in_proc(*tid),
+                false => *tid,
+            };
+            std::fs::write(format!("/proc/self/task/{proc_tid}/comm"), comm)
                 .map_err(|e| Error::io(format!("set the name of thread {tid}"), e))?;
         }
     }

@@ -98,8 +98,14 @@ impl PageSink for RemotePages {
         Ok(i32::from_ne_bytes(b) > 0)
     }
 
-    fn write_task(&mut self, plan: &mut PagePlan, _pages_id: u32, live: bool) -> Result<u64> {
-        let pid = plan.pid();
+    fn write_task(
+        &mut self,
+        plan: &mut PagePlan,
+        image_pid: pid_t,
+        _pages_id: u32,
+        live: bool,
+    ) -> Result<u64> {
+        let pid = image_pid;
         let dst = dst_id(PS_TYPE_PID, pid as u64);
         let has_parent = self.open(dst)?;
         let parents = plan
