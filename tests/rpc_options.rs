@@ -91,6 +91,8 @@ fn directories_come_from_the_clients_descriptors() {
     assert_eq!(o.work_dir.as_deref(), Some(work.as_path()));
     assert_eq!(o.log_file, Some(PathBuf::from("dump.log")));
     assert_eq!(o.work_dir(), work.as_path());
+    let _ = std::fs::remove_dir_all(&images);
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// The descriptor numbers belong to the client, not to us: read through /proc/CLIENT/fd.
@@ -123,6 +125,7 @@ fn descriptors_of_another_process() {
     let o = options_from_req(&req, Purpose::Restore, client);
     child.kill().unwrap();
     child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(o.unwrap().images_dir, dir);
 
     // A number the client does not have open.
