@@ -48,21 +48,6 @@ fn names(s: &Scratch) -> HashMap<String, i64> {
         .collect()
 }
 
-/// Sends SIGUSR2 (which its signalfd must find) and SIGUSR1 (the workload then checks itself)
-/// and asserts that every check passed.
-fn verify(s: &Scratch, pid: i32, who: &str) {
-    assert!(kill(pid, libc::SIGUSR2));
-    assert!(kill(pid, libc::SIGUSR1));
-    let code = wait_exit(pid, T);
-    assert_eq!(
-        code,
-        0,
-        "{who} failed its checks (exit {code}): {}; out: {}",
-        s.read("result"),
-        s.read("out")
-    );
-}
-
 /// The locks /proc/locks shows for `pid` (POSIX and flock locks carry the holder's pid; OFD
 /// locks show -1).
 fn locks_of(pid: i32) -> Vec<String> {
@@ -95,7 +80,9 @@ fn dump_kill_restore_checks_every_kind() {
     let mut held = locks_of(pid);
     held.sort();
     assert_eq!(held, ["FLOCK", "LEASE", "POSIX"], "locks held by pid {pid}");
-    verify(&s, pid, "the restored task");
+    // Its signalfd must find SIGUSR2.
+    assert!(kill(pid, libc::SIGUSR2));
+    s.verify(pid, "the restored task");
 }
 
 #[test]
@@ -119,7 +106,9 @@ fn leave_running_then_restore() {
     // The files the original created meanwhile are in the way of nothing; its ghost files are
     // gone with it, so only the images hold them now.
     assert_eq!(s.restore(&[]), pid);
-    verify(&s, pid, "the restored task");
+    // Its signalfd must find SIGUSR2.
+    assert!(kill(pid, libc::SIGUSR2));
+    s.verify(pid, "the restored task");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,19 +24,6 @@ fn start_fdkinds(s: &Scratch) -> (KillOnDrop, i32) {
     (child, pid)
 }
 
-/// Sends SIGUSR1 (the workload then checks itself) and asserts it passed.
-fn verify(s: &Scratch, pid: i32, who: &str) {
-    assert!(kill(pid, libc::SIGUSR1));
-    let code = wait_exit(pid, T);
-    assert_eq!(
-        code,
-        0,
-        "{who} failed its checks (exit {code}): {}; out: {}",
-        s.read("result"),
-        s.read("out")
-    );
-}
-
 /// The workload's "fds" file: name → fd number.
 fn fd_names(s: &Scratch) -> HashMap<String, u64> {
     s.read("fds")
@@ -59,7 +46,7 @@ fn dump_kill_restore_with_contents() {
     check_images_with_crit(&s);
     let restored = s.restore(&[]);
     assert_eq!(restored, pid);
-    verify(&s, pid, "the restored task");
+    s.verify(pid, "the restored task");
 }
 
 #[test]
@@ -82,7 +69,7 @@ fn leave_running_then_restore() {
     // Its FIFO is free again (no one holds it open), so the restore refills it.
     let restored = s.restore(&[]);
     assert_eq!(restored, pid);
-    verify(&s, pid, "the restored task");
+    s.verify(pid, "the restored task");
 }
 
 // ---------------------------------------------------------------------------------------------

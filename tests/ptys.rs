@@ -27,18 +27,6 @@ fn reap_descendants(s: &Scratch) {
     }
 }
 
-fn verify(s: &Scratch, pid: i32, who: &str) {
-    assert!(kill(pid, libc::SIGUSR1));
-    let code = wait_exit(pid, T);
-    assert_eq!(
-        code,
-        0,
-        "{who} failed its checks (exit {code}): {}; out: {}",
-        s.read("result"),
-        s.read("out")
-    );
-}
-
 #[test]
 fn ptys_of_the_tree_come_back_with_their_index_settings_and_session() {
     become_subreaper();
@@ -57,7 +45,7 @@ fn ptys_of_the_tree_come_back_with_their_index_settings_and_session() {
         std::path::Path::new(&format!("/dev/pts/{index}")).exists(),
         "/dev/pts/{index} is not back"
     );
-    verify(&s, pid, "the restored tree");
+    s.verify(pid, "the restored tree");
 }
 
 #[test]

@@ -17,19 +17,6 @@ fn start_basic(s: &Scratch) -> (std::process::Child, i32) {
     (child, pid)
 }
 
-/// Sends SIGUSR1 (the workload then checks itself) and returns its verdict.
-fn verify(s: &Scratch, pid: i32) {
-    assert!(kill(pid, libc::SIGUSR1));
-    let code = wait_exit(pid, T);
-    assert_eq!(
-        code,
-        0,
-        "restored task failed its checks: result {} (exit {code}); out: {}",
-        s.read("result"),
-        s.read("out")
-    );
-}
-
 #[test]
 fn dump_kill_restore_twice() {
     become_subreaper();
@@ -43,7 +30,7 @@ fn dump_kill_restore_twice() {
         let _ = std::fs::remove_file(s.path("result"));
         let restored = s.restore(&[]);
         assert_eq!(restored, pid, "round {round}: restored under another pid");
-        verify(&s, pid);
+        s.verify(pid, "the restored task");
     }
 }
 
@@ -65,7 +52,7 @@ fn leave_running_keeps_the_original() {
     );
     let restored = s.restore(&[]);
     assert_eq!(restored, pid);
-    verify(&s, pid);
+    s.verify(pid, "the restored task");
 }
 
 #[test]

@@ -29,18 +29,6 @@ fn start(s: &Scratch) -> (KillOnDrop, i32) {
     (child, pid)
 }
 
-fn verify(s: &Scratch, pid: i32, who: &str) {
-    assert!(kill(pid, libc::SIGUSR1));
-    let code = wait_exit(pid, T);
-    assert_eq!(
-        code,
-        0,
-        "{who} failed its checks (exit {code}): {}; out: {}",
-        s.read("result"),
-        s.read("out")
-    );
-}
-
 #[test]
 fn named_sockets_and_listeners_come_back_bound() {
     become_subreaper();
@@ -51,7 +39,7 @@ fn named_sockets_and_listeners_come_back_bound() {
     // The dead listener's socket file is still there: the restore takes its place.
     assert!(s.path("listen.sock").exists());
     assert_eq!(s.restore(&[]), pid);
-    verify(&s, pid, "the restored task");
+    s.verify(pid, "the restored task");
 }
 
 #[test]
@@ -126,7 +114,7 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
     assert!(!child.0.wait().unwrap().success());
     check_files_with_crit(&s);
     assert_eq!(s.restore(&[]), pid);
-    verify(&s, pid, "the restored task");
+    s.verify(pid, "the restored task");
     // Its socket was connected to ours again: what it sent is here.
     outside
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -214,7 +202,7 @@ fn files_in_flight_travel_with_their_messages() {
         .count();
     assert_eq!(with_rights, 3, "{j}");
     assert_eq!(s.restore(&[]), pid);
-    verify(&s, pid, "the restored task");
+    s.verify(pid, "the restored task");
 }
 
 fn crit() -> std::path::PathBuf {

@@ -52,6 +52,20 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Sends SIGUSR1, on which the workloads check their own state and exit, and asserts that
+    /// `who` (the task `pid`, our child) passed: exit 0, else its "result" and "out" files.
+    pub fn verify(&self, pid: i32, who: &str) {
+        assert!(kill(pid, libc::SIGUSR1));
+        let code = wait_exit(pid, Duration::from_secs(30));
+        assert_eq!(
+            code,
+            0,
+            "{who} failed its checks (exit {code}): {}; out: {}",
+            self.read("result"),
+            self.read("out")
+        );
+    }
+
     pub fn new(tag: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!(
             "criu-rs-{tag}-{}-{}",
