@@ -18,15 +18,6 @@ use serde_json::Value as Json;
 const T: Duration = Duration::from_secs(30);
 
 /// Kills the task when the test ends, also when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_evfds(s: &Scratch, extra: &[&str]) -> (KillOnDrop, i32) {
     let bin = workload("evfds");
     let mut args = vec![s.dir.to_str().unwrap()];
@@ -94,14 +85,7 @@ fn leave_running_then_restore() {
     assert_running_untraced(pid);
     // The dump changed nothing: the original passes every check (and its child exits).
     assert!(kill(pid, libc::SIGUSR2));
-    assert!(kill(pid, libc::SIGUSR1));
-    let st = child.0.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "the original failed its checks after the dump: {}",
-        s.read("result")
-    );
+    s.original_passes(&mut child.0);
     let _ = std::fs::remove_file(s.path("result"));
     // The files the original created meanwhile are in the way of nothing; its ghost files are
     // gone with it, so only the images hold them now.

@@ -57,14 +57,7 @@ fn leave_running_then_restore() {
     s.dump(pid, &["--leave-running"]);
     assert_running_untraced(pid);
     // The dump consumed nothing: the original still finds every byte and message.
-    assert!(kill(pid, libc::SIGUSR1));
-    let st = child.0.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "the original failed its checks after the dump: {}",
-        s.read("result")
-    );
+    s.original_passes(&mut child.0);
     let _ = std::fs::remove_file(s.path("result"));
     // Its FIFO is free again (no one holds it open), so the restore refills it.
     let restored = s.restore(&[]);
@@ -317,15 +310,6 @@ fn assert_refused(s: &Scratch, pid: i32, fd: &str, says: &[&str]) {
 }
 
 /// Kills the task when the test ends, also when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A Python loop that first runs `setup` (which writes the fd to name into the file "fd"),
 /// then bumps "beat".
 fn python_with(setup: &str) -> String {

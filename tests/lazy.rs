@@ -15,15 +15,6 @@ use common::*;
 const T: Duration = Duration::from_secs(120);
 
 /// Kills a process when the test ends, also when it fails.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the workload with `mib` MiB and dumps it (which ends it); returns its pid.
 fn dump_workload(s: &Scratch, mib: u32) -> i32 {
     let bin = workload("lazy");

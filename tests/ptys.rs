@@ -55,14 +55,7 @@ fn leave_running_keeps_the_ptys_working() {
     let (mut child, pid) = start_ptys(&s);
     s.dump(pid, &["--leave-running"]);
     assert_running_untraced(pid);
-    assert!(kill(pid, libc::SIGUSR1));
-    let st = child.0.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "the original failed its checks after the dump: {}",
-        s.read("result")
-    );
+    s.original_passes(&mut child.0);
 }
 
 /// tty-info.img as Debian's crit reads it: A's master and slave with their index, A's window
@@ -120,16 +113,6 @@ fn check_images_with_crit(s: &Scratch, index: u64) {
             .any(|e| e["locked"] == true && e["packet_mode"] == true),
         "B locked, in packet mode: {entries:?}"
     );
-}
-
-/// Kills the task when the test ends, also when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

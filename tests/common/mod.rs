@@ -51,7 +51,30 @@ pub struct Scratch {
     pub dir: PathBuf,
 }
 
+/// A workload child that is killed and reaped when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Scratch {
+    /// After a dump with --leave-running: SIGUSR1 makes the original (our child) check its own
+    /// state and exit, which must be with 0.
+    pub fn original_passes(&self, child: &mut Child) {
+        assert!(kill(child.id() as i32, libc::SIGUSR1));
+        let st = child.wait().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "the original failed its checks after the dump: {}",
+            self.read("result")
+        );
+    }
+
     /// Sends SIGUSR1, on which the workloads check their own state and exit, and asserts that
     /// `who` (the task `pid`, our child) passed: exit 0, else its "result" and "out" files.
     pub fn verify(&self, pid: i32, who: &str) {
