@@ -11,6 +11,14 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// The tests of this file take turns: a restored pty needs its old index, which a pty another
+/// test opens meanwhile can take.
+static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn start_ptys(s: &Scratch) -> (KillOnDrop, i32) {
     let bin = workload("ptys");
     let child = KillOnDrop(s.spawn(&bin, &[s.dir.to_str().unwrap()]));
@@ -29,6 +37,7 @@ fn reap_descendants(s: &Scratch) {
 
 #[test]
 fn ptys_of_the_tree_come_back_with_their_index_settings_and_session() {
+    let _turn = one_at_a_time();
     become_subreaper();
     let s = Scratch::new("ptys");
     let (mut child, pid) = start_ptys(&s);
@@ -50,6 +59,7 @@ fn ptys_of_the_tree_come_back_with_their_index_settings_and_session() {
 
 #[test]
 fn leave_running_keeps_the_ptys_working() {
+    let _turn = one_at_a_time();
     become_subreaper();
     let s = Scratch::new("ptys-leave");
     let (mut child, pid) = start_ptys(&s);
@@ -203,6 +213,7 @@ fn read_until(master: std::os::fd::RawFd, want: &str) -> String {
 
 #[test]
 fn shell_job_comes_back_on_the_restorers_terminal() {
+    let _turn = one_at_a_time();
     use std::os::fd::AsRawFd;
     become_subreaper();
     let s = Scratch::new("ptys-shell");
@@ -302,6 +313,7 @@ unsafe extern "C" fn take_orphan_master(
 
 #[test]
 fn orphan_pts_master_goes_to_the_library_caller() {
+    let _turn = one_at_a_time();
     use criu::capi::ops::*;
     use criu::capi::opts::*;
     use std::os::fd::AsRawFd;
@@ -367,6 +379,7 @@ fn orphan_pts_master_goes_to_the_library_caller() {
 
 #[test]
 fn orphan_pts_master_on_the_command_line_is_refused() {
+    let _turn = one_at_a_time();
     let s = Scratch::new("ptys-orphan-cli");
     let out = s.criu(&["restore", "-D", "img", "--orphan-pts-master"]);
     assert!(!out.status.success());
@@ -379,6 +392,7 @@ fn orphan_pts_master_on_the_command_line_is_refused() {
 
 #[test]
 fn unread_terminal_input_is_refused_and_the_task_runs_on() {
+    let _turn = one_at_a_time();
     use std::os::fd::AsRawFd;
     become_subreaper();
     let s = Scratch::new("ptys-unread");
