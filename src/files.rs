@@ -87,6 +87,17 @@ pub struct FileTable {
 }
 
 impl FileTable {
+    /// The id of the open file description `pid`'s `fd` (on inode `ino`) shares with an fd
+    /// dumped before, if it does.
+    fn description_of(&self, pid: pid_t, fd: i32, ino: u64) -> Result<Option<u32>> {
+        for &(other_pid, other_fd, id) in self.by_ino.get(&ino).map(Vec::as_slice).unwrap_or(&[]) {
+            if kcmp::same_file(pid, fd, other_pid, other_fd)? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn new() -> Self {
         FileTable {
             next_id: 1,
@@ -443,18 +454,7 @@ pub fn dump_fds(
         };
         let file_flags = info.flags & !(libc::O_CLOEXEC as u32);
 
-        let mut shared_id = None;
-        for &(other_pid, other_fd, id) in files
-            .by_ino
-            .get(&info.ino)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            if kcmp::same_file(pid, fd, other_pid, other_fd)? {
-                shared_id = Some(id);
-                break;
-            }
-        }
+        let shared_id = files.description_of(pid, fd, info.ino)?;
         let lock_lines = info
             .extra
             .iter()
@@ -634,18 +634,7 @@ fn dump_in_flight(files: &mut FileTable) -> Result<()> {
                 continue;
             }
             let info = procfs::fdinfo(me, raw)?;
-            let mut shared = None;
-            for &(other_pid, other_fd, id) in files
-                .by_ino
-                .get(&info.ino)
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-            {
-                if kcmp::same_file(me, raw, other_pid, other_fd)? {
-                    shared = Some(id);
-                    break;
-                }
-            }
+            let shared = files.description_of(me, raw, info.ino)?;
             let id = match shared {
                 Some(id) => id,
                 None => {

@@ -72,12 +72,21 @@ pub fn api(uffd: BorrowedFd<'_>, features: u64) -> Result<()> {
 
 /// Registers [start, end) of the descriptor's process for write-protect tracking.
 pub fn register_wp(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Result<(), Errno> {
+    register(uffd, start, end, UFFDIO_REGISTER_MODE_WP)
+}
+
+fn register(
+    uffd: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    mode: u64,
+) -> std::result::Result<(), Errno> {
     let mut r = UffdioRegister {
         range: UffdioRange {
             start,
             len: end - start,
         },
-        mode: UFFDIO_REGISTER_MODE_WP,
+        mode,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_REGISTER reads and writes one uffdio_register.
@@ -159,26 +168,7 @@ pub fn register_missing(
     start: u64,
     end: u64,
 ) -> std::result::Result<(), Errno> {
-    let mut r = UffdioRegister {
-        range: UffdioRange {
-            start,
-            len: end - start,
-        },
-        mode: UFFDIO_REGISTER_MODE_MISSING,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes one uffdio_register.
-    let ret = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_REGISTER,
-            &mut r as *mut UffdioRegister,
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    register(uffd, start, end, UFFDIO_REGISTER_MODE_MISSING)
 }
 
 /// What a UFFDIO_COPY or UFFDIO_ZEROPAGE did: bytes placed from the start of the range, and
