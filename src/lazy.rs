@@ -141,6 +141,10 @@ pub trait PageSource {
     fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>>;
     /// Reads the saved contents of [addr, addr + buf.len()), which `held` covers in one range.
     fn read(&mut self, id: pid_t, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Every page was delivered.
+    fn done(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One pagemap's runs with data, (start, end, offset in the flat data), and the data.
@@ -191,6 +195,12 @@ impl PageSource for LocalImages {
     /// restored before the tasks ran.
     fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>> {
         self.task(id)?;
+        if !crate::images::pages::lazy_ranges(&self.dir, id)?.is_empty() {
+            return Err(Error::InvalidOptions(format!(
+                "pagemap {id} leaves pages on the source of a lazy migration: run `criu \
+                 lazy-pages --page-server --address A --port N`"
+            )));
+        }
         Ok(crate::images::pages::own_ranges(&self.dir, id)?.unwrap_or_default())
     }
 
@@ -206,6 +216,36 @@ impl PageSource for LocalImages {
                 "pagemap {id} holds no pages at {addr:#x}-{end:#x}"
             ))),
         }
+    }
+}
+
+/// Pages left on the source by `dump --lazy-pages` (PE_LAZY in the images here), fetched from
+/// its page server.
+pub struct RemotePages {
+    dir: ImageDir,
+    client: crate::pageserver::lazy::LazyClient,
+}
+
+impl RemotePages {
+    pub fn new(dir: &Path, client: crate::pageserver::lazy::LazyClient) -> RemotePages {
+        RemotePages {
+            dir: ImageDir::new(dir),
+            client,
+        }
+    }
+}
+
+impl PageSource for RemotePages {
+    fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>> {
+        crate::images::pages::lazy_ranges(&self.dir, id)
+    }
+
+    fn read(&mut self, id: pid_t, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.client.get(id, addr, buf)
+    }
+
+    fn done(&mut self) -> Result<()> {
+        self.client.close()
     }
 }
 
@@ -498,7 +538,17 @@ impl Server<'_> {
 
 /// `criu lazy-pages -D DIR [-W WORKDIR]`: serves the memory of one lazily restored tree from the
 /// images in `images_dir`. Returns when every page was delivered (or every task is gone).
-pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
+pub fn run_daemon(
+    images_dir: &Path,
+    work_dir: &Path,
+    opts: &crate::options::Options,
+) -> Result<()> {
+    // The source first: a daemon that cannot reach it must not accept a restore.
+    let mut remote = if opts.page_server.is_some() {
+        Some(crate::pageserver::lazy::LazyClient::connect(opts)?)
+    } else {
+        None
+    };
     let path = work_dir.join(SOCKET_NAME);
     // Bound and listening under another name first, so that the socket's name appears only
     // when a restore can connect (one that sees it earlier would be refused).
@@ -521,8 +571,19 @@ pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
     log::info!("lazy-pages: listening at {}", path.display());
     match crate::sys::clone::fork_with_pid(None, libc::CLONE_FILES as u64)? {
         crate::sys::clone::Forked::Child => {
-            let mut source = LocalImages::new(images_dir);
-            let code = match serve(&listener, &mut source, pid_w.as_fd()) {
+            let mut local;
+            let mut fetched;
+            let source: &mut dyn PageSource = match remote.take() {
+                Some(client) => {
+                    fetched = RemotePages::new(images_dir, client);
+                    &mut fetched
+                }
+                None => {
+                    local = LocalImages::new(images_dir);
+                    &mut local
+                }
+            };
+            let code = match serve(&listener, source, pid_w.as_fd()) {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("lazy-pages: {e}");
@@ -631,7 +692,7 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
     }
     let t0 = Instant::now();
     let mut server = Server {
-        source,
+        source: &mut *source,
         spaces: Vec::new(),
         buf: Vec::new(),
         pid_pipe,
@@ -732,6 +793,7 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
     // Closing the descriptors ends the registrations: from now on the kernel itself handles
     // faults in what is left registered, which never held saved pages (zeros, as at dump time).
     drop(server);
+    source.done()?;
     let _ = conn.as_raw_fd();
     Ok(())
 }

@@ -1,0 +1,234 @@
+//! Lazy migration (post-copy through the network): `criu dump --lazy-pages --port N` writes
+//! every image but the private anonymous pages and serves those from the frozen tree; on the
+//! destination `criu lazy-pages --page-server --address A --port N` fetches them as the
+//! restored task (`criu restore --lazy-pages`) touches them, and pushes the rest.
+//!
+//! Source and destination run on this one machine, so the destination lives in its own pid
+//! namespace (`unshare -p -f --mount-proc`): the frozen source task still holds the pid the
+//! restored one gets. The workload is ctests/workloads/lazy.c (256 MiB checksummed; on SIGUSR1
+//! it forks, mremaps, munmaps and madvises while its pages still arrive, and checks all).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(120);
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the workload and `criu dump --lazy-pages` on it (in the background: the dump serves
+/// the pages until the destination is done). Returns (workload, dump, workload pid) once the
+/// images are written.
+fn start_source(s: &Scratch, mib: u32, addr: &str, port: u16) -> (KillOnDrop, KillOnDrop, i32) {
+    let bin = workload("lazy");
+    let mib = mib.to_string();
+    let child = KillOnDrop(s.spawn(&bin, &[s.dir.to_str().unwrap(), &mib]));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    std::fs::remove_file(s.path("ready")).unwrap();
+    let port = port.to_string();
+    let pid_s = pid.to_string();
+    let dump = Command::new(CRIU)
+        .args([
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            "img",
+            "-o",
+            "dump.log",
+            "-v4",
+            "--lazy-pages",
+            "--address",
+            addr,
+            "--port",
+            &port,
+        ])
+        .current_dir(&s.dir)
+        .env_remove("CRIU_CONFIG_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run criu dump");
+    let mut dump = KillOnDrop(dump);
+    let t0 = Instant::now();
+    while !s.log("dump.log").contains("wait for the destination") {
+        if let Some(st) = dump.0.try_wait().unwrap() {
+            panic!("dump ended ({st}): {}", s.log("dump.log"));
+        }
+        assert!(
+            t0.elapsed() < T,
+            "the dump never served: {}",
+            s.log("dump.log")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (child, dump, pid)
+}
+
+/// The images go to the destination's directory, as `scp` would copy them.
+fn copy_images(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".img") {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// The destination, in a fresh pid namespace (under `prefix`, e.g. `ip netns exec NS`): the
+/// daemon, the lazy restore, then (once the test creates `go`) SIGUSR1 to the restored task;
+/// it waits for the task's result or death and records the daemon's exit status.
+fn start_destination(s: &Scratch, prefix: &[&str], addr: &str, port: u16) -> KillOnDrop {
+    let script = format!(
+        r#"
+cd '{dir}'
+'{criu}' lazy-pages --page-server --address {addr} --port {port} -D dst -o lazy.log -v4 &
+d=$!
+while [ ! -S dst/lazy-pages.socket ]; do
+    kill -0 $d 2>/dev/null || {{ echo "daemon failed" > dst/failed; exit 1; }}
+    sleep 0.01
+done
+'{criu}' restore -d -D dst -o restore.log -v4 --lazy-pages --pidfile restored.pid || {{
+    echo "restore failed" > dst/failed; exit 1; }}
+p=$(cat dst/restored.pid)
+while [ ! -e go ]; do sleep 0.005; done
+kill -USR1 $p
+while [ -z "$(cat result 2>/dev/null)" ]; do
+    st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)
+    [ "$st" = Z ] || [ -z "$st" ] && break
+    sleep 0.01
+done
+wait $d
+echo $? > dst/daemon.status
+"#,
+        dir = s.dir.display(),
+        criu = CRIU,
+    );
+    let mut cmd: Vec<&str> = prefix.to_vec();
+    cmd.extend_from_slice(&["unshare", "-p", "-f", "--mount-proc", "sh", "-c", &script]);
+    KillOnDrop(
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .env_remove("CRIU_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the destination"),
+    )
+}
+
+fn wait_child(c: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st;
+        }
+        assert!(t0.elapsed() < limit, "{what} did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn wait_for(s: &Scratch, rel: &str) {
+    let t0 = Instant::now();
+    while !s.path(rel).exists() {
+        assert!(
+            !s.path("dst/failed").exists(),
+            "{}: {}\n{}\n{}",
+            s.read("dst/failed"),
+            s.read("dst/lazy.log"),
+            s.read("dst/restore.log"),
+            s.log("dump.log")
+        );
+        assert!(t0.elapsed() < T, "no {rel}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A whole migration: source and destination (both sides given as `prefix` and addresses),
+/// checked from inside the restored task. Returns the seconds from the dump's start to the
+/// end of the transfer.
+fn migrate(s: &Scratch, mib: u32, prefix: &[&str], listen: &str, connect: &str) -> f64 {
+    let port = free_port();
+    let t0 = Instant::now();
+    let (mut child, mut dump, _pid) = start_source(s, mib, listen, port);
+    let images = s.img();
+    // Nothing of the private memory was written on the source.
+    let pages: u64 = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        pages < 1 << 20,
+        "{pages} bytes of pages written on the source"
+    );
+    copy_images(&images, &s.path("dst"));
+    let mut dst = start_destination(s, prefix, connect, port);
+    wait_for(s, "dst/restored.pid");
+    std::fs::write(s.path("go"), "").unwrap();
+    let st = wait_child(&mut dst.0, T, "the destination");
+    let total = t0.elapsed().as_secs_f64();
+    let lazy_log = s.read("dst/lazy.log");
+    assert!(st.success(), "{lazy_log}");
+    assert!(
+        s.read("result").starts_with("ok "),
+        "the restored task failed its checks: {}\n{lazy_log}",
+        s.read("result")
+    );
+    assert_eq!(s.read("dst/daemon.status").trim(), "0", "{lazy_log}");
+    assert!(lazy_log.contains("all pages delivered"), "{lazy_log}");
+    // The source ends once the destination is done, and kills its frozen tree.
+    assert!(
+        wait_child(&mut dump.0, T, "the dump").success(),
+        "{}",
+        s.log("dump.log")
+    );
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        None,
+        "the source task is killed"
+    );
+    let dump_log = s.log("dump.log");
+    assert!(dump_log.contains("the tree was killed"), "{dump_log}");
+    eprintln!(
+        "{}",
+        dump_log
+            .lines()
+            .chain(lazy_log.lines())
+            .filter(|l| l.contains("lazy"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    total
+}
+
+#[test]
+fn lazy_migration_over_loopback() {
+    become_subreaper();
+    let s = Scratch::new("lazymig");
+    let total = migrate(&s, 256, &[], "127.0.0.1", "127.0.0.1");
+    eprintln!("lazy migration of 256 MiB over loopback: {total:.3} s");
+}
