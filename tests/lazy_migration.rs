@@ -126,7 +126,16 @@ echo $? > dst/daemon.status
         criu = CRIU,
     );
     let mut cmd: Vec<&str> = prefix.to_vec();
-    cmd.extend_from_slice(&["unshare", "-p", "-f", "--mount-proc", "sh", "-c", &script]);
+    cmd.extend_from_slice(&[
+        "unshare",
+        "-p",
+        "-f",
+        "--kill-child",
+        "--mount-proc",
+        "sh",
+        "-c",
+        &script,
+    ]);
     KillOnDrop(
         Command::new(cmd[0])
             .args(&cmd[1..])
@@ -231,4 +240,161 @@ fn lazy_migration_over_loopback() {
     let s = Scratch::new("lazymig");
     let total = migrate(&s, 256, &[], "127.0.0.1", "127.0.0.1");
     eprintln!("lazy migration of 256 MiB over loopback: {total:.3} s");
+}
+
+/// A network namespace joined to ours by a veth pair (10.214.a.b/30), removed on drop.
+struct NetnsPair {
+    ns: String,
+    host_if: String,
+    host_ip: String,
+    peer_ip: String,
+}
+
+impl NetnsPair {
+    fn new() -> NetnsPair {
+        let r = rand_u32();
+        let ns = format!("crlz{}", r % 100000);
+        let host_if = format!("crlzh{}", r % 100000);
+        let peer_if = format!("crlzp{}", r % 100000);
+        let net = (r / 7) % 16000;
+        let (a, b) = (net / 64, (net % 64) * 4);
+        let pair = NetnsPair {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            host_ip: format!("10.214.{a}.{}", b + 1),
+            peer_ip: format!("10.214.{a}.{}", b + 2),
+        };
+        let sh = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        sh(&["netns", "add", &ns]);
+        sh(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        sh(&["link", "set", &peer_if, "netns", &ns]);
+        sh(&[
+            "addr",
+            "add",
+            &format!("{}/30", pair.host_ip),
+            "dev",
+            &host_if,
+        ]);
+        sh(&["link", "set", &host_if, "up"]);
+        sh(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/30", pair.peer_ip),
+            "dev",
+            &peer_if,
+        ]);
+        sh(&["-n", &ns, "link", "set", &peer_if, "up"]);
+        sh(&["-n", &ns, "link", "set", "lo", "up"]);
+        pair
+    }
+
+    fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// The destination in another network namespace: the pages cross a veth pair.
+#[test]
+fn lazy_migration_across_a_veth_pair() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-veth");
+    let net = NetnsPair::new();
+    let (host, peer) = (net.host_ip.clone(), net.peer_ip.clone());
+    let total = migrate(&s, 256, &net.exec(), &host, &host);
+    let dump_log = s.log("dump.log");
+    assert!(
+        dump_log.contains(&format!("connected from {peer}:")),
+        "{dump_log}"
+    );
+    eprintln!("lazy migration of 256 MiB across a veth pair: {total:.3} s");
+    drop(net);
+}
+
+/// The source dies while pages are still on their way: the destination's daemon says so and
+/// kills the restored task (which never finishes its checks: no page became zeros under it).
+#[test]
+fn source_killed_mid_transfer_kills_the_restored_task() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-srckill");
+    let port = free_port();
+    let (_child, mut dump, _pid) = start_source(&s, 256, "127.0.0.1", port);
+    copy_images(&s.img(), &s.path("dst"));
+    let mut dst = start_destination(&s, &[], "127.0.0.1", port);
+    wait_for(&s, "dst/restored.pid");
+    dump.0.kill().unwrap();
+    dump.0.wait().unwrap();
+    std::fs::write(s.path("go"), "").unwrap();
+    wait_child(&mut dst.0, T, "the destination");
+    let lazy_log = s.read("dst/lazy.log");
+    assert!(
+        s.read("result").is_empty(),
+        "the restored task finished its checks: {}\n{lazy_log}",
+        s.read("result")
+    );
+    assert_ne!(s.read("dst/daemon.status").trim(), "0", "{lazy_log}");
+    assert!(
+        lazy_log.contains("the source's page server at 127.0.0.1") && lazy_log.contains("is gone"),
+        "{lazy_log}"
+    );
+    assert!(
+        lazy_log.contains("killed the lazily restored tasks"),
+        "{lazy_log}"
+    );
+    assert!(!lazy_log.contains("all pages delivered"), "{lazy_log}");
+    for l in lazy_log
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("killed"))
+    {
+        eprintln!("destination: {l}");
+    }
+}
+
+/// The destination dies mid-transfer: the source says so, kills its frozen tree and fails.
+#[test]
+fn destination_gone_mid_transfer_ends_the_source() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-dstkill");
+    let port = free_port();
+    let (mut child, mut dump, _pid) = start_source(&s, 256, "127.0.0.1", port);
+    copy_images(&s.img(), &s.path("dst"));
+    let mut dst = start_destination(&s, &[], "127.0.0.1", port);
+    wait_for(&s, "dst/restored.pid");
+    // The destination's pid namespace dies with its init.
+    dst.0.kill().unwrap();
+    dst.0.wait().unwrap();
+    let st = wait_child(&mut dump.0, T, "the dump");
+    let dump_log = s.log("dump.log");
+    assert!(!st.success(), "{dump_log}");
+    assert!(
+        dump_log.contains("the destination 127.0.0.1") && dump_log.contains("went away"),
+        "{dump_log}"
+    );
+    assert!(
+        dump_log.contains("the dumped tree was killed"),
+        "{dump_log}"
+    );
+    for l in dump_log.lines().filter(|l| l.contains("killed")) {
+        eprintln!("source: {l}");
+    }
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        None,
+        "the source task is killed"
+    );
 }
