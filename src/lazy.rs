@@ -547,6 +547,18 @@ pub fn run_daemon(
     let mut remote = if opts.page_server.is_some() {
         Some(crate::pageserver::lazy::LazyClient::connect(opts)?)
     } else {
+        // Pages a lazy migration left on its source are not here: refused before any restore
+        // can hand us a task.
+        let dir = ImageDir::new(images_dir);
+        for pid in crate::images::pages::pagemap_pids(&dir)? {
+            if !crate::images::pages::lazy_ranges(&dir, pid)?.is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "the images in {} leave pages of pid {pid} on the source of a lazy \
+                     migration: run `criu lazy-pages --page-server --address A --port N`",
+                    images_dir.display()
+                )));
+            }
+        }
         None
     };
     let path = work_dir.join(SOCKET_NAME);

@@ -398,3 +398,57 @@ fn destination_gone_mid_transfer_ends_the_source() {
         "the source task is killed"
     );
 }
+
+/// Images of a lazy dump hold no private memory: restoring them without the source is refused
+/// before any task exists (a restored task would read zeros), and so is serving them from disk.
+#[test]
+fn lazy_images_are_refused_without_the_source() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-refuse");
+    let port = free_port();
+    let (_child, _dump, _pid) = start_source(&s, 64, "127.0.0.1", port);
+    copy_images(&s.img(), &s.path("dst"));
+    // In a pid namespace of its own: the source task still holds the pid.
+    let dir = s.dir.to_str().unwrap();
+    let out = Command::new("unshare")
+        .args(["-p", "-f", "--kill-child", "--mount-proc", CRIU])
+        .args(["restore", "-d", "-D", "dst", "-o", "plain.log", "-v4"])
+        .current_dir(dir)
+        .env_remove("CRIU_CONFIG_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = s.read("dst/plain.log");
+    assert!(
+        log.contains("leave pages on the source of a lazy migration"),
+        "{log}"
+    );
+    assert!(!log.contains("Restore finished"), "{log}");
+    let out = s.criu(&["lazy-pages", "-D", "dst", "-o", "local.log", "-v4"]);
+    assert!(!out.status.success());
+    let log = s.read("dst/local.log");
+    assert!(log.contains("lazy-pages --page-server"), "{log}");
+    assert!(!s.path("dst/lazy-pages.socket").exists());
+    // Options that cannot go with a lazy dump.
+    for (args, why) in [
+        (&["--page-server"][..], "not --page-server"),
+        (&["--leave-running"][..], "not with --leave-running"),
+    ] {
+        let mut all = vec![
+            "dump",
+            "-t",
+            "1",
+            "-D",
+            "dst",
+            "--lazy-pages",
+            "--port",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        let out = s.criu(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}

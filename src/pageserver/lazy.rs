@@ -270,3 +270,95 @@ impl LazyClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::PageServerAddr;
+
+    /// 64 saved pages of this very process (its memory plays the frozen task's), their
+    /// address, and options for both sides on `port`.
+    fn setup(data: &mut Vec<u8>) -> (u64, Options, super::super::server::Listener) {
+        *data = (0..65 * PAGE_SIZE as usize)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let base = data.as_ptr() as u64;
+        let start = (base + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        let listener = super::super::server::listen(Some("127.0.0.1"), 0).unwrap();
+        let mut opts = Options::default();
+        opts.page_server = Some(PageServerAddr {
+            address: Some("127.0.0.1".into()),
+            port: listener.port,
+        });
+        (start, opts, listener)
+    }
+
+    fn task(start: u64) -> Vec<LazyTask> {
+        vec![LazyTask {
+            pid: std::process::id() as pid_t,
+            image_pid: 42,
+            ranges: vec![(start, start + 64 * PAGE_SIZE)],
+        }]
+    }
+
+    #[test]
+    fn get_answers_with_the_task_memory_and_close_ends_the_server() {
+        let mut data = Vec::new();
+        let (start, opts, listener) = setup(&mut data);
+        let off = (start - data.as_ptr() as u64) as usize;
+        let want = data[off + 4096..off + 9 * 4096].to_vec();
+        let tasks = task(start);
+        let server_opts = opts.clone();
+        let server = std::thread::spawn(move || {
+            serve(listener, &server_opts, &tasks).map_err(|e| e.to_string())
+        });
+        let mut client = LazyClient::connect(&opts).unwrap();
+        let mut buf = vec![0u8; 8 * 4096];
+        client.get(42, start + 4096, &mut buf).unwrap();
+        assert!(buf == want, "the pages differ");
+        client.close().unwrap();
+        let served = server.join().unwrap().unwrap();
+        assert_eq!(served.requests, 1);
+        assert_eq!(served.bytes, 8 * PAGE_SIZE);
+        assert_eq!(served.unsent, 56 * PAGE_SIZE);
+        drop(data);
+    }
+
+    #[test]
+    fn get_outside_the_lazy_ranges_fails_both_sides() {
+        let mut data = Vec::new();
+        let (start, opts, listener) = setup(&mut data);
+        let tasks = task(start);
+        let server_opts = opts.clone();
+        let server = std::thread::spawn(move || {
+            serve(listener, &server_opts, &tasks).map_err(|e| e.to_string())
+        });
+        let mut client = LazyClient::connect(&opts).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // Past the range: never a zero page in its place.
+        let e = client
+            .get(42, start + 64 * PAGE_SIZE, &mut buf)
+            .unwrap_err();
+        assert!(e.to_string().contains("is gone"), "{e}");
+        let e = server.join().unwrap().unwrap_err();
+        assert!(e.contains("no lazy page"), "{e}");
+        drop(data);
+    }
+
+    #[test]
+    fn get_for_an_unknown_task_fails() {
+        let mut data = Vec::new();
+        let (start, opts, listener) = setup(&mut data);
+        let tasks = task(start);
+        let server_opts = opts.clone();
+        let server = std::thread::spawn(move || {
+            serve(listener, &server_opts, &tasks).map_err(|e| e.to_string())
+        });
+        let mut client = LazyClient::connect(&opts).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(client.get(7, start, &mut buf).is_err());
+        let e = server.join().unwrap().unwrap_err();
+        assert!(e.contains("unknown pagemap"), "{e}");
+        drop(data);
+    }
+}
