@@ -285,11 +285,13 @@ mod tests {
         let base = data.as_ptr() as u64;
         let start = (base + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
         let listener = super::super::server::listen(Some("127.0.0.1"), 0).unwrap();
-        let mut opts = Options::default();
-        opts.page_server = Some(PageServerAddr {
-            address: Some("127.0.0.1".into()),
-            port: listener.port,
-        });
+        let opts = Options {
+            page_server: Some(PageServerAddr {
+                address: Some("127.0.0.1".into()),
+                port: listener.port,
+            }),
+            ..Default::default()
+        };
         (start, opts, listener)
     }
 
