@@ -307,12 +307,17 @@ impl Frozen {
     /// runs again after its state was saved.
     pub fn kill(mut self) -> Result<()> {
         self.released = true;
-        for task in std::mem::take(&mut self.tasks) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
             // SAFETY-free: plain kill; the tracees are stopped, SIGKILL still ends them.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(task.pid),
                 nix::sys::signal::SIGKILL,
             );
+        }
+        // Children's exits first: a pid namespace's init only finishes exiting once its
+        // children are reaped, which waits for us, their tracer, to take their exits.
+        for task in tasks.into_iter().rev() {
             // Other threads first: the leader is only reported once they are all gone.
             for th in task.threads.into_iter().rev() {
                 // The exit is reported to us as tracer; the real parent still reaps.

@@ -83,8 +83,15 @@ impl Handoff {
     }
 
     /// Registers `ranges` of task `pid` (its userfaultfd is `uffd`) and gives the descriptor to
-    /// the daemon.
-    pub fn hand_over(&self, pid: pid_t, uffd: BorrowedFd<'_>, ranges: &[(u64, u64)]) -> Result<()> {
+    /// the daemon. `image_pid` names the task in the images (its pid in its own pid namespace,
+    /// which a restored pid namespace root's tree does not share with us).
+    pub fn hand_over(
+        &self,
+        image_pid: pid_t,
+        pid: pid_t,
+        uffd: BorrowedFd<'_>,
+        ranges: &[(u64, u64)],
+    ) -> Result<()> {
         uffd::api(uffd, uffd::LAZY_FEATURES)?;
         for &(s, e) in ranges {
             uffd::register_missing(uffd, s, e).map_err(|err| {
@@ -94,7 +101,8 @@ impl Handoff {
                 )
             })?;
         }
-        let mut msg = Vec::with_capacity(4 + 16 * ranges.len());
+        let mut msg = Vec::with_capacity(8 + 16 * ranges.len());
+        msg.extend_from_slice(&image_pid.to_ne_bytes());
         msg.extend_from_slice(&pid.to_ne_bytes());
         for &(s, e) in ranges {
             msg.extend_from_slice(&s.to_ne_bytes());
@@ -114,12 +122,16 @@ impl Handoff {
     }
 }
 
-fn parse_handoff(data: &[u8]) -> Option<(pid_t, Vec<(u64, u64)>)> {
-    if data.len() < 4 || (data.len() - 4) % 16 != 0 {
+/// A hand-over message: pid in the images, pid here, lazy ranges.
+type HandedOver = (pid_t, pid_t, Vec<(u64, u64)>);
+
+fn parse_handoff(data: &[u8]) -> Option<HandedOver> {
+    if data.len() < 8 || (data.len() - 8) % 16 != 0 {
         return None;
     }
-    let pid = pid_t::from_ne_bytes(data[..4].try_into().ok()?);
-    let ranges = data[4..]
+    let image_pid = pid_t::from_ne_bytes(data[..4].try_into().ok()?);
+    let pid = pid_t::from_ne_bytes(data[4..8].try_into().ok()?);
+    let ranges = data[8..]
         .chunks_exact(16)
         .map(|c| {
             (
@@ -129,7 +141,7 @@ fn parse_handoff(data: &[u8]) -> Option<(pid_t, Vec<(u64, u64)>)> {
         })
         .filter(|(s, e)| s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0)
         .collect();
-    Some((pid, ranges))
+    Some((image_pid, pid, ranges))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,6 +320,10 @@ struct Space {
     image: pid_t,
     /// The live process, once known (the restored task; a forked child at its first fault).
     pid: Option<pid_t>,
+    /// The tasks live in a pid namespace of their own: the thread ids faults report are theirs,
+    /// not ours, so a forked child is not named from them (it is killed, when it must be, as a
+    /// descendant of the task it forked from).
+    foreign_tids: bool,
     left: Left,
     gone: bool,
 }
@@ -337,9 +353,15 @@ impl Server<'_> {
         let _ = nix::unistd::write(self.pid_pipe, &pid.to_ne_bytes());
     }
 
-    fn add(&mut self, uffd: OwnedFd, pid: pid_t, ranges: &[(u64, u64)]) -> Result<()> {
+    fn add(
+        &mut self,
+        uffd: OwnedFd,
+        image: pid_t,
+        pid: pid_t,
+        ranges: &[(u64, u64)],
+    ) -> Result<()> {
         crate::sys::fd::set_status_flags(uffd.as_fd(), libc::O_NONBLOCK as u32)?;
-        let held = self.source.held(pid)?;
+        let held = self.source.held(image)?;
         let mut left = Left::default();
         for &(s, e) in ranges {
             for &(hs, he) in &held {
@@ -354,8 +376,9 @@ impl Server<'_> {
         self.tell_guard(pid);
         self.spaces.push(Space {
             uffd,
-            image: pid,
+            image,
             pid: Some(pid),
+            foreign_tids: image != pid,
             left,
             gone: false,
         });
@@ -477,7 +500,7 @@ impl Server<'_> {
             };
             match ev {
                 Event::PageFault { addr, tid } => {
-                    if self.spaces[i].pid.is_none() && tid != 0 {
+                    if self.spaces[i].pid.is_none() && !self.spaces[i].foreign_tids && tid != 0 {
                         let pid = crate::procfs::status(tid as pid_t, None)
                             .map(|s| s.tgid)
                             .unwrap_or(tid as pid_t);
@@ -498,6 +521,7 @@ impl Server<'_> {
                         uffd: fd,
                         image: self.spaces[i].image,
                         pid: None,
+                        foreign_tids: self.spaces[i].foreign_tids,
                         left,
                         gone: false,
                     });
@@ -760,12 +784,13 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
         if conn_ready {
             match crate::sys::sock::recv_packet(conn.as_fd()) {
                 Ok(Some(p)) => {
-                    let (Some((pid, ranges)), Some(fd)) = (parse_handoff(&p.data), p.fd) else {
+                    let (Some((image, pid, ranges)), Some(fd)) = (parse_handoff(&p.data), p.fd)
+                    else {
                         return Err(Error::InvalidOptions(
                             "malformed message from the restorer".into(),
                         ));
                     };
-                    server.add(fd, pid, &ranges)?;
+                    server.add(fd, image, pid, &ranges)?;
                 }
                 Ok(None) => restoring = false,
                 Err(e) => return Err(Error::sys("receive from the restorer", e)),
@@ -857,13 +882,15 @@ mod tests {
 
     #[test]
     fn handoff_messages_parse_or_are_refused() {
-        let mut m = 42i32.to_ne_bytes().to_vec();
+        let mut m = 1i32.to_ne_bytes().to_vec();
+        m.extend_from_slice(&42i32.to_ne_bytes());
         for v in [0x1000u64, 0x3000, 0x5000, 0x4000, 0x7001, 0x9000] {
             m.extend_from_slice(&v.to_ne_bytes());
         }
         // Empty and unaligned ranges are dropped.
-        assert_eq!(parse_handoff(&m), Some((42, vec![(0x1000, 0x3000)])));
-        assert_eq!(parse_handoff(&m[..5]), None);
+        assert_eq!(parse_handoff(&m), Some((1, 42, vec![(0x1000, 0x3000)])));
+        assert_eq!(parse_handoff(&m[..9]), None);
+        assert_eq!(parse_handoff(&m[..4]), None);
         assert_eq!(parse_handoff(&[]), None);
     }
 }

@@ -452,3 +452,110 @@ fn lazy_images_are_refused_without_the_source() {
         assert!(err.contains(why), "{args:?}: {err}");
     }
 }
+
+/// A tree whose root is init of a pid namespace of its own (ctests/workloads/pidns.c: five
+/// processes, a thread, a zombie, two sessions) migrates lazily: the copy gets a fresh pid
+/// namespace, so it can live next to the frozen source on this machine, and the daemon serves
+/// tasks whose pids in the images are not ours. Each process checks its ids and memory.
+#[test]
+fn lazy_migration_of_a_pid_namespace_root() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-pidns");
+    let bin = workload("pidns");
+    let mut launcher = KillOnDrop(s.spawn(&bin, &[s.dir.to_str().unwrap()]));
+    let root: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    let root_s = root.to_string();
+    let mut dump = KillOnDrop(
+        Command::new(CRIU)
+            .args(["dump", "-t", &root_s, "-D", "img", "-o", "dump.log", "-v4"])
+            .args(["--lazy-pages", "--address", "127.0.0.1", "--port", &port_s])
+            .current_dir(&s.dir)
+            .env_remove("CRIU_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !s.log("dump.log").contains("wait for the destination") {
+        assert!(
+            dump.0.try_wait().unwrap().is_none(),
+            "{}",
+            s.log("dump.log")
+        );
+        assert!(t0.elapsed() < T, "{}", s.log("dump.log"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    copy_images(&s.img(), &s.path("dst"));
+    let mut daemon = KillOnDrop(
+        Command::new(CRIU)
+            .args(["lazy-pages", "--page-server", "--address", "127.0.0.1"])
+            .args(["--port", &port_s, "-D", "dst", "-o", "lazy.log", "-v4"])
+            .current_dir(&s.dir)
+            .env_remove("CRIU_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while !s.path("dst/lazy-pages.socket").exists() {
+        assert!(
+            daemon.0.try_wait().unwrap().is_none(),
+            "{}",
+            s.read("dst/lazy.log")
+        );
+        assert!(t0.elapsed() < T);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = s.criu(&[
+        "restore",
+        "-d",
+        "-D",
+        "dst",
+        "-o",
+        "restore.log",
+        "-v4",
+        "--lazy-pages",
+        "--pidfile",
+        "restored.pid",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.read("dst/restore.log")
+    );
+    let restored: i32 = s.read("dst/restored.pid").trim().parse().unwrap();
+    assert_ne!(restored, root, "a fresh namespace, a new host pid");
+    assert!(kill(restored, libc::SIGUSR1));
+    let lazy_log = s.read("dst/lazy.log");
+    assert_eq!(
+        wait_exit(restored, T),
+        0,
+        "restored tree's checks: {lazy_log}"
+    );
+    let st = wait_child(&mut daemon.0, T, "lazy-pages");
+    let lazy_log = s.read("dst/lazy.log");
+    assert!(st.success(), "{lazy_log}");
+    assert!(lazy_log.contains("all pages delivered"), "{lazy_log}");
+    let served: u64 = lazy_log
+        .split("serving ")
+        .skip(1)
+        .filter_map(|r| r.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        served >= 4096,
+        "the 4 MiB of each process came lazily: {lazy_log}"
+    );
+    assert!(
+        wait_child(&mut dump.0, T, "the dump").success(),
+        "{}",
+        s.log("dump.log")
+    );
+    let _ = launcher.0.wait();
+    eprintln!("pid namespace tree: {served} KiB served lazily");
+}

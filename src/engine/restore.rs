@@ -596,12 +596,6 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     check_pids(&plan)?;
-    // The lazy-pages daemon knows the tasks by one pid: images' and ours differ here.
-    if opts.lazy_pages && plan.new_pidns {
-        return Err(Error::InvalidOptions(
-            "a lazy restore of a pid namespace's init is not supported yet".into(),
-        ));
-    }
     // Lazy restore: the daemon must be there before anything is built.
     let handoff = if opts.lazy_pages {
         Some(crate::lazy::Handoff::connect(opts.work_dir())?)
