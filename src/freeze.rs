@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::inject::restart_adjusted;
 use crate::sys::ptrace::{
-    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP,
+    PTRACE_O_TRACESYSGOOD,
 };
 
 pub struct FrozenThread {
@@ -301,6 +302,17 @@ impl Frozen {
             }
         }
         first_err
+    }
+
+    /// From now on the tree dies with us (PTRACE_O_EXITKILL), however we end: for a tree whose
+    /// state may already run elsewhere (lazy migration), resuming it would run it twice.
+    pub fn die_with_tracer(&self) -> Result<()> {
+        for th in self.tasks.iter().flat_map(|t| &t.threads) {
+            th.tracee.set_options(
+                PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP | PTRACE_O_EXITKILL,
+            )?;
+        }
+        Ok(())
     }
 
     /// Kills every task (the default end of a dump), while it is still frozen so that it never

@@ -326,19 +326,27 @@ fn lazy_migration_across_a_veth_pair() {
     drop(net);
 }
 
-/// The source dies while pages are still on their way: the destination's daemon says so and
-/// kills the restored task (which never finishes its checks: no page became zeros under it).
+/// The source dies while pages are still on their way: its frozen tree dies with it, and the
+/// destination's daemon says so and kills the restored task (which never finishes its checks:
+/// no page became zeros under it).
 #[test]
 fn source_killed_mid_transfer_kills_the_restored_task() {
     become_subreaper();
     let s = Scratch::new("lazymig-srckill");
     let port = free_port();
-    let (_child, mut dump, _pid) = start_source(&s, 256, "127.0.0.1", port);
+    let (mut child, mut dump, _pid) = start_source(&s, 256, "127.0.0.1", port);
     copy_images(&s.img(), &s.path("dst"));
     let mut dst = start_destination(&s, &[], "127.0.0.1", port);
     wait_for(&s, "dst/restored.pid");
     dump.0.kill().unwrap();
     dump.0.wait().unwrap();
+    // The frozen source tree dies with its dumper: it never runs again next to its copy.
+    let st = wait_child(&mut child.0, T, "the source task");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "{st}"
+    );
     std::fs::write(s.path("go"), "").unwrap();
     wait_child(&mut dst.0, T, "the destination");
     let lazy_log = s.read("dst/lazy.log");

@@ -872,6 +872,8 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         // (it runs there now); a destination that breaks off leaves nothing to resume either.
         timing.frozen = frozen_at.elapsed();
         let t0 = Instant::now();
+        // Killed, interrupted or crashed while serving: the tree goes with us.
+        frozen.die_with_tracer()?;
         let served = crate::pageserver::lazy::serve(listener, opts, &tree.lazy);
         frozen.kill()?;
         tree.files.inet.tree_killed();
