@@ -39,6 +39,16 @@ fn free_port() -> u16 {
 /// the pages until the destination is done). Returns (workload, dump, workload pid) once the
 /// images are written.
 fn start_source(s: &Scratch, mib: u32, addr: &str, port: u16) -> (KillOnDrop, KillOnDrop, i32) {
+    start_source_with(s, mib, addr, port, &[])
+}
+
+fn start_source_with(
+    s: &Scratch,
+    mib: u32,
+    addr: &str,
+    port: u16,
+    extra: &[String],
+) -> (KillOnDrop, KillOnDrop, i32) {
     let bin = workload("lazy");
     let mib = mib.to_string();
     let child = KillOnDrop(s.spawn(&bin, &[s.dir.to_str().unwrap(), &mib]));
@@ -62,6 +72,7 @@ fn start_source(s: &Scratch, mib: u32, addr: &str, port: u16) -> (KillOnDrop, Ki
             "--port",
             &port,
         ])
+        .args(extra)
         .current_dir(&s.dir)
         .env_remove("CRIU_CONFIG_FILE")
         .stdin(Stdio::null())
@@ -100,10 +111,20 @@ fn copy_images(from: &Path, to: &Path) {
 /// daemon, the lazy restore, then (once the test creates `go`) SIGUSR1 to the restored task;
 /// it waits for the task's result or death and records the daemon's exit status.
 fn start_destination(s: &Scratch, prefix: &[&str], addr: &str, port: u16) -> KillOnDrop {
+    start_destination_with(s, prefix, addr, port, &[])
+}
+
+fn start_destination_with(
+    s: &Scratch,
+    prefix: &[&str],
+    addr: &str,
+    port: u16,
+    extra: &[String],
+) -> KillOnDrop {
     let script = format!(
         r#"
 cd '{dir}'
-'{criu}' lazy-pages --page-server --address {addr} --port {port} -D dst -o lazy.log -v4 &
+'{criu}' lazy-pages --page-server --address {addr} --port {port} -D dst -o lazy.log -v4 {extra} &
 d=$!
 while [ ! -S dst/lazy-pages.socket ]; do
     kill -0 $d 2>/dev/null || {{ echo "daemon failed" > dst/failed; exit 1; }}
@@ -124,6 +145,7 @@ echo $? > dst/daemon.status
 "#,
         dir = s.dir.display(),
         criu = CRIU,
+        extra = extra.join(" "),
     );
     let mut cmd: Vec<&str> = prefix.to_vec();
     cmd.extend_from_slice(&[
@@ -179,9 +201,21 @@ fn wait_for(s: &Scratch, rel: &str) {
 /// checked from inside the restored task. Returns the seconds from the dump's start to the
 /// end of the transfer.
 fn migrate(s: &Scratch, mib: u32, prefix: &[&str], listen: &str, connect: &str) -> f64 {
+    migrate_with(s, mib, prefix, listen, connect, &[], &[])
+}
+
+fn migrate_with(
+    s: &Scratch,
+    mib: u32,
+    prefix: &[&str],
+    listen: &str,
+    connect: &str,
+    src_extra: &[String],
+    dst_extra: &[String],
+) -> f64 {
     let port = free_port();
     let t0 = Instant::now();
-    let (mut child, mut dump, _pid) = start_source(s, mib, listen, port);
+    let (mut child, mut dump, _pid) = start_source_with(s, mib, listen, port, src_extra);
     let images = s.img();
     // Nothing of the private memory was written on the source.
     let pages: u64 = std::fs::read_dir(&images)
@@ -195,7 +229,7 @@ fn migrate(s: &Scratch, mib: u32, prefix: &[&str], listen: &str, connect: &str) 
         "{pages} bytes of pages written on the source"
     );
     copy_images(&images, &s.path("dst"));
-    let mut dst = start_destination(s, prefix, connect, port);
+    let mut dst = start_destination_with(s, prefix, connect, port, dst_extra);
     wait_for(s, "dst/restored.pid");
     std::fs::write(s.path("go"), "").unwrap();
     let st = wait_child(&mut dst.0, T, "the destination");
@@ -222,6 +256,11 @@ fn migrate(s: &Scratch, mib: u32, prefix: &[&str], listen: &str, connect: &str) 
     );
     let dump_log = s.log("dump.log");
     assert!(dump_log.contains("the tree was killed"), "{dump_log}");
+    assert_eq!(
+        dump_log.contains("without --tls"),
+        !src_extra.iter().any(|a| a == "--tls"),
+        "{dump_log}"
+    );
     eprintln!(
         "{}",
         dump_log
@@ -566,4 +605,60 @@ fn lazy_migration_of_a_pid_namespace_root() {
     );
     let _ = launcher.0.wait();
     eprintln!("pid namespace tree: {served} KiB served lazily");
+}
+
+/// A test CA and certificates signed by it (openssl): `NAME.pem` and `NAME.key` in `dir` for
+/// each (name, subjectAltName).
+fn make_ca(dir: &Path, ca: &str, certs: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut script = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+           -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca} 2>/dev/null; ",
+        d = dir.display()
+    );
+    for (name, san) in certs {
+        script.push_str(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+               -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null; \
+             printf 'subjectAltName={san}\\nbasicConstraints=CA:FALSE\\n\
+keyUsage=digitalSignature\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext; \
+             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+               -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null; "
+        ));
+    }
+    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(st.success(), "openssl failed");
+}
+
+fn tls_args(dir: &Path, ca: &str, me: &str) -> Vec<String> {
+    let f = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    vec![
+        "--tls".into(),
+        "--tls-cacert".into(),
+        f(&format!("{ca}.pem")),
+        "--tls-cert".into(),
+        f(&format!("{me}.pem")),
+        "--tls-key".into(),
+        f(&format!("{me}.key")),
+    ]
+}
+
+/// The pages cross TLS: the source's certificate names its address, the destination shows one
+/// of the same test CA. A plain source warns that anyone may read the memory; this one does not.
+#[test]
+fn lazy_migration_over_tls() {
+    become_subreaper();
+    let s = Scratch::new("lazymig-tls");
+    let pki = s.path("pki");
+    make_ca(
+        &pki,
+        "ca",
+        &[("source", "IP:127.0.0.1"), ("dest", "DNS:dest.test")],
+    );
+    let src = tls_args(&pki, "ca", "source");
+    let dst = tls_args(&pki, "ca", "dest");
+    migrate_with(&s, 64, &[], "127.0.0.1", "127.0.0.1", &src, &dst);
+    let dump_log = s.log("dump.log");
+    assert!(!dump_log.contains("without --tls"), "{dump_log}");
 }

@@ -86,6 +86,13 @@ pub fn serve(
         tasks.len(),
         listener.port
     );
+    if !opts.tls.enabled {
+        log::warn!(
+            "lazy pages are served without --tls: anyone who can reach port {} can read the \
+             tree's memory",
+            listener.port
+        );
+    }
     let (mut conn, peer) = listener.accept(opts)?;
     log::info!("lazy pages: the destination connected from {peer}");
     let mut remaining: Vec<Remaining> = tasks.iter().map(|t| Remaining(t.ranges.clone())).collect();
