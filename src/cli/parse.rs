@@ -717,13 +717,6 @@ fn finish(mut acc: Accum, words: &[String], env: &ParseEnv) -> Result<Invocation
         .collect();
     o.work_dir = Some(work_dir);
     if o.lazy_pages && action == Action::Dump {
-        if acc.page_server {
-            return Err(CliError::Invalid(
-                "dump --lazy-pages serves the lazy pages itself: give --port (and --address), \
-                 not --page-server"
-                    .into(),
-            ));
-        }
         o.lazy_listen = Some(PageServerAddr {
             address: acc.address.clone(),
             port: acc.port.unwrap_or(crate::pageserver::DEFAULT_PORT),
