@@ -293,6 +293,8 @@ pub struct PageStats {
     pub skipped_parent: u64,
     /// Pages recorded as the parent task's (PE_COW), not written again.
     pub cow: u64,
+    /// Pages left on the source of a lazy migration (PE_LAZY), not written.
+    pub lazy: u64,
 }
 
 /// A run of pages to save: (vma index, start, end, PAGEMAP_SCAN categories). Pages the scan

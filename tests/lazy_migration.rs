@@ -256,6 +256,15 @@ fn migrate_with(
     );
     let dump_log = s.log("dump.log");
     assert!(dump_log.contains("the tree was killed"), "{dump_log}");
+    // stats-dump (written once the source is done) counts the lazy pages apart.
+    let e: criu::pb::StatsEntry = criu::images::ImageDir::new(&images)
+        .read_one(criu::images::Kind::Stats, "dump")
+        .unwrap();
+    let st = e.dump.unwrap();
+    assert!(
+        st.pages_lazy >= (mib as u64 - 1) * 256 && st.pages_written < 256,
+        "{st:?}"
+    );
     assert_eq!(
         dump_log.contains("without --tls"),
         !src_extra.iter().any(|a| a == "--tls"),

@@ -1040,6 +1040,14 @@ fn write_tree(
     files.check_complete(&holders)?;
     if opts.lazy_pages {
         tree.lazy = leave_lazy(&mut images, pids)?;
+        let lazy: u64 = tree
+            .lazy
+            .iter()
+            .flat_map(|t| &t.ranges)
+            .map(|r| (r.1 - r.0) / crate::sys::mem::PAGE_SIZE)
+            .sum();
+        tree.timing.stats.written -= lazy;
+        tree.timing.stats.lazy += lazy;
     }
     let TreeImages {
         files,
@@ -1178,7 +1186,7 @@ pub(crate) fn write_stats(dir: &ImageDir, name: &str, t: &Timing, display: bool)
         pages_scanned: t.stats.scanned,
         pages_skipped_parent: t.stats.skipped_parent,
         pages_written: t.stats.written,
-        pages_lazy: 0,
+        pages_lazy: t.stats.lazy,
         shpages_written: Some(t.shpages_written),
         ..Default::default()
     };
