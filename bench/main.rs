@@ -608,6 +608,171 @@ fn lazy_section(criu: &Path, repo: &Path, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("img"));
 }
 
+/// One lazy migration over loopback of the lazy workload with `mib` MiB: `criu dump
+/// --lazy-pages` on the source, the images copied, `criu lazy-pages --page-server` and `criu
+/// restore --lazy-pages` in a pid namespace of their own (the frozen source still holds the
+/// pid). Returns (total: the dump's start to the source's exit once every page was fetched;
+/// the dump's start to the restored task running; fault p50; fault p99; the daemon's time to
+/// deliver everything).
+fn lazy_migration_run(criu: &Path, bin: &Path, dir: &Path, mib: usize) -> [Duration; 5] {
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    for d in [&src, &dst] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    for f in ["ready", "woke", "latency", "go", "restore.t0"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let mut child = Command::new(bin);
+    child
+        .arg(dir)
+        .arg(mib.to_string())
+        .arg("bench")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        child.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = child.spawn().unwrap();
+    while read_trimmed(&dir.join("ready")).is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let t0 = Instant::now();
+    let mut dump = Command::new(criu)
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(&src)
+        .args([
+            "-o",
+            "dump.log",
+            "-v4",
+            "--lazy-pages",
+            "--address",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !std::fs::read_to_string(src.join("dump.log"))
+        .unwrap_or_default()
+        .contains("wait for the destination")
+    {
+        assert!(
+            dump.try_wait().unwrap().is_none(),
+            "dump failed: see {}",
+            src.join("dump.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".img") {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    // `date` reads CLOCK_REALTIME; the workload writes CLOCK_MONOTONIC: converted below.
+    let script = format!(
+        r#"
+cd '{dir}'
+'{criu}' lazy-pages --page-server --address 127.0.0.1 --port {port} -D dst -o lazy.log -v4 &
+d=$!
+while [ ! -S dst/lazy-pages.socket ]; do sleep 0.001; done
+date +%s%N > restore.t0
+'{criu}' restore -d -D dst -o restore.log --lazy-pages --pidfile restored.pid || exit 1
+kill -USR1 $(cat dst/restored.pid)
+while [ -z "$(cat latency 2>/dev/null)" ]; do sleep 0.01; done
+wait $d
+"#,
+        dir = dir.display(),
+        criu = criu.display(),
+    );
+    let st = Command::new("unshare")
+        .args([
+            "-p",
+            "-f",
+            "--kill-child",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "the destination failed: see {}",
+        dst.join("lazy.log").display()
+    );
+    assert!(
+        dump.wait().unwrap().success(),
+        "the source failed: see {}",
+        src.join("dump.log").display()
+    );
+    let total = t0.elapsed();
+    let _ = child.wait();
+    let realtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let offset = realtime - monotonic_ns();
+    let restore_t0: u64 = read_trimmed(&dir.join("restore.t0")).parse().unwrap();
+    let woke: u64 = read_trimmed(&dir.join("woke")).parse().unwrap();
+    let lat: Vec<u64> = read_trimmed(&dir.join("latency"))
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let log = std::fs::read_to_string(dst.join("lazy.log")).unwrap_or_default();
+    let delivered = log
+        .split("all pages delivered in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|x| x.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    [
+        total,
+        Duration::from_nanos((woke + offset).saturating_sub(restore_t0)),
+        Duration::from_nanos(lat[0]),
+        Duration::from_nanos(lat[1]),
+        Duration::from_secs_f64(delivered),
+    ]
+}
+
+/// Post-copy migration over loopback: the whole migration, and what the task sees meanwhile.
+fn lazy_migration_section(criu: &Path, repo: &Path, dir: &Path) {
+    let bin = workload(repo, dir, "lazy");
+    println!(
+        "lazy migration (dump --lazy-pages -> lazy-pages --page-server over loopback; the task \
+         touches 2000 random pages):"
+    );
+    lazy_migration_run(criu, &bin, dir, 64);
+    for mib in [256usize, 2048] {
+        let r = lazy_migration_run(criu, &bin, dir, mib);
+        println!(
+            "  {mib:5} MiB  total migration {:6.2} s; running {:7.2} ms after `criu restore` \
+             started; fault p50 {:6.1} us, p99 {:6.1} us; all pages in after {:.2} s",
+            r[0].as_secs_f64(),
+            r[1].as_secs_f64() * 1e3,
+            r[2].as_secs_f64() * 1e6,
+            r[3].as_secs_f64() * 1e6,
+            r[4].as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir.join("src"));
+    let _ = std::fs::remove_dir_all(dir.join("dst"));
+}
+
 /// Raw loopback TCP: 2 GiB from one thread to another, 1 MiB writes, reads into 8 MiB; with
 /// `into`, the receiver writes what it reads to a new file there (what a page server must do).
 fn loopback_tcp_bandwidth(into: Option<&Path>) -> f64 {
@@ -816,9 +981,13 @@ fn main() {
             (d, true)
         }
     };
-    // BENCH_ONLY=lazy: only the lazy-restore section.
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("lazy") {
-        lazy_section(&criu, &repo, &dir);
+    // BENCH_ONLY=lazy: only the lazy-restore sections (lazy-migration: only the migration).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "lazy" || only == "lazy-migration" {
+        if only == "lazy" {
+            lazy_section(&criu, &repo, &dir);
+        }
+        lazy_migration_section(&criu, &repo, &dir);
         if mounted {
             let _ = Command::new("umount").arg(&dir).status();
             let _ = std::fs::remove_dir(&dir);
@@ -897,6 +1066,7 @@ fn main() {
     migration(&criu, &repo, &dir);
     page_server(&criu, &bin, &dir, mib);
     lazy_section(&criu, &repo, &dir);
+    lazy_migration_section(&criu, &repo, &dir);
 
     if let Ok(other) = std::env::var("CRIU_BIN") {
         // Pre-dumps need memory tracking; CRIU knows only soft-dirty, which this kernel lacks.

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::inject::restart_adjusted;
 use crate::sys::ptrace::{
-    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD,
+    wait_tid, wait_tid_until, Regs, Stop, Tracee, PTRACE_O_EXITKILL, PTRACE_O_SUSPEND_SECCOMP,
+    PTRACE_O_TRACESYSGOOD,
 };
 
 pub struct FrozenThread {
@@ -303,16 +304,32 @@ impl Frozen {
         first_err
     }
 
+    /// From now on the tree dies with us (PTRACE_O_EXITKILL), however we end: for a tree whose
+    /// state may already run elsewhere (lazy migration), resuming it would run it twice.
+    pub fn die_with_tracer(&self) -> Result<()> {
+        for th in self.tasks.iter().flat_map(|t| &t.threads) {
+            th.tracee.set_options(
+                PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP | PTRACE_O_EXITKILL,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Kills every task (the default end of a dump), while it is still frozen so that it never
     /// runs again after its state was saved.
     pub fn kill(mut self) -> Result<()> {
         self.released = true;
-        for task in std::mem::take(&mut self.tasks) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
             // SAFETY-free: plain kill; the tracees are stopped, SIGKILL still ends them.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(task.pid),
                 nix::sys::signal::SIGKILL,
             );
+        }
+        // Children's exits first: a pid namespace's init only finishes exiting once its
+        // children are reaped, which waits for us, their tracer, to take their exits.
+        for task in tasks.into_iter().rev() {
             // Other threads first: the leader is only reported once they are all gone.
             for th in task.threads.into_iter().rev() {
                 // The exit is reported to us as tracer; the real parent still reaps.

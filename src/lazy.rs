@@ -83,8 +83,15 @@ impl Handoff {
     }
 
     /// Registers `ranges` of task `pid` (its userfaultfd is `uffd`) and gives the descriptor to
-    /// the daemon.
-    pub fn hand_over(&self, pid: pid_t, uffd: BorrowedFd<'_>, ranges: &[(u64, u64)]) -> Result<()> {
+    /// the daemon. `image_pid` names the task in the images (its pid in its own pid namespace,
+    /// which a restored pid namespace root's tree does not share with us).
+    pub fn hand_over(
+        &self,
+        image_pid: pid_t,
+        pid: pid_t,
+        uffd: BorrowedFd<'_>,
+        ranges: &[(u64, u64)],
+    ) -> Result<()> {
         uffd::api(uffd, uffd::LAZY_FEATURES)?;
         for &(s, e) in ranges {
             uffd::register_missing(uffd, s, e).map_err(|err| {
@@ -94,7 +101,8 @@ impl Handoff {
                 )
             })?;
         }
-        let mut msg = Vec::with_capacity(4 + 16 * ranges.len());
+        let mut msg = Vec::with_capacity(8 + 16 * ranges.len());
+        msg.extend_from_slice(&image_pid.to_ne_bytes());
         msg.extend_from_slice(&pid.to_ne_bytes());
         for &(s, e) in ranges {
             msg.extend_from_slice(&s.to_ne_bytes());
@@ -114,12 +122,16 @@ impl Handoff {
     }
 }
 
-fn parse_handoff(data: &[u8]) -> Option<(pid_t, Vec<(u64, u64)>)> {
-    if data.len() < 4 || (data.len() - 4) % 16 != 0 {
+/// A hand-over message: pid in the images, pid here, lazy ranges.
+type HandedOver = (pid_t, pid_t, Vec<(u64, u64)>);
+
+fn parse_handoff(data: &[u8]) -> Option<HandedOver> {
+    if data.len() < 8 || (data.len() - 8) % 16 != 0 {
         return None;
     }
-    let pid = pid_t::from_ne_bytes(data[..4].try_into().ok()?);
-    let ranges = data[4..]
+    let image_pid = pid_t::from_ne_bytes(data[..4].try_into().ok()?);
+    let pid = pid_t::from_ne_bytes(data[4..8].try_into().ok()?);
+    let ranges = data[8..]
         .chunks_exact(16)
         .map(|c| {
             (
@@ -129,7 +141,7 @@ fn parse_handoff(data: &[u8]) -> Option<(pid_t, Vec<(u64, u64)>)> {
         })
         .filter(|(s, e)| s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0)
         .collect();
-    Some((pid, ranges))
+    Some((image_pid, pid, ranges))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,6 +153,10 @@ pub trait PageSource {
     fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>>;
     /// Reads the saved contents of [addr, addr + buf.len()), which `held` covers in one range.
     fn read(&mut self, id: pid_t, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Every page was delivered.
+    fn done(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One pagemap's runs with data, (start, end, offset in the flat data), and the data.
@@ -191,6 +207,12 @@ impl PageSource for LocalImages {
     /// restored before the tasks ran.
     fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>> {
         self.task(id)?;
+        if !crate::images::pages::lazy_ranges(&self.dir, id)?.is_empty() {
+            return Err(Error::InvalidOptions(format!(
+                "pagemap {id} leaves pages on the source of a lazy migration: run `criu \
+                 lazy-pages --page-server --address A --port N`"
+            )));
+        }
         Ok(crate::images::pages::own_ranges(&self.dir, id)?.unwrap_or_default())
     }
 
@@ -206,6 +228,36 @@ impl PageSource for LocalImages {
                 "pagemap {id} holds no pages at {addr:#x}-{end:#x}"
             ))),
         }
+    }
+}
+
+/// Pages left on the source by `dump --lazy-pages` (PE_LAZY in the images here), fetched from
+/// its page server.
+pub struct RemotePages {
+    dir: ImageDir,
+    client: crate::pageserver::lazy::LazyClient,
+}
+
+impl RemotePages {
+    pub fn new(dir: &Path, client: crate::pageserver::lazy::LazyClient) -> RemotePages {
+        RemotePages {
+            dir: ImageDir::new(dir),
+            client,
+        }
+    }
+}
+
+impl PageSource for RemotePages {
+    fn held(&mut self, id: pid_t) -> Result<Vec<(u64, u64)>> {
+        crate::images::pages::lazy_ranges(&self.dir, id)
+    }
+
+    fn read(&mut self, id: pid_t, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.client.get(id, addr, buf)
+    }
+
+    fn done(&mut self) -> Result<()> {
+        self.client.close()
     }
 }
 
@@ -268,6 +320,10 @@ struct Space {
     image: pid_t,
     /// The live process, once known (the restored task; a forked child at its first fault).
     pid: Option<pid_t>,
+    /// The tasks live in a pid namespace of their own: the thread ids faults report are theirs,
+    /// not ours, so a forked child is not named from them (it is killed, when it must be, as a
+    /// descendant of the task it forked from).
+    foreign_tids: bool,
     left: Left,
     gone: bool,
 }
@@ -297,9 +353,15 @@ impl Server<'_> {
         let _ = nix::unistd::write(self.pid_pipe, &pid.to_ne_bytes());
     }
 
-    fn add(&mut self, uffd: OwnedFd, pid: pid_t, ranges: &[(u64, u64)]) -> Result<()> {
+    fn add(
+        &mut self,
+        uffd: OwnedFd,
+        image: pid_t,
+        pid: pid_t,
+        ranges: &[(u64, u64)],
+    ) -> Result<()> {
         crate::sys::fd::set_status_flags(uffd.as_fd(), libc::O_NONBLOCK as u32)?;
-        let held = self.source.held(pid)?;
+        let held = self.source.held(image)?;
         let mut left = Left::default();
         for &(s, e) in ranges {
             for &(hs, he) in &held {
@@ -314,8 +376,9 @@ impl Server<'_> {
         self.tell_guard(pid);
         self.spaces.push(Space {
             uffd,
-            image: pid,
+            image,
             pid: Some(pid),
+            foreign_tids: image != pid,
             left,
             gone: false,
         });
@@ -437,7 +500,7 @@ impl Server<'_> {
             };
             match ev {
                 Event::PageFault { addr, tid } => {
-                    if self.spaces[i].pid.is_none() && tid != 0 {
+                    if self.spaces[i].pid.is_none() && !self.spaces[i].foreign_tids && tid != 0 {
                         let pid = crate::procfs::status(tid as pid_t, None)
                             .map(|s| s.tgid)
                             .unwrap_or(tid as pid_t);
@@ -458,6 +521,7 @@ impl Server<'_> {
                         uffd: fd,
                         image: self.spaces[i].image,
                         pid: None,
+                        foreign_tids: self.spaces[i].foreign_tids,
                         left,
                         gone: false,
                     });
@@ -498,7 +562,29 @@ impl Server<'_> {
 
 /// `criu lazy-pages -D DIR [-W WORKDIR]`: serves the memory of one lazily restored tree from the
 /// images in `images_dir`. Returns when every page was delivered (or every task is gone).
-pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
+pub fn run_daemon(
+    images_dir: &Path,
+    work_dir: &Path,
+    opts: &crate::options::Options,
+) -> Result<()> {
+    // The source first: a daemon that cannot reach it must not accept a restore.
+    let mut remote = if opts.page_server.is_some() {
+        Some(crate::pageserver::lazy::LazyClient::connect(opts)?)
+    } else {
+        // Pages a lazy migration left on its source are not here: refused before any restore
+        // can hand us a task.
+        let dir = ImageDir::new(images_dir);
+        for pid in crate::images::pages::pagemap_pids(&dir)? {
+            if !crate::images::pages::lazy_ranges(&dir, pid)?.is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "the images in {} leave pages of pid {pid} on the source of a lazy \
+                     migration: run `criu lazy-pages --page-server --address A --port N`",
+                    images_dir.display()
+                )));
+            }
+        }
+        None
+    };
     let path = work_dir.join(SOCKET_NAME);
     // Bound and listening under another name first, so that the socket's name appears only
     // when a restore can connect (one that sees it earlier would be refused).
@@ -521,8 +607,19 @@ pub fn run_daemon(images_dir: &Path, work_dir: &Path) -> Result<()> {
     log::info!("lazy-pages: listening at {}", path.display());
     match crate::sys::clone::fork_with_pid(None, libc::CLONE_FILES as u64)? {
         crate::sys::clone::Forked::Child => {
-            let mut source = LocalImages::new(images_dir);
-            let code = match serve(&listener, &mut source, pid_w.as_fd()) {
+            let mut local;
+            let mut fetched;
+            let source: &mut dyn PageSource = match remote.take() {
+                Some(client) => {
+                    fetched = RemotePages::new(images_dir, client);
+                    &mut fetched
+                }
+                None => {
+                    local = LocalImages::new(images_dir);
+                    &mut local
+                }
+            };
+            let code = match serve(&listener, source, pid_w.as_fd()) {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("lazy-pages: {e}");
@@ -631,7 +728,7 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
     }
     let t0 = Instant::now();
     let mut server = Server {
-        source,
+        source: &mut *source,
         spaces: Vec::new(),
         buf: Vec::new(),
         pid_pipe,
@@ -687,12 +784,13 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
         if conn_ready {
             match crate::sys::sock::recv_packet(conn.as_fd()) {
                 Ok(Some(p)) => {
-                    let (Some((pid, ranges)), Some(fd)) = (parse_handoff(&p.data), p.fd) else {
+                    let (Some((image, pid, ranges)), Some(fd)) = (parse_handoff(&p.data), p.fd)
+                    else {
                         return Err(Error::InvalidOptions(
                             "malformed message from the restorer".into(),
                         ));
                     };
-                    server.add(fd, pid, &ranges)?;
+                    server.add(fd, image, pid, &ranges)?;
                 }
                 Ok(None) => restoring = false,
                 Err(e) => return Err(Error::sys("receive from the restorer", e)),
@@ -732,6 +830,7 @@ fn serve(listener: &OwnedFd, source: &mut dyn PageSource, pid_pipe: BorrowedFd<'
     // Closing the descriptors ends the registrations: from now on the kernel itself handles
     // faults in what is left registered, which never held saved pages (zeros, as at dump time).
     drop(server);
+    source.done()?;
     let _ = conn.as_raw_fd();
     Ok(())
 }
@@ -783,13 +882,15 @@ mod tests {
 
     #[test]
     fn handoff_messages_parse_or_are_refused() {
-        let mut m = 42i32.to_ne_bytes().to_vec();
+        let mut m = 1i32.to_ne_bytes().to_vec();
+        m.extend_from_slice(&42i32.to_ne_bytes());
         for v in [0x1000u64, 0x3000, 0x5000, 0x4000, 0x7001, 0x9000] {
             m.extend_from_slice(&v.to_ne_bytes());
         }
         // Empty and unaligned ranges are dropped.
-        assert_eq!(parse_handoff(&m), Some((42, vec![(0x1000, 0x3000)])));
-        assert_eq!(parse_handoff(&m[..5]), None);
+        assert_eq!(parse_handoff(&m), Some((1, 42, vec![(0x1000, 0x3000)])));
+        assert_eq!(parse_handoff(&m[..9]), None);
+        assert_eq!(parse_handoff(&m[..4]), None);
         assert_eq!(parse_handoff(&[]), None);
     }
 }

@@ -293,6 +293,8 @@ pub struct PageStats {
     pub skipped_parent: u64,
     /// Pages recorded as the parent task's (PE_COW), not written again.
     pub cow: u64,
+    /// Pages left on the source of a lazy migration (PE_LAZY), not written.
+    pub lazy: u64,
 }
 
 /// A run of pages to save: (vma index, start, end, PAGEMAP_SCAN categories). Pages the scan
@@ -987,6 +989,49 @@ impl PagePlan {
             );
         }
         Ok(lost)
+    }
+
+    /// Lazy migration: the planned pages inside `lazy` (sorted, disjoint ranges) are not saved
+    /// but recorded as PE_LAZY, for the source's page server to send on request. Returns the
+    /// ranges so recorded. Called before any page is copied.
+    pub fn leave_lazy(&mut self, lazy: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        let mut left = Vec::new();
+        for e in std::mem::take(&mut self.entries) {
+            let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+            if e.flags != Some(PE_PRESENT) {
+                entries.push(e);
+                continue;
+            }
+            for (s, end, is_lazy) in split_by_cover(e.vaddr, e.vaddr + nr * PAGE_SIZE, lazy) {
+                let n = (end - s) / PAGE_SIZE;
+                if is_lazy {
+                    push_entry(&mut entries, s, n, crate::images::PE_LAZY);
+                    match left.last_mut() {
+                        Some((_, le)) if *le == s => *le = end,
+                        _ => left.push((s, end)),
+                    }
+                    self.stats.written -= n;
+                } else {
+                    push_entry(&mut entries, s, n, PE_PRESENT);
+                }
+            }
+        }
+        // The data that stays: the same pieces without the lazy parts, packed again.
+        let mut pieces = Vec::with_capacity(self.pieces.len());
+        let mut bytes = 0;
+        for (a, len, _, via_mem) in std::mem::take(&mut self.pieces) {
+            for (s, end, is_lazy) in split_by_cover(a, a + len, lazy) {
+                if !is_lazy {
+                    pieces.push((s, end - s, bytes, via_mem));
+                    bytes += end - s;
+                }
+            }
+        }
+        self.entries = entries;
+        self.pieces = pieces;
+        self.bytes = bytes;
+        left
     }
 
     /// Removes pages (sorted (addr, addr + PAGE_SIZE)) from the plan and their slots from the

@@ -104,6 +104,8 @@ pub struct Options {
     /// Dump: send pages to a page server instead of writing pages-*.img.
     pub page_server: Option<PageServerAddr>,
     pub lazy_pages: bool,
+    /// `dump --lazy-pages --port N [--address A]`: where the dump serves its lazy pages.
+    pub lazy_listen: Option<PageServerAddr>,
     pub tls: Tls,
     pub status_fd: Option<i32>,
 
@@ -194,6 +196,7 @@ impl Default for Options {
             pre_dump_mode: PreDumpMode::default(),
             page_server: None,
             lazy_pages: false,
+            lazy_listen: None,
             tls: Tls::default(),
             status_fd: None,
             root: None,

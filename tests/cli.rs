@@ -305,7 +305,10 @@ fn unsupported_but_parsed_options_are_refused_by_name() {
         &criu(&["page-server", "--port", "1", "-D", "/tmp/x-criu-rs-absent"]),
         "images dir",
     );
-    assert_fails_with(&criu(&["lazy-pages", "--page-server"]), "not supported yet");
+    assert_fails_with(
+        &criu(&["lazy-pages", "--page-server"]),
+        "needs the source's --address",
+    );
 }
 
 #[test]

@@ -170,10 +170,13 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             }
         }
         Action::LazyPages => {
-            // Serving from a remote page server comes with the page server.
-            if opts.page_server.is_some() {
-                return Err(CliError::NotSupported(
-                    flag_spelling("page-server").to_string(),
+            if opts
+                .page_server
+                .as_ref()
+                .is_some_and(|p| p.address.is_none())
+            {
+                return Err(CliError::Invalid(
+                    "lazy-pages --page-server needs the source's --address (and --port)".into(),
                 ));
             }
         }
@@ -258,7 +261,7 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
             Ok(0)
         }
         Action::LazyPages => {
-            crate::lazy::run_daemon(&opts.images_dir, opts.work_dir())?;
+            crate::lazy::run_daemon(&opts.images_dir, opts.work_dir(), &opts)?;
             log::info!("lazy-pages: every page was delivered");
             Ok(0)
         }

@@ -716,6 +716,12 @@ fn finish(mut acc: Accum, words: &[String], env: &ParseEnv) -> Result<Invocation
         .map(|s| absolute(&work_dir, s))
         .collect();
     o.work_dir = Some(work_dir);
+    if o.lazy_pages && action == Action::Dump {
+        o.lazy_listen = Some(PageServerAddr {
+            address: acc.address.clone(),
+            port: acc.port.unwrap_or(crate::pageserver::DEFAULT_PORT),
+        });
+    }
     if acc.page_server {
         o.page_server = Some(PageServerAddr {
             address: acc.address.clone(),

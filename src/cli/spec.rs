@@ -29,7 +29,8 @@ Commands:
   restore        rebuild a process tree from images
   check          report which kernel mechanisms and features this machine and build offer
   page-server    receive the pages of one dump over TCP (-D DIR --port N)
-  lazy-pages     serve memory of a lazily restored tree from the images
+  lazy-pages     serve memory of a lazily restored tree from the images, or with
+                 --page-server --address A --port N from the source's `dump --lazy-pages`
   service        serve RPC requests on a socket
   swrk FD        serve RPC requests on an inherited socket (used by libcriu)
   cpuinfo dump   write CPU information into an image (not supported yet)
@@ -198,7 +199,8 @@ pub fn command() -> Command {
     );
     c = c.arg(flag(
         "lazy-pages",
-        "restore: memory on demand from 'criu lazy-pages' (dump: not supported yet)",
+        "restore: memory on demand from 'criu lazy-pages'; dump: keep private memory on the \
+         source and serve it on --port (--address) until fetched, then kill the tree",
     ));
     c = negatable(
         c,

@@ -313,6 +313,8 @@ struct TreeImages {
     timing: Timing,
     /// VMAs of the tasks dumped so far: a child's memory is compared with its parent's.
     vmas_by_pid: std::collections::HashMap<pid_t, Vec<pb::VmaEntry>>,
+    /// `--lazy-pages`: the pages left on the source, served after the dump.
+    lazy: Vec<crate::pageserver::lazy::LazyTask>,
 }
 
 fn dump_task(
@@ -333,6 +335,7 @@ fn dump_task(
         shared,
         timing,
         vmas_by_pid,
+        lazy: _,
     } = tree;
     let pid = task.pid;
     let stat = procfs::stat(pid, None)?;
@@ -804,6 +807,19 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     notify.notify("pre-dump", pid, None)?;
     // Connected before the freeze: a page server that cannot be reached costs no frozen time.
     let mut sink = page_sink(opts, &dir)?;
+    // Listening before the freeze too: the port is taken (or refused) before anything stops.
+    let lazy_listener = match &opts.lazy_listen {
+        Some(l) if opts.lazy_pages => {
+            let listener = crate::pageserver::server::listen(l.address.as_deref(), l.port)?;
+            log::info!(
+                "lazy pages will be served on {}:{}",
+                l.address.as_deref().unwrap_or("*"),
+                listener.port
+            );
+            Some(listener)
+        }
+        _ => None,
+    };
 
     let mut timing = Timing::default();
     let t0 = Instant::now();
@@ -851,6 +867,33 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     notify.notify("post-dump", pid, None)?;
 
     let frozen_at = frozen.frozen_at;
+    if let Some(listener) = lazy_listener {
+        // The tree stays frozen while the destination fetches its memory, and is killed after
+        // (it runs there now); a destination that breaks off leaves nothing to resume either.
+        timing.frozen = frozen_at.elapsed();
+        let t0 = Instant::now();
+        // Killed, interrupted or crashed while serving: the tree goes with us.
+        frozen.die_with_tracer()?;
+        let served = crate::pageserver::lazy::serve(listener, opts, &tree.lazy);
+        frozen.kill()?;
+        tree.files.inet.tree_killed();
+        for tt in tracking.iter_mut() {
+            crate::track::forget(tt.pid, tt.start_time);
+        }
+        write_stats(&dir, "dump", &timing, opts.display_stats)?;
+        let served = served.inspect_err(|e| {
+            log::error!("{e}; the dumped tree was killed");
+        })?;
+        log::info!(
+            "lazy dump of pid {pid} finished: {} KiB sent in {} requests in {:.3} s after the \
+             dump, {} KiB never asked for; the tree was killed",
+            served.bytes >> 10,
+            served.requests,
+            t0.elapsed().as_secs_f64(),
+            served.unsent >> 10
+        );
+        return Ok(DumpOutcome { restored: false });
+    }
     if opts.leave_running {
         // Connections leave repair mode and the lock goes before the tree runs again.
         tree.files.inet.release()?;
@@ -876,6 +919,72 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         timing.stats.skipped_parent
     );
     Ok(DumpOutcome { restored: false })
+}
+
+/// Lazy migration: the private anonymous memory of every task stays out of the images (PE_LAZY)
+/// and is listed for the source's page server. Which memory is lazy is decided as the lazy
+/// restore decides it (`lazy::can_be_lazy`, nothing a child shares copy-on-write with its
+/// parent), so that every PE_LAZY page lands where the destination's daemon serves it.
+fn leave_lazy(
+    images: &mut [TaskImages],
+    pids: &PidMap,
+) -> Result<Vec<crate::pageserver::lazy::LazyTask>> {
+    let inherit: Vec<Vec<Option<usize>>> = images
+        .iter()
+        .map(|t| {
+            match images
+                .iter()
+                .find(|p| p.pid as u32 == t.pstree.ppid && p.pid != t.pid)
+            {
+                Some(p) => mem::inherited_from(&t.mm.vmas, &p.mm.vmas),
+                None => vec![None; t.mm.vmas.len()],
+            }
+        })
+        .collect();
+    let mut lazy: Vec<Vec<bool>> = images
+        .iter()
+        .zip(&inherit)
+        .map(|(t, inh)| {
+            t.mm.vmas
+                .iter()
+                .zip(inh)
+                .map(|(v, from)| from.is_none() && crate::lazy::can_be_lazy(v))
+                .collect()
+        })
+        .collect();
+    for (i, inh) in inherit.iter().enumerate() {
+        let ppid = images[i].pstree.ppid;
+        let Some(p) = images.iter().position(|p| p.pid as u32 == ppid) else {
+            continue;
+        };
+        for pv in inh.iter().flatten() {
+            if let Some(x) = lazy[p].get_mut(*pv) {
+                *x = false;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (t, lz) in images.iter_mut().zip(&lazy) {
+        let ranges: Vec<(u64, u64)> =
+            t.mm.vmas
+                .iter()
+                .zip(lz)
+                .filter(|(_, &l)| l)
+                .map(|(v, _)| (v.start, v.end))
+                .collect();
+        let ranges = t.pages.leave_lazy(&ranges);
+        let image_pid = if pids.own_ns {
+            pids.ns(t.pid, t.pid)?
+        } else {
+            t.pid
+        };
+        out.push(crate::pageserver::lazy::LazyTask {
+            pid: t.pid,
+            image_pid,
+            ranges,
+        });
+    }
+    Ok(out)
 }
 
 /// Where the pages go: a page server (`--page-server`) or the images directory.
@@ -921,6 +1030,25 @@ fn write_tree(
         tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
         images.push(t);
     }
+    let TreeImages { files, .. } = tree;
+    // Pipes and sockets are whole only when every holder was dumped.
+    let holders: Vec<pid_t> = images
+        .iter()
+        .map(|t| t.pid)
+        .chain(frozen.zombies.iter().map(|z| z.pid))
+        .collect();
+    files.check_complete(&holders)?;
+    if opts.lazy_pages {
+        tree.lazy = leave_lazy(&mut images, pids)?;
+        let lazy: u64 = tree
+            .lazy
+            .iter()
+            .flat_map(|t| &t.ranges)
+            .map(|r| (r.1 - r.0) / crate::sys::mem::PAGE_SIZE)
+            .sum();
+        tree.timing.stats.written -= lazy;
+        tree.timing.stats.lazy += lazy;
+    }
     let TreeImages {
         files,
         seccomp,
@@ -929,13 +1057,6 @@ fn write_tree(
         parent,
         ..
     } = tree;
-    // Pipes and sockets are whole only when every holder was dumped.
-    let holders: Vec<pid_t> = images
-        .iter()
-        .map(|t| t.pid)
-        .chain(frozen.zombies.iter().map(|z| z.pid))
-        .collect();
-    files.check_complete(&holders)?;
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
     for t in images.iter_mut() {
@@ -1065,7 +1186,7 @@ pub(crate) fn write_stats(dir: &ImageDir, name: &str, t: &Timing, display: bool)
         pages_scanned: t.stats.scanned,
         pages_skipped_parent: t.stats.skipped_parent,
         pages_written: t.stats.written,
-        pages_lazy: 0,
+        pages_lazy: t.stats.lazy,
         shpages_written: Some(t.shpages_written),
         ..Default::default()
     };

@@ -178,7 +178,7 @@ pub fn finalize(
     // Lazy memory is in place and still empty: register it before anything can touch it (and
     // before credentials change, which could forbid a userfaultfd).
     if let Some((handoff, lazy)) = lazy {
-        hand_over_lazy(&ctl, handoff, &task.mm.vmas, lazy)?;
+        hand_over_lazy(&ctl, handoff, task.pid, &task.mm.vmas, lazy)?;
     }
     // Shared anonymous memory: a new mapping of the object built by the restorer (mremap with
     // old size 0 maps the same pages again).
@@ -377,6 +377,7 @@ pub fn finalize(
 fn hand_over_lazy(
     ctl: &Ctl,
     handoff: &crate::lazy::Handoff,
+    image_pid: pid_t,
     vmas: &[pb::VmaEntry],
     lazy: &[bool],
 ) -> Result<()> {
@@ -396,7 +397,12 @@ fn hand_over_lazy(
     )?;
     let uffd = crate::sys::pidfd::PidFd::open(ctl.pid)?.get_fd(fd as i32);
     ctl.sys("close(userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-    handoff.hand_over(ctl.pid, std::os::fd::AsFd::as_fd(&uffd?), &ranges)
+    handoff.hand_over(
+        image_pid,
+        ctl.pid,
+        std::os::fd::AsFd::as_fd(&uffd?),
+        &ranges,
+    )
 }
 
 /// Lets a finalized task run: its threads, then its leader.

@@ -63,10 +63,24 @@ fn reject_unsupported(opts: &Options) -> Result<()> {
 /// Checkpoints the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
     reject_unsupported(opts)?;
-    if opts.lazy_pages {
-        // Dumping for lazy migration needs the page server; restore takes it alone.
-        log::error!("option --lazy-pages is not supported yet for dump");
+    if opts.lazy_pages && opts.page_server.is_some() {
+        return Err(Error::InvalidOptions(
+            "dump --lazy-pages serves the lazy pages itself: give --port (and --address), not \
+             --page-server"
+                .into(),
+        ));
+    }
+    if opts.lazy_pages && opts.lazy_listen.is_none() {
+        // RPC and the library give no port for it yet.
+        log::error!("dump --lazy-pages needs --port N to serve the pages on");
         return Err(Error::OptionNotSupported("lazy-pages"));
+    }
+    if opts.lazy_pages && opts.leave_running {
+        return Err(Error::InvalidOptions(
+            "dump --lazy-pages keeps the tree frozen until its memory was fetched, then kills \
+             it: not with --leave-running"
+                .into(),
+        ));
     }
     dump::dump(opts, notify)
 }

@@ -596,12 +596,6 @@ pub fn restore(opts: &Options, notify: &mut dyn Notify) -> Result<RestoreOutcome
         None
     };
     check_pids(&plan)?;
-    // The lazy-pages daemon knows the tasks by one pid: images' and ours differ here.
-    if opts.lazy_pages && plan.new_pidns {
-        return Err(Error::InvalidOptions(
-            "a lazy restore of a pid namespace's init is not supported yet".into(),
-        ));
-    }
     // Lazy restore: the daemon must be there before anything is built.
     let handoff = if opts.lazy_pages {
         Some(crate::lazy::Handoff::connect(opts.work_dir())?)
@@ -1051,11 +1045,35 @@ fn lazy_pages(dir: &ImageDir, plan: &Plan, lazy: &[Vec<bool>]) -> Result<Vec<Vec
             out.push(Vec::new());
             continue;
         };
+        // Pages a lazy migration left on the source (PE_LAZY) exist nowhere here: only the
+        // daemon can fetch them, and only into memory it serves.
+        let remote = crate::images::pages::lazy_ranges(dir, t.pid)?;
+        let mut covered: Vec<(u64, u64)> = remote
+            .iter()
+            .flat_map(|&(s, e)| {
+                t.mm.vmas
+                    .iter()
+                    .zip(lz)
+                    .filter(move |(v, &l)| l && v.start < e && s < v.end)
+                    .map(move |(v, _)| (s.max(v.start), e.min(v.end)))
+            })
+            .collect();
+        covered.sort_unstable();
+        let covered_bytes: u64 = covered.iter().map(|r| r.1 - r.0).sum();
+        if covered_bytes != remote.iter().map(|r| r.1 - r.0).sum::<u64>() {
+            return Err(Error::InvalidOptions(format!(
+                "pid {}: the images leave pages on the source of a lazy migration (PE_LAZY); \
+                 restore them with --lazy-pages and `criu lazy-pages --page-server`",
+                t.pid
+            )));
+        }
         if !lz.iter().any(|&l| l) {
             out.push(Vec::new());
             continue;
         }
-        let own = crate::images::pages::own_ranges(dir, t.pid)?.unwrap_or_default();
+        let mut own = crate::images::pages::own_ranges(dir, t.pid)?.unwrap_or_default();
+        own.extend(remote);
+        own.sort_unstable();
         let mut left = Vec::new();
         for (v, _) in t.mm.vmas.iter().zip(lz).filter(|(_, &l)| l) {
             let first = own.partition_point(|r| r.1 <= v.start);

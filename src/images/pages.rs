@@ -354,6 +354,12 @@ pub fn own_ranges(dir: &ImageDir, pid: i32) -> Result<Option<Vec<(u64, u64)>>> {
     ranges_with(dir, pid, PE_PRESENT)
 }
 
+/// The address ranges of task `pid` left for lazy migration (PE_LAZY: the data is on the
+/// source), merged and sorted.
+pub fn lazy_ranges(dir: &ImageDir, pid: i32) -> Result<Vec<(u64, u64)>> {
+    Ok(ranges_with(dir, pid, super::PE_LAZY)?.unwrap_or_default())
+}
+
 fn ranges_with(dir: &ImageDir, pid: i32, flags: u32) -> Result<Option<Vec<(u64, u64)>>> {
     // A dump through a page server keeps only the record of what it sent.
     let r = match dir.open_optional(Kind::Pagemap, pid)? {

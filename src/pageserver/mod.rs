@@ -7,6 +7,7 @@
 //! destination hold a parent for this pagemap), PARENT with an int, CLOSE with an int status.
 
 pub mod client;
+pub mod lazy;
 pub mod server;
 pub mod tls;
 

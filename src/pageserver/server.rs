@@ -48,6 +48,22 @@ pub fn listen(address: Option<&str>, port: u16) -> Result<Listener> {
 }
 
 impl Listener {
+    /// Accepts one connection (TLS when `opts` says so) and stops listening.
+    pub fn accept(self, opts: &Options) -> Result<(Box<dyn Conn>, std::net::SocketAddr)> {
+        let (tcp, peer) = self
+            .sock
+            .accept()
+            .map_err(|e| Error::io("accept a page server connection", e))?;
+        drop(self.sock);
+        super::tune(&tcp);
+        let conn: Box<dyn Conn> = if opts.tls.enabled {
+            super::tls::server(tcp, &opts.tls)?
+        } else {
+            Box::new(tcp)
+        };
+        Ok((conn, peer))
+    }
+
     /// Accepts one connection and receives one dump into `opts.images_dir`.
     pub fn serve_one(self, opts: &Options) -> Result<()> {
         if !opts.tls.enabled {
@@ -58,18 +74,8 @@ impl Listener {
                 opts.images_dir.display()
             );
         }
-        let (tcp, peer) = self
-            .sock
-            .accept()
-            .map_err(|e| Error::io("accept a page server connection", e))?;
-        drop(self.sock);
-        super::tune(&tcp);
+        let (mut conn, peer) = self.accept(opts)?;
         log::info!("page server: connection from {peer}");
-        let mut conn: Box<dyn Conn> = if opts.tls.enabled {
-            super::tls::server(tcp, &opts.tls)?
-        } else {
-            Box::new(tcp)
-        };
         let dir = ImageDir::new(&opts.images_dir);
         let parent = link_parent(&dir, opts.prev_images_dir.as_deref())?;
         let mut rx = Receiver {
