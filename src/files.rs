@@ -104,6 +104,7 @@ impl FileTable {
             ..FileTable::new()
         };
         t.unix.ext_unix_sk = opts.ext_unix_sk;
+        t.unix.external = unix::external_inos(&opts.external);
         t
     }
 
@@ -779,6 +780,9 @@ pub struct FileImages {
     streams: crate::inet::StreamImages,
     /// --tcp-close at restore: established connections come back closed.
     tcp_close: bool,
+    /// --inherit-fd: the caller's descriptor that takes the place of a file, by its key
+    /// (`socket:[INO]`, `pipe:[INO]`).
+    inherited: HashMap<String, RawFd>,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
     memfds: crate::memfd::MemfdImages,
@@ -816,6 +820,7 @@ impl FileImages {
         Ok(FileImages {
             streams,
             tcp_close: false,
+            inherited: HashMap::new(),
             by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
             unix_by_ino,
             pipes: pipes::PipeImages::load(dir)?,
@@ -846,6 +851,32 @@ impl FileImages {
     pub fn with_tcp_close(mut self, tcp_close: bool) -> Self {
         self.tcp_close = tcp_close;
         self
+    }
+
+    /// --inherit-fd fd[N]:KEY at restore time: each fd N must be open in this process.
+    pub fn with_inherited_fds(mut self, inherit: &[(i32, String)]) -> Result<Self> {
+        for (fd, key) in inherit {
+            if !sysfd::is_open(*fd) {
+                return Err(Error::InvalidOptions(format!(
+                    "--inherit-fd fd[{fd}]:{key}: fd {fd} is not open"
+                )));
+            }
+            if !self
+                .by_id
+                .values()
+                .any(|e| inherit_key(e).as_deref() == Some(key))
+            {
+                log::warn!("--inherit-fd fd[{fd}]:{key}: no file of the images has that key");
+            }
+            self.inherited.insert(key.clone(), *fd);
+        }
+        Ok(self)
+    }
+
+    /// The caller's descriptor given with --inherit-fd for file `id`, if any.
+    fn inherited_fd(&self, id: u32) -> Option<RawFd> {
+        let key = inherit_key(self.by_id.get(&id)?)?;
+        self.inherited.get(&key).copied()
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -914,6 +945,15 @@ impl FileImages {
             ))
         })
     }
+}
+
+/// The name --inherit-fd gives a file by, as CRIU spells it: `socket:[INO]` for a unix
+/// socket, `pipe:[INO]` for a pipe end.
+fn inherit_key(e: &pb::FileEntry) -> Option<String> {
+    if let Some(u) = &e.usk {
+        return Some(format!("socket:[{}]", u.ino));
+    }
+    e.pipe.as_ref().map(|p| format!("pipe:[{}]", p.pipe_id))
 }
 
 pub(crate) fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
@@ -1115,6 +1155,15 @@ pub fn open_all(
         )
         .chain(wanted.iter().filter(|id| is_listener(id)))
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
+    // Files the caller gives (--inherit-fd) first: the pair of an in-tree peer made below
+    // leaves them alone.
+    for &id in &wanted {
+        if let Some(fd) = files.inherited_fd(id) {
+            log::info!("file {id} is the inherited fd {fd}");
+            out.by_id
+                .insert(id, sysfd::dup_above(sysfd::borrow(fd), lowest_fd)?);
+        }
+    }
     for &id in order {
         if out.by_id.contains_key(&id) {
             continue;
@@ -1201,6 +1250,9 @@ pub fn open_all(
             _ => vec![(id, files.open_description(e, terminal)?)],
         };
         for (made_id, fd) in made {
+            if out.by_id.contains_key(&made_id) {
+                continue;
+            }
             let moved = sysfd::dup_above(fd.as_fd(), lowest_fd)?;
             drop(fd);
             out.by_id.insert(made_id, moved);

@@ -52,6 +52,9 @@ struct SeenSocket {
     /// A datagram socket connected to a named one that is not connected back: the peer's
     /// type and name (it is connected to again by name at restore).
     one_way: Option<(u8, Vec<u8>)>,
+    /// Connected to a socket outside the dump that `--external unix[INO]` (INO: this socket)
+    /// allows: the peer's type and name, for its external entry.
+    outside: Option<(u8, Vec<u8>)>,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -76,6 +79,17 @@ pub struct UnixDump {
     in_flight: Vec<InFlight>,
     /// --ext-unix-sk: a datagram socket may be connected to a named socket outside the dump.
     pub ext_unix_sk: bool,
+    /// `--external unix[INO]`: sockets of the dump (by inode) that may be connected to a
+    /// socket outside it; the restore gives them back with `--inherit-fd`.
+    pub external: std::collections::HashSet<u32>,
+}
+
+/// The inodes named by `--external unix[INO]` entries (other kinds are left to others).
+pub fn external_inos(external: &[String]) -> std::collections::HashSet<u32> {
+    external
+        .iter()
+        .filter_map(|e| e.strip_prefix("unix[")?.strip_suffix(']')?.parse().ok())
+        .collect()
 }
 
 impl UnixDump {
@@ -85,6 +99,7 @@ impl UnixDump {
         for (&ino, s) in &self.sockets {
             let Some(peer) = s.peer else { continue };
             match self.sockets.get(&peer) {
+                None if self.external.contains(&ino) => {}
                 None if s.one_way.is_some() && self.ext_unix_sk => {}
                 None if s.one_way.is_some() => {
                     return Err(Error::unsupported(
@@ -108,7 +123,8 @@ impl UnixDump {
                         s.pid,
                         format!(
                             "fd {}: unix {} is connected to socket:[{peer}], which no dumped \
-                             task holds (a peer outside the dump cannot be reconnected)",
+                             task holds: use --external unix[{ino}] to dump it anyway, and \
+                             --inherit-fd fd[N]:socket:[{ino}] at restore to give it back",
                             s.fd, s.link
                         ),
                     ))
@@ -156,7 +172,9 @@ impl UnixDump {
     pub fn external_peers(&self, first_id: u32) -> Vec<pb::FileEntry> {
         let mut out: Vec<pb::FileEntry> = Vec::new();
         for s in self.sockets.values() {
-            let (Some(peer), Some((ty, name))) = (s.peer, &s.one_way) else {
+            let (Some(peer), Some((ty, name))) =
+                (s.peer, s.one_way.as_ref().or(s.outside.as_ref()))
+            else {
                 continue;
             };
             if self.sockets.contains_key(&peer)
@@ -264,6 +282,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         },
         _ => None,
     };
+    // Allowed outside the dump by --external unix[INO]: the peer's kind, for its entry.
+    let outside = match info.peer {
+        Some(p) if one_way.is_none() && dump.external.contains(&ino) => {
+            unix_diag::query(p)?.map(|pi| (pi.sock_type, pi.name.unwrap_or_default()))
+        }
+        _ => None,
+    };
     if one_way.is_some() && info.rqueue != 0 {
         return Err(bad(
             "connected to a named socket, with datagrams queued (not supported yet)".into(),
@@ -352,6 +377,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             peer: info.peer,
             named,
             one_way,
+            outside,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -740,6 +766,18 @@ pub fn open_socket(
         ))
     })?;
     let what = |verb: &str| format!("{verb} for unix socket {}", sk.ino);
+    // Only a datagram socket is connected again by name to a socket outside the dump; other
+    // connections to one come back only as a descriptor the caller gives.
+    let peer = match peer {
+        Some(p) if p.uflags & USK_EXTERN != 0 && sk.r#type as i32 != libc::SOCK_DGRAM => {
+            return Err(Error::InvalidOptions(format!(
+                "unix socket {} was connected to socket {} outside the dump: give a socket \
+                 in its place with --inherit-fd fd[N]:socket:[{}]",
+                sk.ino, p.ino, sk.ino
+            )))
+        }
+        p => p,
+    };
     match (sk.state as u8, peer) {
         (STATE_ESTABLISHED, Some(peer))
             if peer.peer != sk.ino
@@ -814,8 +852,9 @@ pub fn open_socket(
             Ok(vec![(sk.id, s)])
         }
         (STATE_ESTABLISHED, None) => Err(Error::InvalidOptions(format!(
-            "unix socket {}: its peer {} is not among the files to restore",
-            sk.ino, sk.peer
+            "unix socket {}: its peer {} is not among the files to restore (a socket \
+             connected outside the dump comes back with --inherit-fd fd[N]:socket:[{}])",
+            sk.ino, sk.peer, sk.ino
         ))),
         (state, _) => Err(Error::InvalidOptions(format!(
             "unix socket {} in state {state}, which this build cannot restore",
@@ -1082,6 +1121,7 @@ mod tests {
             peer,
             named: false,
             one_way: None,
+            outside: None,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),
