@@ -63,6 +63,9 @@ pub struct FileTable {
     /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
     /// seen holding them: a holder outside the dump would make the restore wrong.
     shared: BTreeMap<String, (pid_t, i32)>,
+    /// `--external pipe[INO]` / `unix[INO]`: those links may be held outside the dump too
+    /// (the restore gets them back with --inherit-fd).
+    external_links: HashSet<String>,
     /// What could not be dumped so far, as (pid, "fd N: why"): the dump goes on looking at
     /// every fd and `check_complete` fails once with the whole list.
     refused: Vec<(pid_t, String)>,
@@ -105,6 +108,20 @@ impl FileTable {
         };
         t.unix.ext_unix_sk = opts.ext_unix_sk;
         t.unix.external = unix::external_inos(&opts.external);
+        t.external_links = opts
+            .external
+            .iter()
+            .filter_map(|e| {
+                let (kind, rest) = e.split_once('[')?;
+                let ino: u64 = rest.strip_suffix(']')?.parse().ok()?;
+                let link = match kind {
+                    "pipe" => "pipe",
+                    "unix" => "socket",
+                    _ => return None,
+                };
+                Some(format!("{link}:[{ino}]"))
+            })
+            .collect();
         t
     }
 
@@ -247,13 +264,27 @@ impl FileTable {
             let ours = [dumped, &[me], self.inet.helper_pids()].concat();
             for (other, fd, link) in procfs::fd_links_of_others(&ours)? {
                 if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
+                    if self.external_links.contains(key) {
+                        continue;
+                    }
                     if reported.insert(key.as_str()) {
+                        let hint = match bracketed_ino(&link, "pipe")
+                            .map(|i| ("pipe", "pipe", i))
+                            .or_else(|| {
+                                bracketed_ino(&link, "socket").map(|i| ("unix", "socket", i))
+                            }) {
+                            Some((ext, key, ino)) => format!(
+                                " (use --external {ext}[{ino}] to dump it anyway, and \
+                                 --inherit-fd fd[N]:{key}:[{ino}] at restore to give it back)"
+                            ),
+                            None => String::new(),
+                        };
                         refused.push(Error::unsupported(
                             pid,
                             format!(
                                 "fd {our_fd}: {link} is also open in pid {other} (fd {fd}), \
                                  which is not being dumped: the restored task would lose that \
-                                 connection"
+                                 connection{hint}"
                             ),
                         ));
                     }

@@ -262,9 +262,12 @@ impl Options {
             (self.lsm_mount_context.is_some(), "lsm-mount-context"),
             (self.unprivileged, "unprivileged"),
             (self.link_remap, "link-remap"),
-            // Only unix[INO] (unix.rs) is implemented.
+            // Only unix[INO] (unix.rs) and pipe[INO] (files.rs) are implemented.
             (
-                !self.external.iter().all(|e| e.starts_with("unix[")),
+                !self
+                    .external
+                    .iter()
+                    .all(|e| e.starts_with("unix[") || e.starts_with("pipe[")),
                 "external",
             ),
             (

@@ -198,7 +198,32 @@ fn pipes_to_the_outside_come_back_inherited() {
     drop((req_r, rep_w));
     let (mut w, mut r) = (std::fs::File::from(req_w), std::fs::File::from(rep_r));
     assert_eq!(ask(&mut w, &mut r, "one"), "pong 1 one");
-    s.dump(pid, &[]);
+    // We hold the other ends: refused unless --external names the pipes.
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "refused.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains(&format!("--external pipe[{req_ino}]")),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    s.dump(
+        pid,
+        &[
+            "--external",
+            &format!("pipe[{req_ino}]"),
+            "--external",
+            &format!("pipe[{rep_ino}]"),
+        ],
+    );
     assert!(!child.0.wait().unwrap().success());
     drop((w, r));
 
