@@ -1176,6 +1176,14 @@ pub fn open_all(
                         .is_some_and(|p| files.queues.carries_files(p.id))
             })
     };
+    // Clients whose connections were not accepted yet: after every listener listens.
+    let waits_for_listener = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.usk.as_ref())
+            .is_some_and(|u| unix::waits_for_listener(u, files.unix_peer(u)))
+    };
     let order = wanted
         .iter()
         .filter(|id| is_pty_master(id))
@@ -1184,7 +1192,12 @@ pub fn open_all(
                 .iter()
                 .filter(|id| !is_fanotify(id) && !is_pty_master(id) && !is_listener(id)),
         )
-        .chain(wanted.iter().filter(|id| is_listener(id)))
+        .chain(
+            wanted
+                .iter()
+                .filter(|id| is_listener(id) && !waits_for_listener(id)),
+        )
+        .chain(wanted.iter().filter(|id| waits_for_listener(id)))
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
     // Files the caller gives (--inherit-fd) first: the pair of an in-tree peer made below
     // leaves them alone.

@@ -6,7 +6,13 @@
 //! outside the dump with --ext-unix-sk, written as an external entry as CRIU does), and files
 //! in flight (SCM_RIGHTS) in datagram and seqpacket queues: the peek gives us copies, which
 //! files.rs dumps as files; each message's entry names them by id, and the refill passes them
-//! along again.
+//! along again. Connections waiting in a listener's queue (not accepted yet) from clients of
+//! the dump: the client's entry names the listener as its peer, as CRIU does, and the restore
+//! connects the client to the listener's name again (the server side has no inode and no
+//! task; sock_diag lists the clients as the listener's "icons"). A socket connected to one
+//! outside the dump with `--external unix[INO]` (INO: the socket of the dump): its peer is
+//! written as an external entry, and the restore takes the caller's descriptor in its place
+//! (`--inherit-fd fd[N]:socket:[INO]`, files.rs).
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
@@ -21,9 +27,12 @@
 //! saved message; then options, flags and owners.
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
-//! a directory, listeners with connections not accepted yet, connected datagram sockets that
+//! a directory, connections not accepted yet whose client is outside the dump or closed or
+//! has sent data (the bytes sit in the server side, which nothing can peek before the
+//! accept), connected datagram sockets that
 //! have a name, connections whose both ends have a name, sockets connected to a socket outside
-//! the dump (except datagram ones with --ext-unix-sk) or to one that is gone, shut-down
+//! the dump (except datagram ones with --ext-unix-sk, and any named by --external) or to one
+//! that is gone, shut-down
 //! sockets, file descriptors in flight in a stream's queue or unix sockets in flight,
 //! credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
 
@@ -55,6 +64,11 @@ struct SeenSocket {
     /// Connected to a socket outside the dump that `--external unix[INO]` (INO: this socket)
     /// allows: the peer's type and name, for its external entry.
     outside: Option<(u8, Vec<u8>)>,
+    /// A client whose connection waits in this listener's queue (not accepted yet): it is
+    /// connected to that listener again by name at restore.
+    pending_on: Option<u32>,
+    /// A listener: the clients of the connections in its queue, oldest first.
+    icons: Vec<u32>,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -96,8 +110,22 @@ impl UnixDump {
     /// Every connected socket's peer must have been dumped too and be connected back to it: a
     /// peer outside the dumped tasks cannot be reconnected on restore.
     pub fn check_peers(&self) -> Result<()> {
+        self.check_pending()?;
         for (&ino, s) in &self.sockets {
             let Some(peer) = s.peer else { continue };
+            if s.pending_on.is_some() {
+                if !self.sockets.contains_key(&peer) {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} waits to be accepted by the listener \
+                             socket:[{peer}], which no dumped task holds",
+                            s.fd, s.link
+                        ),
+                    ));
+                }
+                continue;
+            }
             match self.sockets.get(&peer) {
                 None if self.external.contains(&ino) => {}
                 None if s.one_way.is_some() && self.ext_unix_sk => {}
@@ -149,6 +177,24 @@ impl UnixDump {
                     ))
                 }
                 Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every connection waiting in a dumped listener's queue must come from a client of the
+    /// dump: the restore makes it again by connecting that client.
+    fn check_pending(&self) -> Result<()> {
+        for s in self.sockets.values() {
+            if let Some(&client) = s.icons.iter().find(|c| !self.sockets.contains_key(c)) {
+                return Err(Error::unsupported(
+                    s.pid,
+                    format!(
+                        "fd {}: unix {} has a connection not accepted yet from socket:[{client}], \
+                         which no dumped task holds (not supported yet)",
+                        s.fd, s.link
+                    ),
+                ));
             }
         }
         Ok(())
@@ -246,14 +292,47 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     }
     let kind = type_name(info.sock_type);
     let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
-    if info.state == STATE_LISTEN && info.rqueue != 0 {
-        return Err(bad(format!(
-            "listening{} with {} connection(s) not accepted yet (not supported yet)",
-            name_suffix(&info),
-            info.rqueue
-        )));
-    }
     let named = info.name.as_ref().is_some_and(|n| !n.is_empty());
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
+        // Made again at restore by connecting each client to the listener's name.
+        let why = if info.icons.contains(&0) {
+            Some("one of them from a client that is closed")
+        } else if !named {
+            Some("no name to connect to")
+        } else if info.icons.len() != info.rqueue as usize {
+            Some("the kernel did not list them all")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(bad(format!(
+                "listening{} with {} connection(s) not accepted yet: {why} (not supported yet)",
+                name_suffix(&info),
+                info.rqueue
+            )));
+        }
+    }
+    // A client whose connection waits in a listener's queue: its peer (the server side, not
+    // accepted yet) has no inode; the listener lists it.
+    let mut pending_on = None;
+    if info.state == STATE_ESTABLISHED && info.peer.is_none() && info.shutdown == 0 {
+        if let Some(l) = unix_diag::listeners()?
+            .into_iter()
+            .find(|l| l.icons.contains(&ino))
+        {
+            if info.wmem_alloc != 0 {
+                return Err(bad(format!(
+                    "waiting to be accepted by the listener socket:[{}]{}, with {} byte(s) sent \
+                     that the server has not read (not supported yet)",
+                    l.ino,
+                    name_suffix(&l),
+                    info.wmem_alloc
+                )));
+            }
+            pending_on = Some(l.ino);
+            info.peer = Some(l.ino);
+        }
+    }
     if named && info.state == STATE_ESTABLISHED && info.sock_type as i32 == libc::SOCK_DGRAM {
         return Err(bad(format!(
             "connected and bound to a name{} (not supported yet)",
@@ -264,6 +343,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         Some(n) if named => Some(bound_name(fd, n, info.vfs, &bad)?),
         _ => None,
     };
+    if info.state == STATE_LISTEN && info.rqueue != 0 && bound.as_ref().is_some_and(|b| b.deleted) {
+        return Err(bad(format!(
+            "listening{} with connection(s) not accepted yet, its socket file removed (not \
+             supported yet)",
+            name_suffix(&info)
+        )));
+    }
     if named && info.state == STATE_CLOSE && info.rqueue != 0 {
         return Err(bad(format!(
             "bound to a name{} with datagrams queued (their senders' addresses would be lost: \
@@ -378,6 +464,12 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             named,
             one_way,
             outside,
+            pending_on,
+            icons: if info.state == STATE_LISTEN {
+                info.icons.clone()
+            } else {
+                Vec::new()
+            },
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -735,6 +827,12 @@ pub fn opens_late(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool 
     sk.state as u8 == STATE_LISTEN || peer.is_some_and(|p| p.peer != sk.ino && !p.name.is_empty())
 }
 
+/// Whether the saved socket is a client whose connection waited in `peer`'s queue (a
+/// listener): it connects again once every listener listens.
+pub fn waits_for_listener(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool {
+    sk.state as u8 == STATE_ESTABLISHED && peer.is_some_and(|p| p.state as u8 == STATE_LISTEN)
+}
+
 /// Connects `s` to the name `peer` is bound to.
 fn connect_by_name(s: &OwnedFd, peer: &pb::UnixSkEntry) -> Result<()> {
     let name = printable_name(&peer.name);
@@ -779,6 +877,24 @@ pub fn open_socket(
         p => p,
     };
     match (sk.state as u8, peer) {
+        (STATE_ESTABLISHED, Some(listener)) if listener.state as u8 == STATE_LISTEN => {
+            // A connection not accepted at dump time: connected again, it waits in the
+            // restored listener's queue (the server side has nothing to send before accept).
+            if !queues.of(sk.id).is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "unix socket {} waiting to be accepted has queued messages",
+                    sk.ino
+                )));
+            }
+            let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            connect_by_name(&s, listener)?;
+            set_buffers(s.as_fd(), &sk.opts)?;
+            set_behaviour(s.as_fd(), &sk.opts)?;
+            files::restore_status_flags(s.as_fd(), sk.flags)?;
+            Ok(vec![(sk.id, s)])
+        }
         (STATE_ESTABLISHED, Some(peer))
             if peer.peer != sk.ino
                 && sk.r#type as i32 == libc::SOCK_DGRAM
@@ -1122,6 +1238,8 @@ mod tests {
             named: false,
             one_way: None,
             outside: None,
+            pending_on: None,
+            icons: Vec::new(),
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),

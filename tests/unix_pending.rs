@@ -1,0 +1,97 @@
+//! Unix connections not accepted yet through dump and restore of a real process
+//! (ctests/workloads/pending.c): a listener with three clients of the tree in its queue; the
+//! restored server accepts all three, each client gets its reply.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(s: &Scratch, args: &[&str]) -> (KillOnDrop, i32) {
+    let child = KillOnDrop(s.spawn(&workload("pending"), args));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    (child, pid)
+}
+
+fn verify(s: &Scratch, pid: i32, who: &str) {
+    assert!(kill(pid, libc::SIGUSR1));
+    let code = wait_exit(pid, T);
+    assert_eq!(
+        code,
+        0,
+        "{who} failed its checks (exit {code}): {}; out: {}",
+        s.read("result"),
+        s.read("out")
+    );
+}
+
+#[test]
+fn connections_not_accepted_yet_are_accepted_after_restore() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending");
+    let (mut child, pid) = start(&s, &[]);
+    s.dump(pid, &[]);
+    assert!(!child.0.wait().unwrap().success());
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+}
+
+#[test]
+fn leave_running_keeps_the_pending_connections() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending-leave");
+    let (mut child, pid) = start(&s, &[]);
+    s.dump(pid, &["--leave-running"]);
+    assert_running_untraced(pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        s.read("result")
+    );
+}
+
+/// A client that sent data the server has not accepted yet: the bytes sit in the kernel's
+/// server-side socket, which no task holds and no peek reaches. Refused, the task untouched.
+#[test]
+fn data_sent_before_the_accept_is_refused() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending-data");
+    let (mut child, pid) = start(&s, &["data"]);
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "dump.log",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("not read"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        s.read("result")
+    );
+}
