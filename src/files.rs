@@ -108,6 +108,7 @@ impl FileTable {
         };
         t.unix.ext_unix_sk = opts.ext_unix_sk;
         t.unix.external = unix::external_inos(&opts.external);
+        t.unix.leave_running = opts.leave_running;
         t.external_links = opts
             .external
             .iter()
@@ -227,6 +228,15 @@ impl FileTable {
     /// The memfds whose contents go into the images, with the shared anonymous memory.
     pub fn memfd_contents(&self) -> &[crate::mem::SharedObject] {
         self.memfds.contents()
+    }
+
+    /// Once the dump is complete and the tree is about to be killed: the data clients sent on
+    /// unix connections not accepted yet (unix.rs), which only an accept can read.
+    pub fn take_unaccepted_data(&mut self, dir: &ImageDir) -> Result<()> {
+        if !self.unix.has_unaccepted_data() {
+            return Ok(());
+        }
+        self.unix.take_unaccepted_data(dir)
     }
 
     /// After every task's fds are dumped: nothing was refused, each connected socket's peer

@@ -9,7 +9,10 @@
 //! along again. Connections waiting in a listener's queue (not accepted yet) from clients of
 //! the dump: the client's entry names the listener as its peer, as CRIU does, and the restore
 //! connects the client to the listener's name again (the server side has no inode and no
-//! task; sock_diag lists the clients as the listener's "icons"). A socket connected to one
+//! task; sock_diag lists the clients as the listener's "icons"); what a client sent before
+//! the accept sits in that server side, read by accepting from our copy of the listener at
+//! the very end of a dump that kills the tree (`take_unaccepted_data`), and sent again by the
+//! client at restore. A socket connected to one
 //! outside the dump with `--external unix[INO]` (INO: the socket of the dump): its peer is
 //! written as an external entry, and the restore takes the caller's descriptor in its place
 //! (`--inherit-fd fd[N]:socket:[INO]`, files.rs).
@@ -27,9 +30,9 @@
 //! saved message; then options, flags and owners.
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
-//! a directory, connections not accepted yet whose client is outside the dump or closed or
-//! has sent data (the bytes sit in the server side, which nothing can peek before the
-//! accept), connected datagram sockets that
+//! a directory, connections not accepted yet whose client is outside the dump or closed, or
+//! that carry data with --leave-running (only an accept reads it) or on seqpacket sockets,
+//! connected datagram sockets that
 //! have a name, connections whose both ends have a name, sockets connected to a socket outside
 //! the dump (except datagram ones with --ext-unix-sk, and any named by --external) or to one
 //! that is gone, shut-down
@@ -69,6 +72,8 @@ struct SeenSocket {
     pending_on: Option<u32>,
     /// A listener: the clients of the connections in its queue, oldest first.
     icons: Vec<u32>,
+    /// Its file id.
+    id: u32,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -96,6 +101,14 @@ pub struct UnixDump {
     /// `--external unix[INO]`: sockets of the dump (by inode) that may be connected to a
     /// socket outside it; the restore gives them back with `--inherit-fd`.
     pub external: std::collections::HashSet<u32>,
+    /// --leave-running: the tree runs on after the dump.
+    pub leave_running: bool,
+    /// Our copies of the listeners (by inode) whose queues hold connections of clients that
+    /// sent data before being accepted: `take_unaccepted_data` reads it once the tree is
+    /// about to be killed.
+    unaccepted_data: Vec<(u32, OwnedFd)>,
+    /// Clients (by inode) that sent data before being accepted, with the listener's inode.
+    early_senders: BTreeMap<u32, u32>,
 }
 
 /// The inodes named by `--external unix[INO]` entries (other kinds are left to others).
@@ -198,6 +211,81 @@ impl UnixDump {
             }
         }
         Ok(())
+    }
+
+    /// Whether `take_unaccepted_data` has anything to do.
+    pub fn has_unaccepted_data(&self) -> bool {
+        !self.early_senders.is_empty()
+    }
+
+    /// The bytes clients sent on connections not accepted yet sit in the server-side sockets,
+    /// which no task holds and which can only be read once accepted. So once the dump is
+    /// complete and the tree is about to be killed (never with --leave-running: this takes
+    /// the connections from the tree), every pending connection of such a listener is
+    /// accepted from our copy of it, and what each client sent is queued for that client:
+    /// the restore sends it again after connecting (a pending client's own queue is always
+    /// empty). sk-queues.img is written again with them.
+    pub fn take_unaccepted_data(&mut self, dir: &ImageDir) -> Result<()> {
+        let by_ino: HashMap<u32, u32> = self.sockets.iter().map(|(&i, s)| (i, s.id)).collect();
+        for (listener, copy) in std::mem::take(&mut self.unaccepted_data) {
+            if !self.early_senders.values().any(|&l| l == listener) {
+                continue;
+            }
+            // The tree's listener may block: as many accepts as it has connections waiting.
+            let waiting = unix_diag::query(listener)?.map_or(0, |l| l.rqueue);
+            for _ in 0..waiting {
+                let raw = match socket::accept4(copy.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        return Err(Error::sys(
+                            format!("accept a pending connection of unix socket {listener}"),
+                            e,
+                        ))
+                    }
+                };
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                let server = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                let ino = nix::sys::stat::fstat(&server)
+                    .map_err(|e| Error::sys("fstat an accepted unix socket", e))?
+                    .st_ino as u32;
+                let Some(info) = unix_diag::query(ino)? else {
+                    continue;
+                };
+                let (Some(client), true) = (info.peer, info.rqueue > 0) else {
+                    continue;
+                };
+                let Some(&id) = by_ino.get(&client) else {
+                    continue;
+                };
+                let mut buf = vec![0u8; info.rqueue as usize];
+                let p = sockmsg::peek(server.as_fd(), &mut buf, libc::MSG_DONTWAIT)?;
+                if p.as_ref().is_none_or(|p| {
+                    !p.control.is_empty() || p.control_truncated || p.len != buf.len()
+                }) {
+                    return Err(Error::task(
+                        self.sockets[&client].pid,
+                        format!(
+                            "fd {}: a connection not accepted yet: what it sent carries control \
+                             data or could not be read whole",
+                            self.sockets[&client].fd
+                        ),
+                    ));
+                }
+                log::debug!(
+                    "unix socket {client}: {} byte(s) sent before the accept",
+                    buf.len()
+                );
+                self.queues.push((
+                    pb::SkPacketEntry {
+                        id_for: id,
+                        length: buf.len() as u32,
+                        scm: Vec::new(),
+                    },
+                    buf,
+                ));
+            }
+        }
+        self.write_images(dir)
     }
 
     /// The descriptors in flight found since the last call.
@@ -321,13 +409,22 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             .find(|l| l.icons.contains(&ino))
         {
             if info.wmem_alloc != 0 {
-                return Err(bad(format!(
-                    "waiting to be accepted by the listener socket:[{}]{}, with {} byte(s) sent \
-                     that the server has not read (not supported yet)",
-                    l.ino,
-                    name_suffix(&l),
-                    info.wmem_alloc
-                )));
+                // Read only by accepting the connection, which the tree must not see.
+                if dump.leave_running || info.sock_type as i32 != libc::SOCK_STREAM {
+                    return Err(bad(format!(
+                        "waiting to be accepted by the listener socket:[{}]{}, with data sent \
+                         that the server has not read ({})",
+                        l.ino,
+                        name_suffix(&l),
+                        if dump.leave_running {
+                            "it can only be read by accepting the connection: not with \
+                             --leave-running"
+                        } else {
+                            "not supported yet on seqpacket sockets"
+                        }
+                    )));
+                }
+                dump.early_senders.insert(ino, l.ino);
             }
             pending_on = Some(l.ino);
             info.peer = Some(l.ino);
@@ -423,6 +520,9 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         return Err(bad("with SO_PEEK_OFF in use (not supported yet)".to_owned()));
     }
 
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
+        dump.unaccepted_data.push((ino, fd.copy()?));
+    }
     let opts = dump_opts(sock)?;
     let fown = files::dump_fown(sock)?;
     // A listener's queue holds connections, refused above when there are any.
@@ -470,6 +570,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             } else {
                 Vec::new()
             },
+            id,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -880,16 +981,13 @@ pub fn open_socket(
         (STATE_ESTABLISHED, Some(listener)) if listener.state as u8 == STATE_LISTEN => {
             // A connection not accepted at dump time: connected again, it waits in the
             // restored listener's queue (the server side has nothing to send before accept).
-            if !queues.of(sk.id).is_empty() {
-                return Err(Error::InvalidOptions(format!(
-                    "unix socket {} waiting to be accepted has queued messages",
-                    sk.ino
-                )));
-            }
             let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| Error::sys(what("socket"), e))?;
             bind_name(&s, sk)?;
             connect_by_name(&s, listener)?;
+            // Its queue in the images is what it had sent before the accept: sent again.
+            make_room(s.as_fd(), &sk.opts, queues.of(sk.id))?;
+            refill(s.as_fd(), queues, sk, opened)?;
             set_buffers(s.as_fd(), &sk.opts)?;
             set_behaviour(s.as_fd(), &sk.opts)?;
             files::restore_status_flags(s.as_fd(), sk.flags)?;
@@ -1240,6 +1338,7 @@ mod tests {
             outside: None,
             pending_on: None,
             icons: Vec::new(),
+            id,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),

@@ -857,6 +857,11 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         frozen.resume()?;
         timing.frozen = frozen_at.elapsed();
     } else {
+        // Destroys the tree's pending unix connections: only now that nothing else can fail.
+        if let Err(e) = tree.files.take_unaccepted_data(&dir) {
+            let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
+            return Err(e);
+        }
         // Frozen until killed (waiting for the exit, which frees the memory, is not frozen).
         timing.frozen = frozen_at.elapsed();
         frozen.kill()?;
