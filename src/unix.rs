@@ -4,7 +4,7 @@
 //! seqpacket connections accepted by a listener (the accepted side has the listener's name),
 //! datagram sockets connected to a named socket not connected back (connected again by name;
 //! outside the dump with --ext-unix-sk, written as an external entry as CRIU does), and files
-//! in flight (SCM_RIGHTS) in datagram and seqpacket queues: the peek gives us copies, which
+//! in flight (SCM_RIGHTS) in datagram, seqpacket and stream queues: the peek gives us copies, which
 //! files.rs dumps as files; each message's entry names them by id, and the refill passes them
 //! along again. Connections waiting in a listener's queue (not accepted yet) from clients of
 //! the dump: the client's entry names the listener as its peer, as CRIU does, and the restore
@@ -21,7 +21,8 @@
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
 //! receive queue goes into sk-queues.img: one `sk_packet_entry` (`id_for` = the receiving
 //! socket's file id, `length`) followed by the bytes, per datagram — message boundaries kept —
-//! or, for a stream, the whole byte stream. The queue is read with MSG_PEEK from our own copy of
+//! or, for a stream, the whole byte stream (in pieces when it carries files: see
+//! `walk_stream`). The queue is read with MSG_PEEK from our own copy of
 //! the socket (pidfd_getfd), so nothing is consumed: a stream in one peek from its start; a
 //! datagram queue message by message with SO_PEEK_OFF, as CRIU's sk-queue.c does, then the peek
 //! offset is switched off again.
@@ -32,12 +33,10 @@
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
 //! a directory, connections not accepted yet whose client is outside the dump or closed, or
 //! that carry data with --leave-running (only an accept reads it) or on seqpacket sockets,
-//! connected datagram sockets that
-//! have a name, connections whose both ends have a name, sockets connected to a socket outside
-//! the dump (except datagram ones with --ext-unix-sk, and any named by --external) or to one
-//! that is gone, shut-down
-//! sockets, file descriptors in flight in a stream's queue or unix sockets in flight,
-//! credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
+//! connected datagram sockets that have a name, connections whose both ends have a name,
+//! sockets connected to a socket outside the dump (except datagram ones with --ext-unix-sk,
+//! and any named by --external) or to one that is gone, shut-down sockets, unix sockets in
+//! flight, credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -505,12 +504,6 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         .find(|(k, _)| k == "scm_fds")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    if in_flight != 0 && info.sock_type as i32 == libc::SOCK_STREAM {
-        return Err(bad(format!(
-            "with {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue \
-             (not supported yet)"
-        )));
-    }
     if sockopt::filter_len(sock)? != 0 {
         return Err(bad(
             "with a socket filter attached (not supported yet)".into()
@@ -530,7 +523,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     let queue = if info.state == STATE_LISTEN {
         Vec::new()
     } else {
-        read_queue(fd, sock, &info, &mut rights)?
+        read_queue(fd, sock, &info, in_flight != 0, &mut rights)?
     };
     log::debug!(
         "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
@@ -744,8 +737,17 @@ fn read_queue(
     fd: &TaskFd,
     sock: BorrowedFd<'_>,
     info: &UnixSockInfo,
+    carries_files: bool,
     rights: &mut Vec<(usize, Vec<OwnedFd>)>,
 ) -> Result<Vec<Vec<u8>>> {
+    if info.sock_type as i32 == libc::SOCK_STREAM && carries_files && info.rqueue != 0 {
+        sockopt::set_int(sock, SO_PEEK_OFF, 0)?;
+        let walked = walk_stream(fd, sock, info.rqueue as usize, rights);
+        let reset = sockopt::set_int(sock, SO_PEEK_OFF, -1);
+        let chunks = walked?;
+        reset?;
+        return Ok(chunks);
+    }
     if info.sock_type as i32 == libc::SOCK_STREAM {
         // One peek from the start of the stream reads across all its buffers.
         if info.rqueue == 0 {
@@ -787,6 +789,42 @@ fn read_queue(
         }
     }
     Ok(messages)
+}
+
+/// A stream whose queue carries files, in the pieces a read returns: the kernel ends a read
+/// after the bytes that came with descriptors (and between different writers), so each
+/// piece's descriptors belong with it; the refill sends each piece with its descriptors.
+fn walk_stream(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    queued: usize,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut chunks = Vec::new();
+    let mut total = 0;
+    while total < queued {
+        let mut buf = vec![0u8; queued - total];
+        let Some(p) = sockmsg::peek(sock, &mut buf, 0)? else {
+            break;
+        };
+        check_control(fd, &p, true)?;
+        if p.len == 0 {
+            break;
+        }
+        buf.truncate(p.len);
+        if !p.fds.is_empty() {
+            rights.push((chunks.len(), p.fds));
+        }
+        total += p.len;
+        chunks.push(buf);
+    }
+    if total != queued {
+        return Err(fd.unsupported(format!(
+            "{}: only {total} of the {queued} queued bytes could be read",
+            fd.link
+        )));
+    }
+    Ok(chunks)
 }
 
 /// Each message's bytes; the descriptors in flight with any of them go into `rights` as
