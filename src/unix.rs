@@ -794,6 +794,10 @@ fn read_queue(
 /// A stream whose queue carries files, in the pieces a read returns: the kernel ends a read
 /// after the bytes that came with descriptors (and between different writers), so each
 /// piece's descriptors belong with it; the refill sends each piece with its descriptors.
+/// Where in a piece the bytes sent with the descriptors begin is lost: a peek reports the
+/// descriptors of the next buffer whatever byte it stops at. So after a restore they come
+/// with the first read of the piece, not of their own bytes (a reader that reads whole
+/// pieces sees no difference).
 fn walk_stream(
     fd: &TaskFd,
     sock: BorrowedFd<'_>,
