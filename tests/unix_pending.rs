@@ -45,8 +45,51 @@ fn connections_not_accepted_yet_are_accepted_after_restore() {
     let (mut child, pid) = start(&s, &[]);
     s.dump(pid, &[]);
     assert!(!child.0.wait().unwrap().success());
+    check_files_with_crit(&s);
     assert_eq!(s.restore(&[]), pid);
     verify(&s, pid, "the restored task");
+}
+
+/// files.img as Debian's crit reads it: each of the three clients is established with the
+/// listener as its peer, as CRIU writes a connection waiting in a listener's queue.
+fn check_files_with_crit(s: &Scratch) {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    let out = std::process::Command::new(crit)
+        .args(["decode", "-i"])
+        .arg(s.img().join("files.img"))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let usks: Vec<&serde_json::Value> = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("usk"))
+        .collect();
+    let listener = usks
+        .iter()
+        .find(|u| u["state"] == 10)
+        .unwrap_or_else(|| panic!("no listener: {text}"));
+    let clients = usks
+        .iter()
+        .filter(|u| u["state"] == 1 && u["peer"] == listener["ino"])
+        .count();
+    assert_eq!(clients, 3, "{text}");
 }
 
 #[test]
