@@ -848,6 +848,14 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             return Err(e);
         }
     };
+    // Takes the tree's unix connections not accepted yet (to read what their clients sent):
+    // only once everything else is written, and before post-dump scripts see the images.
+    if !opts.leave_running {
+        if let Err(e) = tree.files.take_unaccepted_data(&dir) {
+            let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
+            return Err(e);
+        }
+    }
     notify.notify("post-dump", pid, None)?;
 
     let frozen_at = frozen.frozen_at;
@@ -857,11 +865,6 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
         frozen.resume()?;
         timing.frozen = frozen_at.elapsed();
     } else {
-        // Destroys the tree's pending unix connections: only now that nothing else can fail.
-        if let Err(e) = tree.files.take_unaccepted_data(&dir) {
-            let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
-            return Err(e);
-        }
         // Frozen until killed (waiting for the exit, which frees the memory, is not frozen).
         timing.frozen = frozen_at.elapsed();
         frozen.kill()?;
