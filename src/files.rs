@@ -63,6 +63,9 @@ pub struct FileTable {
     /// Pipes and sockets by their /proc link ("pipe:[N]", "socket:[N]") → the first (pid, fd)
     /// seen holding them: a holder outside the dump would make the restore wrong.
     shared: BTreeMap<String, (pid_t, i32)>,
+    /// `--external pipe[INO]` / `unix[INO]`: those links may be held outside the dump too
+    /// (the restore gets them back with --inherit-fd).
+    external_links: HashSet<String>,
     /// What could not be dumped so far, as (pid, "fd N: why"): the dump goes on looking at
     /// every fd and `check_complete` fails once with the whole list.
     refused: Vec<(pid_t, String)>,
@@ -115,6 +118,22 @@ impl FileTable {
             ..FileTable::new()
         };
         t.unix.ext_unix_sk = opts.ext_unix_sk;
+        t.unix.external = unix::external_inos(&opts.external);
+        t.unix.leave_running = opts.leave_running;
+        t.external_links = opts
+            .external
+            .iter()
+            .filter_map(|e| {
+                let (kind, rest) = e.split_once('[')?;
+                let ino: u64 = rest.strip_suffix(']')?.parse().ok()?;
+                let link = match kind {
+                    "pipe" => "pipe",
+                    "unix" => "socket",
+                    _ => return None,
+                };
+                Some(format!("{link}:[{ino}]"))
+            })
+            .collect();
         t
     }
 
@@ -222,6 +241,15 @@ impl FileTable {
         self.memfds.contents()
     }
 
+    /// Once the dump is complete and the tree is about to be killed: the data clients sent on
+    /// unix connections not accepted yet (unix.rs), which only an accept can read.
+    pub fn take_unaccepted_data(&mut self, dir: &ImageDir) -> Result<()> {
+        if !self.unix.has_unaccepted_data() {
+            return Ok(());
+        }
+        self.unix.take_unaccepted_data(dir)
+    }
+
     /// After every task's fds are dumped: nothing was refused, each connected socket's peer
     /// was dumped too, each pidfd refers to a process of the dump, and no process outside
     /// `dumped` (the tree's processes and zombies) nor ourselves holds a pipe or socket of the
@@ -257,13 +285,27 @@ impl FileTable {
             let ours = [dumped, &[me], self.inet.helper_pids()].concat();
             for (other, fd, link) in procfs::fd_links_of_others(&ours)? {
                 if let Some((key, &(pid, our_fd))) = self.shared.get_key_value(&link) {
+                    if self.external_links.contains(key) {
+                        continue;
+                    }
                     if reported.insert(key.as_str()) {
+                        let hint = match bracketed_ino(&link, "pipe")
+                            .map(|i| ("pipe", "pipe", i))
+                            .or_else(|| {
+                                bracketed_ino(&link, "socket").map(|i| ("unix", "socket", i))
+                            }) {
+                            Some((ext, key, ino)) => format!(
+                                " (use --external {ext}[{ino}] to dump it anyway, and \
+                                 --inherit-fd fd[N]:{key}:[{ino}] at restore to give it back)"
+                            ),
+                            None => String::new(),
+                        };
                         refused.push(Error::unsupported(
                             pid,
                             format!(
                                 "fd {our_fd}: {link} is also open in pid {other} (fd {fd}), \
                                  which is not being dumped: the restored task would lose that \
-                                 connection"
+                                 connection{hint}"
                             ),
                         ));
                     }
@@ -768,6 +810,9 @@ pub struct FileImages {
     streams: crate::inet::StreamImages,
     /// --tcp-close at restore: established connections come back closed.
     tcp_close: bool,
+    /// --inherit-fd: the caller's descriptor that takes the place of a file, by its key
+    /// (`socket:[INO]`, `pipe:[INO]`).
+    inherited: HashMap<String, RawFd>,
     ghosts: ghost::GhostImages,
     locks: filelocks::LockImages,
     memfds: crate::memfd::MemfdImages,
@@ -805,6 +850,7 @@ impl FileImages {
         Ok(FileImages {
             streams,
             tcp_close: false,
+            inherited: HashMap::new(),
             by_id: entries.into_iter().map(|e| (e.id, e)).collect(),
             unix_by_ino,
             pipes: pipes::PipeImages::load(dir)?,
@@ -835,6 +881,32 @@ impl FileImages {
     pub fn with_tcp_close(mut self, tcp_close: bool) -> Self {
         self.tcp_close = tcp_close;
         self
+    }
+
+    /// --inherit-fd fd[N]:KEY at restore time: each fd N must be open in this process.
+    pub fn with_inherited_fds(mut self, inherit: &[(i32, String)]) -> Result<Self> {
+        for (fd, key) in inherit {
+            if !sysfd::is_open(*fd) {
+                return Err(Error::InvalidOptions(format!(
+                    "--inherit-fd fd[{fd}]:{key}: fd {fd} is not open"
+                )));
+            }
+            if !self
+                .by_id
+                .values()
+                .any(|e| inherit_key(e).as_deref() == Some(key))
+            {
+                log::warn!("--inherit-fd fd[{fd}]:{key}: no file of the images has that key");
+            }
+            self.inherited.insert(key.clone(), *fd);
+        }
+        Ok(self)
+    }
+
+    /// The caller's descriptor given with --inherit-fd for file `id`, if any.
+    fn inherited_fd(&self, id: u32) -> Option<RawFd> {
+        let key = inherit_key(self.by_id.get(&id)?)?;
+        self.inherited.get(&key).copied()
     }
 
     pub fn get(&self, id: u32) -> Result<&pb::FileEntry> {
@@ -903,6 +975,15 @@ impl FileImages {
             ))
         })
     }
+}
+
+/// The name --inherit-fd gives a file by, as CRIU spells it: `socket:[INO]` for a unix
+/// socket, `pipe:[INO]` for a pipe end.
+fn inherit_key(e: &pb::FileEntry) -> Option<String> {
+    if let Some(u) = &e.usk {
+        return Some(format!("socket:[{}]", u.ino));
+    }
+    e.pipe.as_ref().map(|p| format!("pipe:[{}]", p.pipe_id))
 }
 
 pub(crate) fn open_path(path: &str, flags: i32) -> Result<OwnedFd> {
@@ -1094,6 +1175,14 @@ pub fn open_all(
                         .is_some_and(|p| files.queues.carries_files(p.id))
             })
     };
+    // Clients whose connections were not accepted yet: after every listener listens.
+    let waits_for_listener = |id: &u32| {
+        files
+            .by_id
+            .get(id)
+            .and_then(|e| e.usk.as_ref())
+            .is_some_and(|u| unix::waits_for_listener(u, files.unix_peer(u)))
+    };
     let order = wanted
         .iter()
         .filter(|id| is_pty_master(id))
@@ -1102,8 +1191,22 @@ pub fn open_all(
                 .iter()
                 .filter(|id| !is_fanotify(id) && !is_pty_master(id) && !is_listener(id)),
         )
-        .chain(wanted.iter().filter(|id| is_listener(id)))
+        .chain(
+            wanted
+                .iter()
+                .filter(|id| is_listener(id) && !waits_for_listener(id)),
+        )
+        .chain(wanted.iter().filter(|id| waits_for_listener(id)))
         .chain(wanted.iter().filter(|id| is_fanotify(id)));
+    // Files the caller gives (--inherit-fd) first: the pair of an in-tree peer made below
+    // leaves them alone.
+    for &id in &wanted {
+        if let Some(fd) = files.inherited_fd(id) {
+            log::info!("file {id} is the inherited fd {fd}");
+            out.by_id
+                .insert(id, sysfd::dup_above(sysfd::borrow(fd), lowest_fd)?);
+        }
+    }
     for &id in order {
         if out.by_id.contains_key(&id) {
             continue;
@@ -1190,6 +1293,9 @@ pub fn open_all(
             _ => vec![(id, files.open_description(e, terminal)?)],
         };
         for (made_id, fd) in made {
+            if out.by_id.contains_key(&made_id) {
+                continue;
+            }
             let moved = sysfd::dup_above(fd.as_fd(), lowest_fd)?;
             drop(fd);
             out.by_id.insert(made_id, moved);

@@ -265,8 +265,14 @@ impl Options {
             (self.lsm_mount_context.is_some(), "lsm-mount-context"),
             (self.unprivileged, "unprivileged"),
             (self.link_remap, "link-remap"),
-            (!self.external.is_empty(), "external"),
-            (!self.inherit_fd.is_empty(), "inherit-fd"),
+            // Only unix[INO] (unix.rs) and pipe[INO] (files.rs) are implemented.
+            (
+                !self
+                    .external
+                    .iter()
+                    .all(|e| e.starts_with("unix[") || e.starts_with("pipe[")),
+                "external",
+            ),
             (
                 !matches!(
                     self.manage_cgroups_mode,

@@ -4,15 +4,25 @@
 //! seqpacket connections accepted by a listener (the accepted side has the listener's name),
 //! datagram sockets connected to a named socket not connected back (connected again by name;
 //! outside the dump with --ext-unix-sk, written as an external entry as CRIU does), and files
-//! in flight (SCM_RIGHTS) in datagram and seqpacket queues: the peek gives us copies, which
+//! in flight (SCM_RIGHTS) in datagram, seqpacket and stream queues: the peek gives us copies, which
 //! files.rs dumps as files; each message's entry names them by id, and the refill passes them
-//! along again.
+//! along again. Connections waiting in a listener's queue (not accepted yet) from clients of
+//! the dump: the client's entry names the listener as its peer, as CRIU does, and the restore
+//! connects the client to the listener's name again (the server side has no inode and no
+//! task; sock_diag lists the clients as the listener's "icons"); what a client sent before
+//! the accept sits in that server side, read by accepting from our copy of the listener at
+//! the very end of a dump that kills the tree (`take_unaccepted_data`), and sent again by the
+//! client at restore. A socket connected to one
+//! outside the dump with `--external unix[INO]` (INO: the socket of the dump): its peer is
+//! written as an external entry, and the restore takes the caller's descriptor in its place
+//! (`--inherit-fd fd[N]:socket:[INO]`, files.rs).
 //!
 //! Dump: type, state and peer come from NETLINK_SOCK_DIAG (sys::unix_diag), by inode. Each
 //! socket is a `file_entry.usk` (`unix_sk_entry`: `ino`, and `peer` = the peer's ino). Its
 //! receive queue goes into sk-queues.img: one `sk_packet_entry` (`id_for` = the receiving
 //! socket's file id, `length`) followed by the bytes, per datagram — message boundaries kept —
-//! or, for a stream, the whole byte stream. The queue is read with MSG_PEEK from our own copy of
+//! or, for a stream, the whole byte stream (in pieces when it carries files: see
+//! `walk_stream`). The queue is read with MSG_PEEK from our own copy of
 //! the socket (pidfd_getfd), so nothing is consumed: a stream in one peek from its start; a
 //! datagram queue message by message with SO_PEEK_OFF, as CRIU's sk-queue.c does, then the peek
 //! offset is switched off again.
@@ -21,11 +31,12 @@
 //! saved message; then options, flags and owners.
 //!
 //! Not supported (the dump fails naming pid, fd and socket): other families, names relative to
-//! a directory, listeners with connections not accepted yet, connected datagram sockets that
-//! have a name, connections whose both ends have a name, sockets connected to a socket outside
-//! the dump (except datagram ones with --ext-unix-sk) or to one that is gone, shut-down
-//! sockets, file descriptors in flight in a stream's queue or unix sockets in flight,
-//! credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
+//! a directory, connections not accepted yet whose client is outside the dump or closed, or
+//! that carry data with --leave-running (only an accept reads it) or on seqpacket sockets,
+//! connected datagram sockets that have a name, connections whose both ends have a name,
+//! sockets connected to a socket outside the dump (except datagram ones with --ext-unix-sk,
+//! and any named by --external) or to one that is gone, shut-down sockets, unix sockets in
+//! flight, credentials in flight, attached socket filters, an SO_PEEK_OFF in use by the task.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -52,6 +63,16 @@ struct SeenSocket {
     /// A datagram socket connected to a named one that is not connected back: the peer's
     /// type and name (it is connected to again by name at restore).
     one_way: Option<(u8, Vec<u8>)>,
+    /// Connected to a socket outside the dump that `--external unix[INO]` (INO: this socket)
+    /// allows: the peer's type and name, for its external entry.
+    outside: Option<(u8, Vec<u8>)>,
+    /// A client whose connection waits in this listener's queue (not accepted yet): it is
+    /// connected to that listener again by name at restore.
+    pending_on: Option<u32>,
+    /// A listener: the clients of the connections in its queue, oldest first.
+    icons: Vec<u32>,
+    /// Its file id.
+    id: u32,
     pid: pid_t,
     fd: i32,
     link: String,
@@ -76,15 +97,49 @@ pub struct UnixDump {
     in_flight: Vec<InFlight>,
     /// --ext-unix-sk: a datagram socket may be connected to a named socket outside the dump.
     pub ext_unix_sk: bool,
+    /// `--external unix[INO]`: sockets of the dump (by inode) that may be connected to a
+    /// socket outside it; the restore gives them back with `--inherit-fd`.
+    pub external: std::collections::HashSet<u32>,
+    /// --leave-running: the tree runs on after the dump.
+    pub leave_running: bool,
+    /// Our copies of the listeners (by inode) whose queues hold connections of clients that
+    /// sent data before being accepted: `take_unaccepted_data` reads it once the tree is
+    /// about to be killed.
+    unaccepted_data: Vec<(u32, OwnedFd)>,
+    /// Clients (by inode) that sent data before being accepted, with the listener's inode.
+    early_senders: BTreeMap<u32, u32>,
+}
+
+/// The inodes named by `--external unix[INO]` entries (other kinds are left to others).
+pub fn external_inos(external: &[String]) -> std::collections::HashSet<u32> {
+    external
+        .iter()
+        .filter_map(|e| e.strip_prefix("unix[")?.strip_suffix(']')?.parse().ok())
+        .collect()
 }
 
 impl UnixDump {
     /// Every connected socket's peer must have been dumped too and be connected back to it: a
     /// peer outside the dumped tasks cannot be reconnected on restore.
     pub fn check_peers(&self) -> Result<()> {
+        self.check_pending()?;
         for (&ino, s) in &self.sockets {
             let Some(peer) = s.peer else { continue };
+            if s.pending_on.is_some() {
+                if !self.sockets.contains_key(&peer) {
+                    return Err(Error::unsupported(
+                        s.pid,
+                        format!(
+                            "fd {}: unix {} waits to be accepted by the listener \
+                             socket:[{peer}], which no dumped task holds",
+                            s.fd, s.link
+                        ),
+                    ));
+                }
+                continue;
+            }
             match self.sockets.get(&peer) {
+                None if self.external.contains(&ino) => {}
                 None if s.one_way.is_some() && self.ext_unix_sk => {}
                 None if s.one_way.is_some() => {
                     return Err(Error::unsupported(
@@ -108,7 +163,8 @@ impl UnixDump {
                         s.pid,
                         format!(
                             "fd {}: unix {} is connected to socket:[{peer}], which no dumped \
-                             task holds (a peer outside the dump cannot be reconnected)",
+                             task holds: use --external unix[{ino}] to dump it anyway, and \
+                             --inherit-fd fd[N]:socket:[{ino}] at restore to give it back",
                             s.fd, s.link
                         ),
                     ))
@@ -138,6 +194,99 @@ impl UnixDump {
         Ok(())
     }
 
+    /// Every connection waiting in a dumped listener's queue must come from a client of the
+    /// dump: the restore makes it again by connecting that client.
+    fn check_pending(&self) -> Result<()> {
+        for s in self.sockets.values() {
+            if let Some(&client) = s.icons.iter().find(|c| !self.sockets.contains_key(c)) {
+                return Err(Error::unsupported(
+                    s.pid,
+                    format!(
+                        "fd {}: unix {} has a connection not accepted yet from socket:[{client}], \
+                         which no dumped task holds (not supported yet)",
+                        s.fd, s.link
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `take_unaccepted_data` has anything to do.
+    pub fn has_unaccepted_data(&self) -> bool {
+        !self.early_senders.is_empty()
+    }
+
+    /// The bytes clients sent on connections not accepted yet sit in the server-side sockets,
+    /// which no task holds and which can only be read once accepted. So once the dump is
+    /// complete and the tree is about to be killed (never with --leave-running: this takes
+    /// the connections from the tree), every pending connection of such a listener is
+    /// accepted from our copy of it, and what each client sent is queued for that client:
+    /// the restore sends it again after connecting (a pending client's own queue is always
+    /// empty). sk-queues.img is written again with them.
+    pub fn take_unaccepted_data(&mut self, dir: &ImageDir) -> Result<()> {
+        let by_ino: HashMap<u32, u32> = self.sockets.iter().map(|(&i, s)| (i, s.id)).collect();
+        for (listener, copy) in std::mem::take(&mut self.unaccepted_data) {
+            if !self.early_senders.values().any(|&l| l == listener) {
+                continue;
+            }
+            // The tree's listener may block: as many accepts as it has connections waiting.
+            let waiting = unix_diag::query(listener)?.map_or(0, |l| l.rqueue);
+            for _ in 0..waiting {
+                let raw = match socket::accept4(copy.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        return Err(Error::sys(
+                            format!("accept a pending connection of unix socket {listener}"),
+                            e,
+                        ))
+                    }
+                };
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                let server = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                let ino = nix::sys::stat::fstat(&server)
+                    .map_err(|e| Error::sys("fstat an accepted unix socket", e))?
+                    .st_ino as u32;
+                let Some(info) = unix_diag::query(ino)? else {
+                    continue;
+                };
+                let (Some(client), true) = (info.peer, info.rqueue > 0) else {
+                    continue;
+                };
+                let Some(&id) = by_ino.get(&client) else {
+                    continue;
+                };
+                let mut buf = vec![0u8; info.rqueue as usize];
+                let p = sockmsg::peek(server.as_fd(), &mut buf, libc::MSG_DONTWAIT)?;
+                if p.as_ref().is_none_or(|p| {
+                    !p.control.is_empty() || p.control_truncated || p.len != buf.len()
+                }) {
+                    return Err(Error::task(
+                        self.sockets[&client].pid,
+                        format!(
+                            "fd {}: a connection not accepted yet: what it sent carries control \
+                             data or could not be read whole",
+                            self.sockets[&client].fd
+                        ),
+                    ));
+                }
+                log::debug!(
+                    "unix socket {client}: {} byte(s) sent before the accept",
+                    buf.len()
+                );
+                self.queues.push((
+                    pb::SkPacketEntry {
+                        id_for: id,
+                        length: buf.len() as u32,
+                        scm: Vec::new(),
+                    },
+                    buf,
+                ));
+            }
+        }
+        self.write_images(dir)
+    }
+
     /// The descriptors in flight found since the last call.
     pub fn take_in_flight(&mut self) -> Vec<InFlight> {
         std::mem::take(&mut self.in_flight)
@@ -156,7 +305,9 @@ impl UnixDump {
     pub fn external_peers(&self, first_id: u32) -> Vec<pb::FileEntry> {
         let mut out: Vec<pb::FileEntry> = Vec::new();
         for s in self.sockets.values() {
-            let (Some(peer), Some((ty, name))) = (s.peer, &s.one_way) else {
+            let (Some(peer), Some((ty, name))) =
+                (s.peer, s.one_way.as_ref().or(s.outside.as_ref()))
+            else {
                 continue;
             };
             if self.sockets.contains_key(&peer)
@@ -228,14 +379,56 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     }
     let kind = type_name(info.sock_type);
     let bad = |what: String| fd.unsupported(format!("{}: unix {kind} socket {what}", fd.link));
-    if info.state == STATE_LISTEN && info.rqueue != 0 {
-        return Err(bad(format!(
-            "listening{} with {} connection(s) not accepted yet (not supported yet)",
-            name_suffix(&info),
-            info.rqueue
-        )));
-    }
     let named = info.name.as_ref().is_some_and(|n| !n.is_empty());
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
+        // Made again at restore by connecting each client to the listener's name.
+        let why = if info.icons.contains(&0) {
+            Some("one of them from a client that is closed")
+        } else if !named {
+            Some("no name to connect to")
+        } else if info.icons.len() != info.rqueue as usize {
+            Some("the kernel did not list them all")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(bad(format!(
+                "listening{} with {} connection(s) not accepted yet: {why} (not supported yet)",
+                name_suffix(&info),
+                info.rqueue
+            )));
+        }
+    }
+    // A client whose connection waits in a listener's queue: its peer (the server side, not
+    // accepted yet) has no inode; the listener lists it.
+    let mut pending_on = None;
+    if info.state == STATE_ESTABLISHED && info.peer.is_none() && info.shutdown == 0 {
+        if let Some(l) = unix_diag::listeners()?
+            .into_iter()
+            .find(|l| l.icons.contains(&ino))
+        {
+            if info.wmem_alloc != 0 {
+                // Read only by accepting the connection, which the tree must not see.
+                if dump.leave_running || info.sock_type as i32 != libc::SOCK_STREAM {
+                    return Err(bad(format!(
+                        "waiting to be accepted by the listener socket:[{}]{}, with data sent \
+                         that the server has not read ({})",
+                        l.ino,
+                        name_suffix(&l),
+                        if dump.leave_running {
+                            "it can only be read by accepting the connection: not with \
+                             --leave-running"
+                        } else {
+                            "not supported yet on seqpacket sockets"
+                        }
+                    )));
+                }
+                dump.early_senders.insert(ino, l.ino);
+            }
+            pending_on = Some(l.ino);
+            info.peer = Some(l.ino);
+        }
+    }
     if named && info.state == STATE_ESTABLISHED && info.sock_type as i32 == libc::SOCK_DGRAM {
         return Err(bad(format!(
             "connected and bound to a name{} (not supported yet)",
@@ -246,6 +439,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         Some(n) if named => Some(bound_name(fd, n, info.vfs, &bad)?),
         _ => None,
     };
+    if info.state == STATE_LISTEN && info.rqueue != 0 && bound.as_ref().is_some_and(|b| b.deleted) {
+        return Err(bad(format!(
+            "listening{} with connection(s) not accepted yet, its socket file removed (not \
+             supported yet)",
+            name_suffix(&info)
+        )));
+    }
     if named && info.state == STATE_CLOSE && info.rqueue != 0 {
         return Err(bad(format!(
             "bound to a name{} with datagrams queued (their senders' addresses would be lost: \
@@ -262,6 +462,13 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             },
             _ => None,
         },
+        _ => None,
+    };
+    // Allowed outside the dump by --external unix[INO]: the peer's kind, for its entry.
+    let outside = match info.peer {
+        Some(p) if one_way.is_none() && dump.external.contains(&ino) => {
+            unix_diag::query(p)?.map(|pi| (pi.sock_type, pi.name.unwrap_or_default()))
+        }
         _ => None,
     };
     if one_way.is_some() && info.rqueue != 0 {
@@ -297,12 +504,6 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         .find(|(k, _)| k == "scm_fds")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    if in_flight != 0 && info.sock_type as i32 == libc::SOCK_STREAM {
-        return Err(bad(format!(
-            "with {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue \
-             (not supported yet)"
-        )));
-    }
     if sockopt::filter_len(sock)? != 0 {
         return Err(bad(
             "with a socket filter attached (not supported yet)".into()
@@ -312,6 +513,9 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
         return Err(bad("with SO_PEEK_OFF in use (not supported yet)".to_owned()));
     }
 
+    if info.state == STATE_LISTEN && info.rqueue != 0 {
+        dump.unaccepted_data.push((ino, fd.copy()?));
+    }
     let opts = dump_opts(sock)?;
     let fown = files::dump_fown(sock)?;
     // A listener's queue holds connections, refused above when there are any.
@@ -319,7 +523,7 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
     let queue = if info.state == STATE_LISTEN {
         Vec::new()
     } else {
-        read_queue(fd, sock, &info, &mut rights)?
+        read_queue(fd, sock, &info, in_flight != 0, &mut rights)?
     };
     log::debug!(
         "pid {} fd {}: unix {kind} socket {ino}, peer {:?}, {} queued message(s), {} bytes",
@@ -352,6 +556,14 @@ pub fn dump_socket(fd: &TaskFd, ino: u64, id: u32, dump: &mut UnixDump) -> Resul
             peer: info.peer,
             named,
             one_way,
+            outside,
+            pending_on,
+            icons: if info.state == STATE_LISTEN {
+                info.icons.clone()
+            } else {
+                Vec::new()
+            },
+            id,
             pid: fd.pid,
             fd: fd.fd,
             link: fd.link.to_owned(),
@@ -525,8 +737,17 @@ fn read_queue(
     fd: &TaskFd,
     sock: BorrowedFd<'_>,
     info: &UnixSockInfo,
+    carries_files: bool,
     rights: &mut Vec<(usize, Vec<OwnedFd>)>,
 ) -> Result<Vec<Vec<u8>>> {
+    if info.sock_type as i32 == libc::SOCK_STREAM && carries_files && info.rqueue != 0 {
+        sockopt::set_int(sock, SO_PEEK_OFF, 0)?;
+        let walked = walk_stream(fd, sock, info.rqueue as usize, rights);
+        let reset = sockopt::set_int(sock, SO_PEEK_OFF, -1);
+        let chunks = walked?;
+        reset?;
+        return Ok(chunks);
+    }
     if info.sock_type as i32 == libc::SOCK_STREAM {
         // One peek from the start of the stream reads across all its buffers.
         if info.rqueue == 0 {
@@ -568,6 +789,46 @@ fn read_queue(
         }
     }
     Ok(messages)
+}
+
+/// A stream whose queue carries files, in the pieces a read returns: the kernel ends a read
+/// after the bytes that came with descriptors (and between different writers), so each
+/// piece's descriptors belong with it; the refill sends each piece with its descriptors.
+/// Where in a piece the bytes sent with the descriptors begin is lost: a peek reports the
+/// descriptors of the next buffer whatever byte it stops at. So after a restore they come
+/// with the first read of the piece, not of their own bytes (a reader that reads whole
+/// pieces sees no difference).
+fn walk_stream(
+    fd: &TaskFd,
+    sock: BorrowedFd<'_>,
+    queued: usize,
+    rights: &mut Vec<(usize, Vec<OwnedFd>)>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut chunks = Vec::new();
+    let mut total = 0;
+    while total < queued {
+        let mut buf = vec![0u8; queued - total];
+        let Some(p) = sockmsg::peek(sock, &mut buf, 0)? else {
+            break;
+        };
+        check_control(fd, &p, true)?;
+        if p.len == 0 {
+            break;
+        }
+        buf.truncate(p.len);
+        if !p.fds.is_empty() {
+            rights.push((chunks.len(), p.fds));
+        }
+        total += p.len;
+        chunks.push(buf);
+    }
+    if total != queued {
+        return Err(fd.unsupported(format!(
+            "{}: only {total} of the {queued} queued bytes could be read",
+            fd.link
+        )));
+    }
+    Ok(chunks)
 }
 
 /// Each message's bytes; the descriptors in flight with any of them go into `rights` as
@@ -709,6 +970,12 @@ pub fn opens_late(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool 
     sk.state as u8 == STATE_LISTEN || peer.is_some_and(|p| p.peer != sk.ino && !p.name.is_empty())
 }
 
+/// Whether the saved socket is a client whose connection waited in `peer`'s queue (a
+/// listener): it connects again once every listener listens.
+pub fn waits_for_listener(sk: &pb::UnixSkEntry, peer: Option<&pb::UnixSkEntry>) -> bool {
+    sk.state as u8 == STATE_ESTABLISHED && peer.is_some_and(|p| p.state as u8 == STATE_LISTEN)
+}
+
 /// Connects `s` to the name `peer` is bound to.
 fn connect_by_name(s: &OwnedFd, peer: &pb::UnixSkEntry) -> Result<()> {
     let name = printable_name(&peer.name);
@@ -740,7 +1007,34 @@ pub fn open_socket(
         ))
     })?;
     let what = |verb: &str| format!("{verb} for unix socket {}", sk.ino);
+    // Only a datagram socket is connected again by name to a socket outside the dump; other
+    // connections to one come back only as a descriptor the caller gives.
+    let peer = match peer {
+        Some(p) if p.uflags & USK_EXTERN != 0 && sk.r#type as i32 != libc::SOCK_DGRAM => {
+            return Err(Error::InvalidOptions(format!(
+                "unix socket {} was connected to socket {} outside the dump: give a socket \
+                 in its place with --inherit-fd fd[N]:socket:[{}]",
+                sk.ino, p.ino, sk.ino
+            )))
+        }
+        p => p,
+    };
     match (sk.state as u8, peer) {
+        (STATE_ESTABLISHED, Some(listener)) if listener.state as u8 == STATE_LISTEN => {
+            // A connection not accepted at dump time: connected again, it waits in the
+            // restored listener's queue (the server side has nothing to send before accept).
+            let s = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| Error::sys(what("socket"), e))?;
+            bind_name(&s, sk)?;
+            connect_by_name(&s, listener)?;
+            // Its queue in the images is what it had sent before the accept: sent again.
+            make_room(s.as_fd(), &sk.opts, queues.of(sk.id))?;
+            refill(s.as_fd(), queues, sk, opened)?;
+            set_buffers(s.as_fd(), &sk.opts)?;
+            set_behaviour(s.as_fd(), &sk.opts)?;
+            files::restore_status_flags(s.as_fd(), sk.flags)?;
+            Ok(vec![(sk.id, s)])
+        }
         (STATE_ESTABLISHED, Some(peer))
             if peer.peer != sk.ino
                 && sk.r#type as i32 == libc::SOCK_DGRAM
@@ -814,8 +1108,9 @@ pub fn open_socket(
             Ok(vec![(sk.id, s)])
         }
         (STATE_ESTABLISHED, None) => Err(Error::InvalidOptions(format!(
-            "unix socket {}: its peer {} is not among the files to restore",
-            sk.ino, sk.peer
+            "unix socket {}: its peer {} is not among the files to restore (a socket \
+             connected outside the dump comes back with --inherit-fd fd[N]:socket:[{}])",
+            sk.ino, sk.peer, sk.ino
         ))),
         (state, _) => Err(Error::InvalidOptions(format!(
             "unix socket {} in state {state}, which this build cannot restore",
@@ -1082,6 +1377,10 @@ mod tests {
             peer,
             named: false,
             one_way: None,
+            outside: None,
+            pending_on: None,
+            icons: Vec::new(),
+            id,
             pid: 42,
             fd: id as i32,
             link: format!("socket:[{id}]"),

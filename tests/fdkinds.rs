@@ -325,15 +325,17 @@ fn fd_in_flight_is_refused() {
     let s = Scratch::new("fdkinds-scm");
     let script = python_with(
         "a, b = socket.socketpair()\n\
-         r, w = os.pipe()\n\
-         socket.send_fds(a, [b'x'], [r])\n\
-         os.close(r); os.close(w)\n\
+         c, d = socket.socketpair()\n\
+         socket.send_fds(a, [b'x'], [c.fileno()])\n\
+         c.close(); d.close()\n\
          open('fd', 'w').write(str(b.fileno()))",
     );
     let child = KillOnDrop(s.spawn(Path::new(python()), &["-c", &script]));
     let pid = child.0.id() as i32;
     let fd = s.wait_file("fd", T);
-    assert_refused(&s, pid, &fd, &["socket:[", "in flight (SCM_RIGHTS)"]);
+    // Files in flight in a stream's queue are dumped (tests/unix_stream_fds.rs); a socket in
+    // flight is not.
+    assert_refused(&s, pid, &fd, &["socket:[", "a socket in flight"]);
 }
 
 #[test]

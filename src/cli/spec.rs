@@ -243,7 +243,7 @@ pub fn command() -> Command {
     c = c.arg(list(
         "external",
         "RES",
-        "treat RES as external: tty[rdev:dev], file[mnt_id:inode], dev[maj/min]:NAME, unix[ino], mnt[...], veth[...], ... (not supported yet)",
+        "treat RES as external: unix[INO] (a socket of the tree connected outside it), pipe[INO] (a pipe also held outside); others (tty, file, dev, mnt, veth...) are not supported yet",
     ));
 
     c = c.next_help_heading("Special resources");
@@ -435,7 +435,7 @@ pub fn command() -> Command {
             list(
                 "inherit-fd",
                 "fd[N]:RES",
-                "on restore, use our fd N for resource RES (not supported yet)",
+                "on restore, use our fd N in place of RES: socket:[INO] (a unix socket), pipe:[INO]",
             )
             .value_parser(values::inherit_fd),
         )

@@ -864,6 +864,14 @@ pub fn dump(opts: &Options, notify: &mut dyn Notify) -> Result<DumpOutcome> {
             return Err(e);
         }
     };
+    // Takes the tree's unix connections not accepted yet (to read what their clients sent):
+    // only once everything else is written, and before post-dump scripts see the images.
+    if !opts.leave_running {
+        if let Err(e) = tree.files.take_unaccepted_data(&dir) {
+            let _ = std::fs::remove_file(dir.file(&Kind::Inventory.file_name("")));
+            return Err(e);
+        }
+    }
     notify.notify("post-dump", pid, None)?;
 
     let frozen_at = frozen.frozen_at;

@@ -339,7 +339,9 @@ fn load_plan(dir: &ImageDir, opts: &Options) -> Result<Plan> {
         procs,
         children,
         layouts: Vec::new(),
-        files: FileImages::load(dir)?.with_tcp_close(opts.tcp_close),
+        files: FileImages::load(dir)?
+            .with_tcp_close(opts.tcp_close)
+            .with_inherited_fds(&opts.inherit_fd)?,
         shared: Vec::new(),
         inherit,
         pool: Default::default(),

@@ -75,6 +75,12 @@ pub fn owned(fd: RawFd) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
+/// Whether `fd` is an open descriptor of this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
 /// Borrows an fd number the caller keeps open for the borrow's lifetime.
 pub fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
     assert!(fd >= 0);

@@ -15,11 +15,17 @@ const NLMSG_HDR_LEN: usize = 16;
 const UDIAG_SHOW_NAME: u32 = 0x01;
 const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_PEER: u32 = 0x04;
+const UDIAG_SHOW_ICONS: u32 = 0x08;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UDIAG_SHOW_MEMINFO: u32 = 0x20;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_MEMINFO: u16 = 5;
+/// Index of SK_MEMINFO_WMEM_ALLOC in the UNIX_DIAG_MEMINFO array of u32.
+const SK_MEMINFO_WMEM_ALLOC: usize = 2;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// Socket states as unix_diag reports them (the TCP_* numbers).
@@ -46,11 +52,26 @@ pub struct UnixSockInfo {
     pub wqueue: u32,
     /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     pub shutdown: u8,
+    /// A listener's connections not accepted yet, oldest first: the inode of each one's
+    /// client (0 when the client is closed).
+    pub icons: Vec<u32>,
+    /// Bytes this socket sent that no one has read yet (sk_wmem_alloc).
+    pub wmem_alloc: u32,
 }
 
 /// Asks the kernel about the unix socket with inode `ino` in our network namespace.
 /// `Ok(None)` when there is no such unix socket.
 pub fn query(ino: u32) -> Result<Option<UnixSockInfo>> {
+    Ok(request(Some(ino), u32::MAX)?.into_iter().next())
+}
+
+/// Every listening unix socket of our network namespace, with its pending connections.
+pub fn listeners() -> Result<Vec<UnixSockInfo>> {
+    request(None, 1 << STATE_LISTEN)
+}
+
+/// One socket by inode, or (None) a dump of every socket in `states`.
+fn request(ino: Option<u32>, states: u32) -> Result<Vec<UnixSockInfo>> {
     // SAFETY: socket() takes three integers.
     let raw = unsafe {
         libc::socket(
@@ -69,17 +90,24 @@ pub fn query(ino: u32) -> Result<Option<UnixSockInfo>> {
     let mut req = Vec::with_capacity(NLMSG_HDR_LEN + 24);
     req.extend_from_slice(&((NLMSG_HDR_LEN + 24) as u32).to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    let flags = libc::NLM_F_REQUEST | if ino.is_none() { libc::NLM_F_DUMP } else { 0 };
+    req.extend_from_slice(&(flags as u16).to_ne_bytes());
     req.extend_from_slice(&SEQ.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     // struct unix_diag_req
     req.push(libc::AF_UNIX as u8);
     req.push(0); // sdiag_protocol
     req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.extend_from_slice(&ino.unwrap_or(0).to_ne_bytes());
     req.extend_from_slice(
-        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+        &(UDIAG_SHOW_NAME
+            | UDIAG_SHOW_VFS
+            | UDIAG_SHOW_PEER
+            | UDIAG_SHOW_ICONS
+            | UDIAG_SHOW_RQLEN
+            | UDIAG_SHOW_MEMINFO)
+            .to_ne_bytes(),
     );
     // INET_DIAG_NOCOOKIE: match the socket whatever its cookie.
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -104,6 +132,7 @@ pub fn query(ino: u32) -> Result<Option<UnixSockInfo>> {
     }
 
     let mut buf = vec![0u8; 64 << 10];
+    let mut found = Vec::new();
     loop {
         // SAFETY: recv writes at most buf.len() bytes into buf.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -132,16 +161,25 @@ pub fn query(ino: u32) -> Result<Option<UnixSockInfo>> {
                         .get(0..4)
                         .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
                         .unwrap_or(-libc::EBADMSG);
-                    if code == -libc::ENOENT {
-                        return Ok(None);
+                    if code == -libc::ENOENT || code == 0 {
+                        return Ok(found);
                     }
                     return Err(Error::sys(
-                        format!("sock_diag query of unix socket {ino}"),
+                        match ino {
+                            Some(ino) => format!("sock_diag query of unix socket {ino}"),
+                            None => "sock_diag dump of unix sockets".to_owned(),
+                        },
                         Errno::from_raw(-code),
                     ));
                 }
+                if ty == libc::NLMSG_DONE as u16 {
+                    return Ok(found);
+                }
                 if ty == SOCK_DIAG_BY_FAMILY {
-                    return parse(body).map(Some);
+                    found.push(parse(body)?);
+                    if ino.is_some() {
+                        return Ok(found);
+                    }
                 }
             }
             msgs = &msgs[align4(len).min(msgs.len())..];
@@ -189,6 +227,15 @@ fn parse(body: &[u8]) -> Result<UnixSockInfo> {
                 info.wqueue = u32_at(data, 4).ok_or_else(bad)?;
             }
             UNIX_DIAG_SHUTDOWN => info.shutdown = data.first().copied().unwrap_or(0),
+            UNIX_DIAG_ICONS => {
+                info.icons = data
+                    .chunks_exact(4)
+                    .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
+                    .collect()
+            }
+            UNIX_DIAG_MEMINFO => {
+                info.wmem_alloc = u32_at(data, SK_MEMINFO_WMEM_ALLOC * 4).unwrap_or(0)
+            }
             _ => {}
         }
         attrs = &attrs[align4(len).min(attrs.len())..];

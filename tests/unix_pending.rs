@@ -1,0 +1,142 @@
+//! Unix connections not accepted yet through dump and restore of a real process
+//! (ctests/workloads/pending.c): a listener with three clients of the tree in its queue; the
+//! restored server accepts all three, reads what the one that sent data early sent, and each
+//! client gets its reply.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(s: &Scratch, args: &[&str]) -> (KillOnDrop, i32) {
+    let child = KillOnDrop(s.spawn(&workload("pending"), args));
+    let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    (child, pid)
+}
+
+fn verify(s: &Scratch, pid: i32, who: &str) {
+    assert!(kill(pid, libc::SIGUSR1));
+    let code = wait_exit(pid, T);
+    assert_eq!(
+        code,
+        0,
+        "{who} failed its checks (exit {code}): {}; out: {}",
+        s.read("result"),
+        s.read("out")
+    );
+}
+
+#[test]
+fn connections_not_accepted_yet_are_accepted_after_restore() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending");
+    let (mut child, pid) = start(&s, &[]);
+    s.dump(pid, &[]);
+    assert!(!child.0.wait().unwrap().success());
+    check_files_with_crit(&s);
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+}
+
+/// files.img as Debian's crit reads it: each of the three clients is established with the
+/// listener as its peer, as CRIU writes a connection waiting in a listener's queue.
+fn check_files_with_crit(s: &Scratch) {
+    let crit = std::env::var_os("CRIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
+        });
+    assert!(
+        crit.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        crit.display()
+    );
+    let out = std::process::Command::new(crit)
+        .args(["decode", "-i"])
+        .arg(s.img().join("files.img"))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let usks: Vec<&serde_json::Value> = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("usk"))
+        .collect();
+    let listener = usks
+        .iter()
+        .find(|u| u["state"] == 10)
+        .unwrap_or_else(|| panic!("no listener: {text}"));
+    let clients = usks
+        .iter()
+        .filter(|u| u["state"] == 1 && u["peer"] == listener["ino"])
+        .count();
+    assert_eq!(clients, 3, "{text}");
+}
+
+#[test]
+fn leave_running_keeps_the_pending_connections() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending-leave");
+    let (mut child, pid) = start(&s, &[]);
+    s.dump(pid, &["--leave-running"]);
+    assert_running_untraced(pid);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        s.read("result")
+    );
+}
+
+/// A client that sent data before being accepted: the bytes sit in the kernel's server-side
+/// socket, which only an accept reads. With --leave-running that is refused (the tree would
+/// lose its connections), the task untouched; a plain dump takes them at its very end and the
+/// restored server reads them.
+#[test]
+fn data_sent_before_the_accept_comes_back() {
+    become_subreaper();
+    let s = Scratch::new("unix-pending-data");
+    let (mut child, pid) = start(&s, &["data"]);
+    let out = s.criu(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        "img",
+        "-o",
+        "refused.log",
+        "--leave-running",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("--leave-running"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+
+    s.dump(pid, &[]);
+    assert!(!child.0.wait().unwrap().success());
+    assert_eq!(s.restore(&[]), pid);
+    verify(&s, pid, "the restored task");
+}
