@@ -770,12 +770,7 @@ fn a_killed_dumper_leaves_the_connections_working() {
 #[test]
 fn rpc_client_asks_for_established_connections_and_nftables() {
     let _serial = serial();
-    let pycriu = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root");
-    assert!(
-        pycriu.join("pycriu/criu.py").exists(),
-        "pycriu not found in {}: run scripts/get-crit.sh first",
-        pycriu.display()
-    );
+    let pycriu = pycriu_path();
     let s = Scratch::new("net-rpc");
     let mut srv = start_server(&s, &["127.0.0.1"], &[]);
     let a4: SocketAddr = format!("127.0.0.1:{}", srv.tcp4).parse().unwrap();

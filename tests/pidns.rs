@@ -139,16 +139,7 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
     assert_eq!(wait_exit(restored, T), 0, "restored tree's checks");
     // Restored again, through RPC (Debian's pycriu driving `criu swrk`): the answer's pid is
     // the root's in our namespace.
-    let pycriu = std::env::var_os("PYCRIU_PATH")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root")
-        });
-    assert!(
-        pycriu.join("pycriu/criu.py").exists(),
-        "pycriu not found in {}: run scripts/get-crit.sh first (or set PYCRIU_PATH)",
-        pycriu.display()
-    );
+    let pycriu = pycriu_path();
     let out = std::process::Command::new("/usr/bin/python3")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pycriu/client.py"))
         .arg(CRIU)

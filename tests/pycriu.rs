@@ -14,19 +14,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// The directory holding Debian's `pycriu` package (get-crit.sh), or `PYCRIU_PATH`.
-fn pycriu_path() -> PathBuf {
-    let dir = std::env::var_os("PYCRIU_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root"));
-    assert!(
-        dir.join("pycriu/criu.py").exists(),
-        "pycriu not found in {}: run scripts/get-crit.sh first (or set PYCRIU_PATH)",
-        dir.display()
-    );
-    dir
-}
-
 fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pycriu/client.py")
 }

@@ -51,6 +51,19 @@ pub struct Scratch {
     pub dir: PathBuf,
 }
 
+/// The directory holding Debian's `pycriu` package (scripts/get-crit.sh), or `PYCRIU_PATH`.
+pub fn pycriu_path() -> PathBuf {
+    let dir = std::env::var_os("PYCRIU_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/root"));
+    assert!(
+        dir.join("pycriu/criu.py").exists(),
+        "pycriu not found in {}: run scripts/get-crit.sh first (or set PYCRIU_PATH)",
+        dir.display()
+    );
+    dir
+}
+
 /// A workload child that is killed and reaped when the test ends, however it ends.
 pub struct KillOnDrop(pub Child);
 
