@@ -156,8 +156,11 @@ pub fn serve(
                     .and_then(|()| conn.write_all(&buf[..len]))
                     .and_then(|()| conn.flush())
                     .map_err(|e| {
+                        let left: u64 = remaining.iter().map(Remaining::bytes).sum();
                         Error::PageServer(format!(
-                            "lazy pages: send to the destination {peer}: {e}"
+                            "lazy pages: the destination {peer} went away with {} KiB not sent \
+                             (sending an answer: {e})",
+                            left >> 10
                         ))
                     })?;
                 remaining[i].remove(start, end);
