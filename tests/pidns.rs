@@ -30,30 +30,9 @@ fn ns_pids(pid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// crit (scripts/get-crit.sh, or `CRIT`) decodes `file` of the images; its JSON.
-fn crit_decode(s: &Scratch, file: &str) -> serde_json::Value {
-    let crit = std::env::var_os("CRIT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
-        });
-    assert!(
-        crit.is_file(),
-        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
-        crit.display()
-    );
-    let out = std::process::Command::new(crit)
-        .arg("decode")
-        .arg("-i")
-        .arg(s.img().join(file))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit decode {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("crit prints JSON")
+/// crit decodes `file` of the images; its JSON.
+fn crit_decode_image(s: &Scratch, file: &str) -> serde_json::Value {
+    crit_decode(&s.img().join(file))
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -84,7 +63,7 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
     assert_running_untraced(root);
 
     // CRIU's view of the images: the namespace's pids, and the namespace in the ids.
-    let pstree = crit_decode(&s, "pstree.img");
+    let pstree = crit_decode_image(&s, "pstree.img");
     let entries = pstree["entries"].as_array().unwrap();
     let t_tid: i64 = s.read("tid.T").trim().parse().unwrap();
     for (n, b) in names.iter().zip(&before) {
@@ -102,8 +81,8 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
         }
     }
     assert_eq!(entries.len(), 5, "four processes and the zombie: {pstree}");
-    let ids = crit_decode(&s, "ids-1.img");
-    let inventory = crit_decode(&s, "inventory.img");
+    let ids = crit_decode_image(&s, "ids-1.img");
+    let inventory = crit_decode_image(&s, "inventory.img");
     assert_ne!(
         ids["entries"][0]["pid_ns_id"], inventory["entries"][0]["root_ids"]["pid_ns_id"],
         "the root's pid namespace is not the dumper's"

@@ -127,7 +127,7 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
 /// files.img as Debian's crit reads it: the listeners with their backlog, the names, the
 /// removed socket file marked deleted, and the outside socket as an external entry.
 fn check_files_with_crit(s: &Scratch) {
-    let out = std::process::Command::new(crit())
+    let out = std::process::Command::new(crit_path())
         .args(["decode", "-i"])
         .arg(s.img().join("files.img"))
         .output()
@@ -179,7 +179,7 @@ fn files_in_flight_travel_with_their_messages() {
     s.dump(pid, &[]);
     assert!(!child.0.wait().unwrap().success());
     // sk-queues.img as crit reads it: three messages, each naming one file.
-    let out = std::process::Command::new(crit())
+    let out = std::process::Command::new(crit_path())
         .args(["decode", "-i"])
         .arg(s.img().join("sk-queues.img"))
         .output()
@@ -203,20 +203,6 @@ fn files_in_flight_travel_with_their_messages() {
     assert_eq!(with_rights, 3, "{j}");
     assert_eq!(s.restore(&[]), pid);
     s.verify(pid, "the restored task");
-}
-
-fn crit() -> std::path::PathBuf {
-    let crit = std::env::var_os("CRIT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
-        });
-    assert!(
-        crit.is_file(),
-        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
-        crit.display()
-    );
-    crit
 }
 
 #[test]

@@ -304,3 +304,61 @@ pub fn assert_running_untraced(pid: i32) {
     );
     assert_eq!(tracer, 0, "pid {pid} is still traced");
 }
+
+/// Debian's crit (scripts/get-crit.sh), or `CRIT`.
+pub fn crit_path() -> PathBuf {
+    let p = std::env::var_os("CRIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit"));
+    assert!(
+        p.is_file(),
+        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
+        p.display()
+    );
+    p
+}
+
+pub fn crit_decode(path: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(crit_path())
+        .args(["decode", "-i"])
+        .arg(path)
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit decode {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("crit prints JSON")
+}
+
+pub fn entries(j: &serde_json::Value) -> &Vec<serde_json::Value> {
+    j["entries"].as_array().expect("entries")
+}
+
+/// crit prints raw payloads as Python's base64.encodebytes.
+pub fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let Some(v) = val(c) else { continue };
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
