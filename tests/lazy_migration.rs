@@ -616,43 +616,6 @@ fn lazy_migration_of_a_pid_namespace_root() {
     eprintln!("pid namespace tree: {served} KiB served lazily");
 }
 
-/// A test CA and certificates signed by it (openssl): `NAME.pem` and `NAME.key` in `dir` for
-/// each (name, subjectAltName).
-fn make_ca(dir: &Path, ca: &str, certs: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut script = format!(
-        "set -e; cd {d}; \
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-           -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca} 2>/dev/null; ",
-        d = dir.display()
-    );
-    for (name, san) in certs {
-        script.push_str(&format!(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-               -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null; \
-             printf 'subjectAltName={san}\\nbasicConstraints=CA:FALSE\\n\
-keyUsage=digitalSignature\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext; \
-             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
-               -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null; "
-        ));
-    }
-    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
-    assert!(st.success(), "openssl failed");
-}
-
-fn tls_args(dir: &Path, ca: &str, me: &str) -> Vec<String> {
-    let f = |n: &str| dir.join(n).to_str().unwrap().to_owned();
-    vec![
-        "--tls".into(),
-        "--tls-cacert".into(),
-        f(&format!("{ca}.pem")),
-        "--tls-cert".into(),
-        f(&format!("{me}.pem")),
-        "--tls-key".into(),
-        f(&format!("{me}.key")),
-    ]
-}
-
 /// The pages cross TLS: the source's certificate names its address, the destination shows one
 /// of the same test CA. A plain source warns that anyone may read the memory; this one does not.
 #[test]

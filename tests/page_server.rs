@@ -610,43 +610,6 @@ fn rpc_page_server_request_reports_pid_and_port_and_an_rpc_dump_feeds_it() {
     assert_eq!(restore_and_check(&s, &[], "dst"), 0, "{}", s.read("out"));
 }
 
-/// A test CA and certificates signed by it (openssl): `NAME.pem` and `NAME.key` in `dir` for
-/// each (name, subjectAltName).
-fn make_ca(dir: &Path, ca: &str, certs: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut script = format!(
-        "set -e; cd {d}; \
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-           -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca} 2>/dev/null; ",
-        d = dir.display()
-    );
-    for (name, san) in certs {
-        script.push_str(&format!(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-               -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null; \
-             printf 'subjectAltName={san}\\nbasicConstraints=CA:FALSE\\n\
-keyUsage=digitalSignature\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext; \
-             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
-               -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null; "
-        ));
-    }
-    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
-    assert!(st.success(), "openssl failed");
-}
-
-fn tls_args(dir: &Path, ca: &str, me: &str) -> Vec<String> {
-    let f = |n: &str| dir.join(n).to_str().unwrap().to_owned();
-    vec![
-        "--tls".into(),
-        "--tls-cacert".into(),
-        f(&format!("{ca}.pem")),
-        "--tls-cert".into(),
-        f(&format!("{me}.pem")),
-        "--tls-key".into(),
-        f(&format!("{me}.key")),
-    ]
-}
-
 /// A dump to a TLS page server at 127.0.0.1 with the client's TLS arguments; Ok when both ends
 /// succeeded, Err(dump's stderr, server's log) when either failed.
 fn tls_dump(
