@@ -211,6 +211,8 @@ pub struct KernDat {
     pub pagemap_scan: Probed,
     pub pagemap_scan_guard: Probed,
     pub soft_dirty: Probed<bool>,
+    /// PAGEMAP_SCAN reports a tracked range without a page table as written (see the probe).
+    pub scan_holes_written: Probed<bool>,
     /// UFFDIO_API features of a userfaultfd from the syscall.
     pub uffd_syscall: Probed<u64>,
     /// UFFDIO_API features of a userfaultfd from /dev/userfaultfd.
@@ -275,6 +277,7 @@ impl KernDat {
             pagemap_scan: probe::pagemap_scan(false),
             pagemap_scan_guard: probe::pagemap_scan(true),
             soft_dirty: probe::soft_dirty(),
+            scan_holes_written: probe::pagemap_scan_holes_written(),
             uffd_syscall: probe::uffd_features(UffdSource::Syscall),
             uffd_dev: probe::uffd_features(UffdSource::Device),
             pidfd_open,

@@ -370,6 +370,7 @@ pub fn scan_pages(
             e,
         )
     };
+    let holes_read_written = crate::kerndat::get().scan_holes_written == Ok(true);
     let mut regions: Vec<PageRegion> = Vec::new();
     for (i, v) in vmas.iter().enumerate() {
         if !holds_private_pages(v) {
@@ -384,10 +385,12 @@ pub fn scan_pages(
         let mut unchanged: Vec<(u64, u64)> = Vec::new();
         let first = match (tracking, held) {
             // An anonymous VMA drops a zapped page outright (no write-protect marker stays),
+            // and the kernel reports the empty entry, or the missing page table, as written;
             // so a page that was present at the last scan and is not reported written since is
             // still there, in memory or in swap, unchanged. Only the written pages and those
-            // the parent images lack need a closer look.
-            (Some(t), Some(held)) if anon => {
+            // the parent images lack need a closer look. Kernels that skip missing page
+            // tables get the full scan below, which looks at every page.
+            (Some(t), Some(held)) if anon && holes_read_written => {
                 // All written pages, present or not, re-protected (the kernel's fast path)...
                 let mut written = Vec::new();
                 match pagemap.try_scan(v.start, v.end, written_only(t.reset), &mut written) {

@@ -189,6 +189,28 @@ fn predumps_racing_with_churn(mode: &str) {
     }
 }
 
+/// Memory a tracked task drops together with its page table (MADV_DONTNEED of whole 2 MiB
+/// blocks, a mapping unmapped and mapped again untouched) reads as zero after the chain is
+/// restored, though the first pre-dump holds data there (ctests/workloads/dropped.c).
+#[test]
+fn memory_dropped_with_its_page_tables_between_predumps_restores_as_zero() {
+    become_subreaper();
+    let s = Scratch::new("predumpdropped");
+    let mut child = s.spawn(&workload("dropped"), &[s.dir.to_str().unwrap()]);
+    s.wait_file("ready", T);
+    let pid = child.id() as i32;
+    pre_dump(&s, pid, "1", None, &[]);
+    assert!(kill(pid, libc::SIGUSR2));
+    s.wait_file("dropped", T);
+    pre_dump(&s, pid, "2", Some("../1"), &[]);
+    // 8 MiB kept whole, 4 of the 8 MiB block region: no more can be the parent's.
+    let st = stats(&s.path("2"));
+    assert!(st.pages_skipped_parent < 3 * 1024 + 64, "{st:?}");
+    final_dump(&s, pid, "3", Some("../2"), &[]);
+    let _ = child.wait();
+    assert_eq!(restore_and_check(&s, "3"), 0, "{}", s.read("out"));
+}
+
 #[test]
 fn lost_or_stale_tracking_copies_everything_again() {
     become_subreaper();

@@ -426,6 +426,17 @@ fn mechanisms(k: &KernDat) -> Vec<Line> {
             errno_verdict(&k.pagemap_scan_guard),
         ),
         line("soft-dirty bits", soft_dirty),
+        line(
+            "PAGEMAP_SCAN of dropped page tables",
+            match k.scan_holes_written {
+                Ok(true) => Ok("read as written".to_string()),
+                Ok(false) => Err(
+                    "read as unwritten: pre-dumps look at every anonymous page (slower)"
+                        .to_string(),
+                ),
+                Err(e) => Err(e.to_string()),
+            },
+        ),
         line("userfaultfd()", uffd_source(&k.uffd_syscall)),
         line("/dev/userfaultfd", uffd_source(&k.uffd_dev)),
         line("uffd non-cooperative events", uffd_noncoop(k)),

@@ -475,13 +475,12 @@ pub enum UffdSource {
     Device,
 }
 
-/// Opens a userfaultfd and returns the feature mask UFFDIO_API reports (all features this
-/// kernel offers: the handshake asks for none).
-pub fn uffd_features(source: UffdSource) -> Probed<u64> {
+/// A new userfaultfd from `source`, before its UFFDIO_API handshake.
+fn new_uffd(source: UffdSource) -> Probed<OwnedFd> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    let uffd = match source {
+    match source {
         // SAFETY: userfaultfd takes only flags.
-        UffdSource::Syscall => new_fd(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) })?,
+        UffdSource::Syscall => new_fd(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }),
         UffdSource::Device => {
             let dev = File::options()
                 .read(true)
@@ -491,9 +490,15 @@ pub fn uffd_features(source: UffdSource) -> Probed<u64> {
             // SAFETY: USERFAULTFD_IOC_NEW takes the new fd's flags as its argument.
             new_fd(
                 unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) } as libc::c_long,
-            )?
+            )
         }
-    };
+    }
+}
+
+/// Opens a userfaultfd and returns the feature mask UFFDIO_API reports (all features this
+/// kernel offers: the handshake asks for none).
+pub fn uffd_features(source: UffdSource) -> Probed<u64> {
+    let uffd = new_uffd(source)?;
     let mut api = UffdioApi {
         api: UFFD_API,
         ..Default::default()
@@ -502,6 +507,64 @@ pub fn uffd_features(source: UffdSource) -> Probed<u64> {
     let ret = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
     check(ret as libc::c_long)?;
     Ok(api.features)
+}
+
+/// Whether PAGEMAP_SCAN reports a range of a write-tracked anonymous mapping that has no page
+/// table at all as written, as it reports an empty page table entry. Kernels before the fix
+/// "fs/proc/task_mmu: fix PAGEMAP_SCAN written state for PMD holes" (2026) skip such holes, so
+/// memory that MADV_DONTNEED dropped with its page table (a whole THP, or 2 MiB under
+/// page-table reclaim) reads as unwritten and unchanged. Asked on 2 MiB of a fresh mapping,
+/// aligned so no other mapping shares its page table: it has none yet.
+pub fn pagemap_scan_holes_written() -> Probed<bool> {
+    use crate::sys::pagemap::{Pagemap, ScanQuery, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC};
+    const TWO_MB: usize = 2 << 20;
+    let uffd = new_uffd(UffdSource::Syscall).or_else(|_| new_uffd(UffdSource::Device))?;
+    crate::sys::uffd::api(
+        std::os::fd::AsFd::as_fd(&uffd),
+        crate::sys::uffd::TRACKER_FEATURES,
+    )
+    .map_err(|_| Errno::EOPNOTSUPP)?;
+    // SAFETY: a fresh private anonymous mapping nothing else refers to, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * TWO_MB,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let start = map as u64;
+    let hole = (start + TWO_MB as u64 - 1) & !(TWO_MB as u64 - 1);
+    let asked = crate::sys::uffd::register_wp(
+        std::os::fd::AsFd::as_fd(&uffd),
+        start,
+        start + 2 * TWO_MB as u64,
+    )
+    .and_then(|()| {
+        let mut written = Vec::new();
+        Pagemap::open(std::process::id() as libc::pid_t)
+            .map_err(|_| Errno::ENOENT)?
+            .try_scan(
+                hole,
+                hole + TWO_MB as u64,
+                ScanQuery {
+                    flags: PM_SCAN_CHECK_WPASYNC,
+                    mask: PAGE_IS_WRITTEN,
+                    ret: PAGE_IS_WRITTEN,
+                    ..Default::default()
+                },
+                &mut written,
+            )?;
+        Ok(!written.is_empty())
+    });
+    // SAFETY: the mapping made above; unmapping also ends its registration.
+    unsafe { libc::munmap(map, 2 * TWO_MB) };
+    asked
 }
 
 // ---------------------------------------------------------------------------------------------
