@@ -62,6 +62,14 @@ static void fill(uint64_t *p, uint64_t i, uint64_t gen)
 		p[k] = gen << 32 ^ (i * WORDS + k);
 }
 
+/* What churn did to a slot, kept in the task's own memory so a restored task can tell. */
+struct op {
+	char what; /* m)apped, M)oved, P)rotect cycle begun, p) ended, w)ritten, d)ropped half, u)nmapped */
+	uint64_t version, addr, len;
+	struct timespec at; /* CLOCK_REALTIME, to set against the dumper's logs */
+};
+#define HISTORY 12
+
 struct slot {
 	uint64_t *addr;
 	size_t len;
@@ -69,6 +77,8 @@ struct slot {
 	size_t zero_from;
 	uint64_t version;
 	int live;
+	unsigned ops;
+	struct op history[HISTORY];
 };
 static struct slot slots[SLOTS];
 static int no_protect;
@@ -80,12 +90,34 @@ static void fill_slot(struct slot *s, unsigned n)
 	s->zero_from = s->len;
 }
 
+static void note(struct slot *s, char what)
+{
+	struct op *o = &s->history[s->ops++ % HISTORY];
+	o->what = what;
+	o->version = s->version;
+	o->addr = (uintptr_t)s->addr;
+	o->len = s->len;
+	clock_gettime(CLOCK_REALTIME, &o->at);
+}
+
+/* 1 when the slot holds what it must; otherwise says where it differs and what befell it. */
 static int check_slot(struct slot *s, unsigned n)
 {
 	for (size_t k = 0; k < s->len / 8; k++) {
 		uint64_t want = k * 8 >= s->zero_from ? 0 : (s->version << 40) ^ ((uint64_t)n << 32) ^ k;
-		if (s->addr[k] != want)
-			return 0;
+		if (s->addr[k] == want)
+			continue;
+		fprintf(stderr, "slot %u at %#lx (%zu pages, zero from byte %zu): word %zu is %#lx "
+			"(version %lu), want %#lx\n", n, (unsigned long)(uintptr_t)s->addr, s->len / PAGE,
+			s->zero_from, k, (unsigned long)s->addr[k], (unsigned long)(s->addr[k] >> 40),
+			(unsigned long)want);
+		for (unsigned i = s->ops > HISTORY ? s->ops - HISTORY : 0; i < s->ops; i++) {
+			struct op *o = &s->history[i % HISTORY];
+			fprintf(stderr, "  %ld.%09ld %c version %lu at %#lx, %lu pages\n",
+				(long)o->at.tv_sec, o->at.tv_nsec, o->what, (unsigned long)o->version,
+				(unsigned long)o->addr, (unsigned long)(o->len / PAGE));
+		}
+		return 0;
 	}
 	return 1;
 }
@@ -112,6 +144,7 @@ static void churn(void)
 		s->version++;
 		fill_slot(s, n);
 		s->live = 1;
+		note(s, 'm');
 		return;
 	}
 	switch (next_rand() % 5) {
@@ -122,18 +155,22 @@ static void churn(void)
 		if (moved == MAP_FAILED)
 			exit(3);
 		s->addr = moved;
+		note(s, 'M');
 		break;
 	}
 	case 1: /* protect and unprotect */
 		if (no_protect)
 			break;
+		note(s, 'P');
 		mprotect(s->addr, s->len, PROT_NONE);
 		mprotect(s->addr, s->len, PROT_READ);
 		mprotect(s->addr, s->len, PROT_READ | PROT_WRITE);
+		note(s, 'p');
 		break;
 	case 2: /* rewrite */
 		s->version++;
 		fill_slot(s, n);
+		note(s, 'w');
 		break;
 	case 3: /* drop the second half's pages: they read as zero from now on */
 	{
@@ -141,12 +178,14 @@ static void churn(void)
 		if (half < s->zero_from) {
 			madvise((char *)s->addr + half, s->len - half, MADV_DONTNEED);
 			s->zero_from = half;
+			note(s, 'd');
 		}
 		break;
 	}
 	default: /* drop */
 		munmap(s->addr, s->len);
 		s->live = 0;
+		note(s, 'u');
 	}
 }
 
