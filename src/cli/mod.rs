@@ -205,12 +205,18 @@ pub fn execute(inv: Invocation) -> Result<i32, CliError> {
     })?;
     init_logging(opts.log_file.as_deref(), opts.log_level, opts.log_pid)?;
 
+    // The wall clock once, so the relative times of the log can be set against other logs.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     log::info!(
-        "criu-rs {} (CRIU {}.{} interfaces), command: {}",
+        "criu-rs {} (CRIU {}.{} interfaces), command: {}, started at {}.{:09} (wall clock)",
         env!("CARGO_PKG_VERSION"),
         crate::VERSION_MAJOR,
         crate::VERSION_MINOR,
-        action.name()
+        action.name(),
+        now.as_secs(),
+        now.subsec_nanos()
     );
     for f in &config_files {
         log::info!("Read options from {}", f.display());
