@@ -469,6 +469,53 @@ fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Starts the lazy workload on `mib` MiB in `dir` and waits until it has filled its memory.
+fn start_lazy_workload(bin: &Path, dir: &Path, mib: usize) -> (std::process::Child, i32) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin);
+    cmd.arg(dir)
+        .arg(mib.to_string())
+        .arg("bench")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    while read_trimmed(&dir.join("ready")).is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    (child, pid)
+}
+
+/// What the restored lazy workload wrote: when it woke (CLOCK_MONOTONIC ns) and its fault
+/// latencies (p50, p99 in ns).
+fn task_report(dir: &Path) -> (u64, Vec<u64>) {
+    let woke: u64 = read_trimmed(&dir.join("woke")).parse().unwrap();
+    let lat: Vec<u64> = read_trimmed(&dir.join("latency"))
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (woke, lat)
+}
+
+/// How long the lazy-pages daemon took to deliver every page, from its log (zero if it does
+/// not say).
+fn delivery_time(log: &Path) -> Duration {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .split("all pages delivered in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|x| x.parse::<f64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs_f64)
+}
+
 /// One lazy restore of the lazy workload with `mib` MiB: (time from the start of `criu restore`
 /// to the task running, fault latency p50 and p99 as the task saw them, `criu restore` wall,
 /// time the daemon took to deliver everything). `lazy` false restores eagerly instead.
@@ -480,26 +527,7 @@ fn lazy_run(criu: &Path, bin: &Path, dir: &Path, mib: usize, lazy: bool) -> [Dur
         for f in ["ready", "woke", "latency"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
-        let mut child = Command::new(bin);
-        child
-            .arg(dir)
-            .arg(mib.to_string())
-            .arg("bench")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        use std::os::unix::process::CommandExt;
-        unsafe {
-            child.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
-        let mut child = child.spawn().unwrap();
-        while read_trimmed(&dir.join("ready")).is_empty() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let pid = child.id() as i32;
+        let (mut child, pid) = start_lazy_workload(bin, dir, mib);
         let st = Command::new(criu)
             .args(["dump", "-t", &pid.to_string(), "-D"])
             .arg(&img)
@@ -553,11 +581,7 @@ fn lazy_run(criu: &Path, bin: &Path, dir: &Path, mib: usize, lazy: bool) -> [Dur
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     let code = wait_exit(pid);
     assert_eq!(code, 0, "the restored task failed its self-check");
-    let woke: u64 = read_trimmed(&dir.join("woke")).parse().unwrap();
-    let lat: Vec<u64> = read_trimmed(&dir.join("latency"))
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let (woke, lat) = task_report(dir);
     let mut delivered = Duration::ZERO;
     if let Some(mut d) = daemon {
         assert!(
@@ -565,15 +589,7 @@ fn lazy_run(criu: &Path, bin: &Path, dir: &Path, mib: usize, lazy: bool) -> [Dur
             "lazy-pages failed: see {}",
             img.join("lazy.log").display()
         );
-        let log = std::fs::read_to_string(img.join("lazy.log")).unwrap_or_default();
-        if let Some(secs) = log
-            .split("all pages delivered in ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|x| x.parse::<f64>().ok())
-        {
-            delivered = Duration::from_secs_f64(secs);
-        }
+        delivered = delivery_time(&img.join("lazy.log"));
     }
     [
         Duration::from_nanos(woke.saturating_sub(t0)),
@@ -623,26 +639,7 @@ fn lazy_migration_run(criu: &Path, bin: &Path, dir: &Path, mib: usize) -> [Durat
     for f in ["ready", "woke", "latency", "go", "restore.t0"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let mut child = Command::new(bin);
-    child
-        .arg(dir)
-        .arg(mib.to_string())
-        .arg("bench")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    use std::os::unix::process::CommandExt;
-    unsafe {
-        child.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut child = child.spawn().unwrap();
-    while read_trimmed(&dir.join("ready")).is_empty() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = child.id() as i32;
+    let (mut child, pid) = start_lazy_workload(bin, dir, mib);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -728,24 +725,13 @@ wait $d
         .as_nanos() as u64;
     let offset = realtime - monotonic_ns();
     let restore_t0: u64 = read_trimmed(&dir.join("restore.t0")).parse().unwrap();
-    let woke: u64 = read_trimmed(&dir.join("woke")).parse().unwrap();
-    let lat: Vec<u64> = read_trimmed(&dir.join("latency"))
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let log = std::fs::read_to_string(dst.join("lazy.log")).unwrap_or_default();
-    let delivered = log
-        .split("all pages delivered in ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|x| x.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let (woke, lat) = task_report(dir);
     [
         total,
         Duration::from_nanos((woke + offset).saturating_sub(restore_t0)),
         Duration::from_nanos(lat[0]),
         Duration::from_nanos(lat[1]),
-        Duration::from_secs_f64(delivered),
+        delivery_time(&dst.join("lazy.log")),
     ]
 }
 
