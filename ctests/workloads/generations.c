@@ -81,7 +81,6 @@ struct slot {
 	struct op history[HISTORY];
 };
 static struct slot slots[SLOTS];
-static int no_protect;
 
 static void fill_slot(struct slot *s, unsigned n)
 {
@@ -159,8 +158,6 @@ static void churn(void)
 		break;
 	}
 	case 1: /* protect and unprotect */
-		if (no_protect)
-			break;
 		note(s, 'P');
 		mprotect(s->addr, s->len, PROT_NONE);
 		mprotect(s->addr, s->len, PROT_READ);
@@ -196,9 +193,7 @@ int main(int argc, char **argv)
 	setsid();
 	size_t size = (size_t)atol(argv[2]) << 20;
 	permil = (unsigned)atoi(argv[3]);
-	int with_churn = argc > 4 && !strncmp(argv[4], "churn", 5);
-	/* "churn-noprotect": the same, without the mprotect cycles (see README, Known problem). */
-	no_protect = argc > 4 && !strcmp(argv[4], "churn-noprotect");
+	int with_churn = argc > 4 && !strcmp(argv[4], "churn");
 	if (argc > 4 && !strcmp(argv[4], "fixed"))
 		stride = 0;
 	double mibps = argc > 5 ? atof(argv[5]) : 0;
