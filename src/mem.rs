@@ -310,14 +310,47 @@ pub struct Tracking<'a> {
     pub tracker: &'a crate::track::Tracker,
     pub reset: bool,
     pub live: bool,
+    /// How each VMA stands with the tracker, from `register_listed` (None: as found).
+    pub registration: Option<&'a [Registration]>,
+}
+
+/// How a listed VMA stands with the tracker once `register_listed` is done with it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Registration {
+    /// Tracked since an earlier iteration: its write bits are relative to that one.
+    Kept,
+    /// Tracked from now on. Its pages may still be write-protected from an earlier
+    /// registration, which says nothing now: when mremap merges a moved, tracked mapping into
+    /// a tracked neighbour, the kernel drops the userfaultfd of the merged mapping but leaves
+    /// the protection on its pages, and a write (or mprotect) while it is untracked makes such
+    /// a page writable with the protection still on. `scan_pages` clears it first.
+    New,
+    /// Not tracked: no private pages, or the kernel refused (another userfaultfd has it).
+    Untracked,
 }
 
 /// Starts tracking the listed VMAs that hold private pages (those tracked already are left as
 /// they are). For a frozen task, whose listing is current: each range is one whole mapping.
-pub fn register_listed(tracker: &crate::track::Tracker, vmas: &[pb::VmaEntry]) {
-    for v in vmas.iter().filter(|v| holds_private_pages(v)) {
-        tracker.register(v.start, v.end);
-    }
+pub fn register_listed(
+    pid: pid_t,
+    tracker: &crate::track::Tracker,
+    vmas: &[pb::VmaEntry],
+) -> Result<Vec<Registration>> {
+    let pagemap = Pagemap::open(pid)?;
+    Ok(vmas
+        .iter()
+        .map(|v| {
+            if !holds_private_pages(v) {
+                return Registration::Untracked;
+            }
+            let before = pagemap.is_write_tracked(v.start, v.end);
+            match (before, tracker.register(v.start, v.end)) {
+                (_, false) => Registration::Untracked,
+                (true, true) => Registration::Kept,
+                (false, true) => Registration::New,
+            }
+        })
+        .collect())
 }
 
 /// The pages of a task that hold data, as one PAGEMAP_SCAN per VMA sees them.
@@ -379,6 +412,17 @@ pub fn scan_pages(
         scanned += (v.end - v.start) / PAGE_SIZE;
         let anon = v.status & VMA_ANON_PRIVATE != 0;
         regions.clear();
+        let registration = tracking
+            .and_then(|t| t.registration)
+            .map_or(Registration::Kept, |r| r[i]);
+        if registration == Registration::New {
+            tracking
+                .expect("registered by it")
+                .tracker
+                .clear_stale(v.start, v.end);
+        }
+        // Write bits of a mapping another userfaultfd tracks are not ours to read or reset.
+        let tracking = tracking.filter(|_| registration != Registration::Untracked);
         // Whether the categories' write bits mean anything.
         let mut writes_known = false;
         // Unwritten pages the parent images hold, known present without looking at them.
@@ -431,7 +475,9 @@ pub fn scan_pages(
                 let t = tracking.expect("checked");
                 regions.clear();
                 if t.reset && !t.live && t.tracker.register(v.start, v.end) {
-                    // Every present page reads as written and gets protected.
+                    // Every present page reads as written (once protection left from an
+                    // earlier registration is cleared) and gets protected.
+                    t.tracker.clear_stale(v.start, v.end);
                     pagemap
                         .try_scan(v.start, v.end, tracked(anon, true), &mut regions)
                         .map_err(|e| scan_err(v, e))?;

@@ -172,6 +172,30 @@ impl Tracker {
         }
     }
 
+    /// Clears the write protection pages of [start, end) may still carry from an earlier
+    /// registration (see `mem::Registration::New`), so that every page reads as written. The
+    /// task may have changed the range since it was listed: then piece by piece as it is mapped
+    /// now; a piece that stays protected is unregistered, which clears it too and makes it new
+    /// again at the next iteration.
+    pub fn clear_stale(&self, start: u64, end: u64) {
+        if uffd::unprotect(self.uffd(), start, end).is_ok() {
+            return;
+        }
+        let Ok(maps) = crate::procfs::maps_quick(self.pid) else {
+            return;
+        };
+        for m in maps.iter().filter(|m| m.start < end && m.end > start) {
+            let (s, e) = (m.start.max(start), m.end.min(end));
+            if let Err(err) = uffd::unprotect(self.uffd(), s, e) {
+                log::debug!(
+                    "pid {}: {s:#x}-{e:#x} keeps its protection ({err}): unregistered",
+                    self.pid
+                );
+                let _ = uffd::unregister(self.uffd(), s, e);
+            }
+        }
+    }
+
     /// Forgets the token: called before the write bits are reset.
     pub fn invalidate(&mut self) -> Result<()> {
         self.token = None;

@@ -200,6 +200,47 @@ fn memory_dropped_with_its_page_tables_between_predumps_restores_as_zero() {
     assert_eq!(restore_and_check(&s, "3"), 0, "{}", s.read("out"));
 }
 
+/// A mapping that mremap merges back into its tracked neighbour loses its tracking with its
+/// pages still write-protected; writes while it is untracked, and after it is tracked again,
+/// must all reach the images (ctests/workloads/remerged.c says how).
+#[test]
+fn writes_to_a_mapping_that_lost_its_tracking_to_an_mremap_merge_are_not_missed() {
+    become_subreaper();
+    // Found tracked again by a pre-dump's listing, and by a dump left running.
+    for (round, leave_running) in [(0, false), (1, true)] {
+        let s = Scratch::new(&format!("predumpremerged{round}"));
+        let mut child = s.spawn(&workload("remerged"), &[s.dir.to_str().unwrap()]);
+        s.wait_file("ready", T);
+        let pid = child.id() as i32;
+        let step = |n: u32| {
+            assert!(kill(pid, libc::SIGUSR2));
+            let t0 = std::time::Instant::now();
+            while s.read("step").trim() != n.to_string() {
+                assert!(t0.elapsed() < T, "step {n} not taken: {}", s.read("out"));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        pre_dump(&s, pid, "1", None, &[]);
+        step(1);
+        pre_dump(&s, pid, "2", Some("../1"), &[]);
+        step(2);
+        if leave_running {
+            final_dump(&s, pid, "3", Some("../2"), &["--leave-running"]);
+        } else {
+            pre_dump(&s, pid, "3", Some("../2"), &[]);
+        }
+        step(3);
+        final_dump(&s, pid, "4", Some("../3"), &[]);
+        let _ = child.wait();
+        assert_eq!(
+            restore_and_check(&s, "4"),
+            0,
+            "round {round}: {}",
+            s.read("out")
+        );
+    }
+}
+
 #[test]
 fn lost_or_stale_tracking_copies_everything_again() {
     become_subreaper();

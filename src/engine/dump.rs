@@ -417,6 +417,7 @@ fn dump_task(
                 tracker,
                 reset: keep_tracking,
                 live: false,
+                registration: None,
             })
             .as_ref(),
         tt.held.as_deref(),

@@ -29,6 +29,7 @@ struct TaskVmas {
     pid: pid_t,
     pages_id: u32,
     vmas: Vec<pb::VmaEntry>,
+    registration: Vec<mem::Registration>,
 }
 
 pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
@@ -106,6 +107,7 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
                 tracker,
                 reset: true,
                 live: true,
+                registration: Some(&t.registration),
             }),
             tt.held.as_deref(),
         )?;
@@ -217,11 +219,12 @@ fn list_frozen(
             &mut FileTable::new(),
             &mut shared,
         )?;
-        mem::register_listed(tt.tracker.as_ref().expect("ensured"), &vmas);
+        let registration = mem::register_listed(pid, tt.tracker.as_ref().expect("ensured"), &vmas)?;
         tasks.push(TaskVmas {
             pid,
             pages_id: tasks.len() as u32 + 1,
             vmas,
+            registration,
         });
     }
     Ok(tasks)

@@ -132,6 +132,26 @@ impl Pagemap {
         Ok(())
     }
 
+    /// Whether every mapping in [start, end) is tracked by an asynchronous write-protect
+    /// userfaultfd (ours or another's: the kernel does not say whose). Looks at one page.
+    pub fn is_write_tracked(&self, start: u64, end: u64) -> bool {
+        let mut one = [PageRegion::default(); 1];
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_CHECK_WPASYNC,
+            start,
+            end,
+            vec: one.as_mut_ptr() as u64,
+            vec_len: 1,
+            max_pages: 1,
+            category_anyof_mask: PAGE_IS_WPALLOWED,
+            return_mask: PAGE_IS_WPALLOWED,
+            ..Default::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg whose vec points at `one` (vec_len 1).
+        unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut arg) >= 0 }
+    }
+
     /// Write-protect-and-report in one call (userfaultfd async WP tracking): with vec_len 0 the
     /// kernel only re-protects.
     pub fn write_protect(&self, start: u64, end: u64) -> Result<()> {

@@ -103,6 +103,37 @@ fn register(
     Ok(())
 }
 
+#[repr(C)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+const UFFDIO_WRITEPROTECT: libc::c_ulong = iowr(0x06, std::mem::size_of::<UffdioWriteprotect>());
+
+/// Clears the write protection of every page in [start, end) (all must be registered): each
+/// page then reads as written until the next PAGEMAP_SCAN with PM_SCAN_WP_MATCHING.
+pub fn unprotect(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Result<(), Errno> {
+    let mut w = UffdioWriteprotect {
+        range: UffdioRange {
+            start,
+            len: end - start,
+        },
+        mode: 0,
+    };
+    // SAFETY: UFFDIO_WRITEPROTECT reads one uffdio_writeprotect.
+    let ret = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_WRITEPROTECT,
+            &mut w as *mut UffdioWriteprotect,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Ends tracking of [start, end) (the kernel clears the write-protect bits).
 pub fn unregister(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Result<(), Errno> {
     let r = UffdioRange {
