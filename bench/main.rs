@@ -76,23 +76,28 @@ fn workload(repo: &Path, out: &Path, name: &str) -> PathBuf {
     bin
 }
 
-fn start(bin: &Path, dir: &Path, mib: usize) -> Child {
+/// A workload run as `BIN DIR MIB`, silent, with only fds 0-2: fds our caller leaked would
+/// make it undumpable.
+fn workload_command(bin: &Path, dir: &Path, mib: usize) -> Command {
     use std::os::unix::process::CommandExt;
-    let _ = std::fs::remove_file(dir.join("beat"));
     let mut cmd = Command::new(bin);
     cmd.arg(dir)
         .arg(mib.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // Only 0-2: fds our caller leaked would make the workload undumpable.
     unsafe {
         cmd.pre_exec(|| {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
-    let child = cmd.spawn().unwrap();
+    cmd
+}
+
+fn start(bin: &Path, dir: &Path, mib: usize) -> Child {
+    let _ = std::fs::remove_file(dir.join("beat"));
+    let child = workload_command(bin, dir, mib).spawn().unwrap();
     let t = Instant::now();
     while std::fs::metadata(dir.join("beat"))
         .map(|m| m.len())
@@ -471,21 +476,10 @@ fn monotonic_ns() -> u64 {
 
 /// Starts the lazy workload on `mib` MiB in `dir` and waits until it has filled its memory.
 fn start_lazy_workload(bin: &Path, dir: &Path, mib: usize) -> (std::process::Child, i32) {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(bin);
-    cmd.arg(dir)
-        .arg(mib.to_string())
+    let child = workload_command(bin, dir, mib)
         .arg("bench")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
+        .spawn()
+        .unwrap();
     while read_trimmed(&dir.join("ready")).is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -87,6 +87,16 @@ fn restore_and_check(s: &Scratch, dir: &str) -> i32 {
     wait_exit(pid, T)
 }
 
+/// Restores from DIR and asserts the task found every page as it must be.
+fn assert_restores_exactly(s: &Scratch, dir: &str, round: u32) {
+    assert_eq!(
+        restore_and_check(s, dir),
+        0,
+        "round {round}: {}",
+        s.read("out")
+    );
+}
+
 fn has_tracker_fd(pid: i32) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -169,12 +179,7 @@ fn predumps_racing_with_munmap_mremap_mprotect_restore_exactly() {
         pre_dump(&s, pid, "3", Some("../2"), &[]);
         final_dump(&s, pid, "4", Some("../3"), &[]);
         let _ = child.wait();
-        assert_eq!(
-            restore_and_check(&s, "4"),
-            0,
-            "round {round}: {}",
-            s.read("out")
-        );
+        assert_restores_exactly(&s, "4", round);
     }
 }
 
@@ -232,12 +237,7 @@ fn writes_to_a_mapping_that_lost_its_tracking_to_an_mremap_merge_are_not_missed(
         step(3);
         final_dump(&s, pid, "4", Some("../3"), &[]);
         let _ = child.wait();
-        assert_eq!(
-            restore_and_check(&s, "4"),
-            0,
-            "round {round}: {}",
-            s.read("out")
-        );
+        assert_restores_exactly(&s, "4", round);
     }
 }
 
