@@ -52,6 +52,22 @@ const UFFDIO_API: libc::c_ulong = iowr(0x3f, std::mem::size_of::<UffdioApi>());
 const UFFDIO_REGISTER: libc::c_ulong = iowr(0x00, std::mem::size_of::<UffdioRegister>());
 const UFFDIO_UNREGISTER: libc::c_ulong = ior(0x01, std::mem::size_of::<UffdioRange>());
 
+/// One ioctl on a userfaultfd whose argument is one `T`, which the kernel reads and may write.
+///
+/// # Safety
+/// `request` must be an ioctl that takes a pointer to exactly one `T`.
+unsafe fn ioctl_on<T>(
+    uffd: BorrowedFd<'_>,
+    request: libc::c_ulong,
+    arg: &mut T,
+) -> std::result::Result<(), Errno> {
+    // SAFETY: the caller vouches that `request` takes one T; `arg` is valid for the call.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), request, arg as *mut T) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// The UFFDIO_API handshake, once per descriptor.
 pub fn api(uffd: BorrowedFd<'_>, features: u64) -> Result<()> {
     let mut a = UffdioApi {
@@ -89,18 +105,8 @@ fn register(
         mode,
         ioctls: 0,
     };
-    // SAFETY: UFFDIO_REGISTER reads and writes one uffdio_register.
-    let ret = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_REGISTER,
-            &mut r as *mut UffdioRegister,
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    // SAFETY: UFFDIO_REGISTER takes one uffdio_register.
+    unsafe { ioctl_on(uffd, UFFDIO_REGISTER, &mut r) }
 }
 
 #[repr(C)]
@@ -120,38 +126,18 @@ pub fn unprotect(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Res
         },
         mode: 0,
     };
-    // SAFETY: UFFDIO_WRITEPROTECT reads one uffdio_writeprotect.
-    let ret = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_WRITEPROTECT,
-            &mut w as *mut UffdioWriteprotect,
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    // SAFETY: UFFDIO_WRITEPROTECT takes one uffdio_writeprotect.
+    unsafe { ioctl_on(uffd, UFFDIO_WRITEPROTECT, &mut w) }
 }
 
 /// Ends tracking of [start, end) (the kernel clears the write-protect bits).
 pub fn unregister(uffd: BorrowedFd<'_>, start: u64, end: u64) -> std::result::Result<(), Errno> {
-    let r = UffdioRange {
+    let mut r = UffdioRange {
         start,
         len: end - start,
     };
-    // SAFETY: UFFDIO_UNREGISTER reads one uffdio_range.
-    let ret = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_UNREGISTER,
-            &r as *const UffdioRange,
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    // SAFETY: UFFDIO_UNREGISTER takes one uffdio_range.
+    unsafe { ioctl_on(uffd, UFFDIO_UNREGISTER, &mut r) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,13 +250,9 @@ pub fn zeropage(uffd: BorrowedFd<'_>, start: u64, len: u64) -> Filled {
 
 /// Wakes the threads waiting on [start, start + len) (whose page arrived by another way).
 pub fn wake(uffd: BorrowedFd<'_>, start: u64, len: u64) -> std::result::Result<(), Errno> {
-    let r = UffdioRange { start, len };
-    // SAFETY: UFFDIO_WAKE reads one uffdio_range.
-    let ret = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WAKE, &r as *const UffdioRange) };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    let mut r = UffdioRange { start, len };
+    // SAFETY: UFFDIO_WAKE takes one uffdio_range.
+    unsafe { ioctl_on(uffd, UFFDIO_WAKE, &mut r) }
 }
 
 /// One message read from a userfaultfd.
