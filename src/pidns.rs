@@ -136,6 +136,16 @@ impl PidMap {
     }
 
     /// The host pid of namespace pid `ns` (itself without a namespace of the tree's own).
+    /// The pid the images name task `host` by: its pid in its own pid namespace when the tree
+    /// has one, its host pid otherwise.
+    pub fn image_pid(&self, host: pid_t) -> Result<pid_t> {
+        if self.own_ns {
+            self.ns(host, host)
+        } else {
+            Ok(host)
+        }
+    }
+
     pub fn host(&self, ns: pid_t) -> pid_t {
         self.to_host.get(&ns).copied().unwrap_or(ns)
     }

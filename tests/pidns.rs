@@ -157,6 +157,62 @@ fn init_of_a_pid_namespace_is_restored_into_a_fresh_one_while_the_original_runs(
     assert_eq!(st.code(), Some(0), "original tree's checks");
 }
 
+/// Pre-dumped as the dump sees it (images named by the namespace's pids), then dumped on top of
+/// the pre-dump: the restored tree checks itself, and the dump took pages from the pre-dump.
+#[test]
+fn init_of_a_pid_namespace_is_pre_dumped_then_dumped_and_restored_from_the_chain() {
+    become_subreaper();
+    let s = Scratch::new("pidns-predump");
+    let bin = workload("pidns");
+    let mut launcher = s.spawn(&bin, &[s.dir.to_str().unwrap()]);
+    let root: i32 = s.wait_file("ready", T).trim().parse().unwrap();
+    let root_s = root.to_string();
+    std::fs::create_dir_all(s.path("pre")).unwrap();
+    let out = s.criu(&[
+        "pre-dump",
+        "-t",
+        &root_s,
+        "-D",
+        "pre",
+        "-o",
+        "pre-dump.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "pre-dump: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(s.path("pre/pre-dump.log")).unwrap_or_default()
+    );
+    assert_running_untraced(root);
+    assert!(
+        s.path("pre/pagemap-1.img").exists(),
+        "the root's pages are named by its pid in the namespace"
+    );
+    s.dump(
+        root,
+        &[
+            "--prev-images-dir",
+            "../pre",
+            "--track-mem",
+            "--leave-running",
+        ],
+    );
+    let stats = crit_decode_image(&s, "stats-dump");
+    let dump = &stats["entries"][0]["dump"];
+    assert!(
+        dump["pages_skipped_parent"].as_u64().unwrap_or(0) > 0,
+        "the dump used the pre-dump's pages: {dump}"
+    );
+    let restored = s.restore(&[]);
+    assert_eq!(ns_pids(restored)[1..], [1]);
+    assert!(kill(restored, libc::SIGUSR1));
+    assert_eq!(wait_exit(restored, T), 0, "restored tree's checks");
+    assert!(kill(root, libc::SIGUSR1));
+    let st = launcher.wait().unwrap();
+    assert_eq!(st.code(), Some(0), "original tree's checks");
+}
+
 #[test]
 fn tree_partly_in_a_pid_namespace_or_rooted_below_its_init_is_refused() {
     become_subreaper();

@@ -319,6 +319,7 @@ struct TreeImages {
 
 fn dump_task(
     task: &mut FrozenTask,
+    image_pid: pid_t,
     opts: &Options,
     dir: &ImageDir,
     tree: &mut TreeImages,
@@ -354,11 +355,12 @@ fn dump_task(
     let keep_tracking = opts.track_mem && opts.leave_running;
     tracking.push(TaskTracking::find(
         pid,
+        image_pid,
         stat.start_time,
         parent_images.as_ref(),
     )?);
     let tt = tracking.last_mut().expect("just pushed");
-    if tt.held.is_some() && !sink.has_parent(pid)? {
+    if tt.held.is_some() && !sink.has_parent(image_pid)? {
         log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
         tt.held = None;
     }
@@ -982,11 +984,7 @@ fn leave_lazy(
                 .map(|(v, _)| (v.start, v.end))
                 .collect();
         let ranges = t.pages.leave_lazy(&ranges);
-        let image_pid = if pids.own_ns {
-            pids.ns(t.pid, t.pid)?
-        } else {
-            t.pid
-        };
+        let image_pid = pids.image_pid(t.pid)?;
         out.push(crate::pageserver::lazy::LazyTask {
             pid: t.pid,
             image_pid,
@@ -1034,7 +1032,8 @@ fn write_tree(
     let mut images = Vec::new();
     for task in frozen.tasks.iter_mut() {
         let pages_id = images.len() as u32 + 1;
-        let mut t = dump_task(task, opts, &dir, tree, pages_id, sink)?;
+        let image_pid = pids.image_pid(task.pid)?;
+        let mut t = dump_task(task, image_pid, opts, &dir, tree, pages_id, sink)?;
         t.pstree.ppid = task.ppid as u32;
         tree.vmas_by_pid.insert(t.pid, t.mm.vmas.clone());
         images.push(t);
@@ -1069,13 +1068,7 @@ fn write_tree(
     // Every task is planned: now copy the pages.
     let t0 = Instant::now();
     for t in images.iter_mut() {
-        // The images name a task by its pid in its own pid namespace.
-        let image_pid = if pids.own_ns {
-            pids.ns(t.pid, t.pid)?
-        } else {
-            t.pid
-        };
-        sink.write_task(&mut t.pages, image_pid, t.pages_id, false)?;
+        sink.write_task(&mut t.pages, pids.image_pid(t.pid)?, t.pages_id, false)?;
     }
     timing.memdump += t0.elapsed();
     timing.memwrite += t0.elapsed();

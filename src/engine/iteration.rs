@@ -71,16 +71,25 @@ pub struct TaskTracking {
 }
 
 impl TaskTracking {
-    pub fn find(pid: pid_t, start_time: u64, parent: Option<&ParentImages>) -> Result<Self> {
+    /// The tracker of task `pid` (a host pid), and the pages the parent images hold for it
+    /// under `image_pid` (its pid in the images: in its own pid namespace, if the tree has one).
+    pub fn find(
+        pid: pid_t,
+        image_pid: pid_t,
+        start_time: u64,
+        parent: Option<&ParentImages>,
+    ) -> Result<Self> {
         let tracker = Tracker::find(pid, start_time)?;
         let held = match (&tracker, parent) {
-            (Some(t), Some(p)) if t.token == Some(p.token) => match held_ranges(&p.dir, pid) {
-                Ok(h) => h,
-                Err(e) => {
-                    log::warn!("pid {pid}: parent images unreadable ({e}): copying all memory");
-                    None
+            (Some(t), Some(p)) if t.token == Some(p.token) => {
+                match held_ranges(&p.dir, image_pid) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        log::warn!("pid {pid}: parent images unreadable ({e}): copying all memory");
+                        None
+                    }
                 }
-            },
+            }
             (Some(_), Some(_)) => {
                 log::info!("pid {pid}: write tracking is not relative to the parent images: copying all memory");
                 None

@@ -27,6 +27,8 @@ use crate::procfs;
 /// One task's share of a pre-dump: its mappings, listed while the tree was frozen.
 struct TaskVmas {
     pid: pid_t,
+    /// Its pid in the images (see PidMap::image_pid).
+    image_pid: pid_t,
     pages_id: u32,
     vmas: Vec<pb::VmaEntry>,
     registration: Vec<mem::Registration>,
@@ -68,15 +70,16 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
             "the dumper is inside the tree it dumps".into(),
         ));
     }
-    // Pre-dump images would be named by host pids, the dump's by the namespace's.
-    if crate::pidns::PidMap::for_dump(&frozen)?.own_ns {
-        return Err(Error::unsupported(
-            pid,
-            "a pre-dump of the init of a pid namespace (not supported yet; dump it directly)",
-        ));
-    }
+    // Images name tasks as the dump will: by their pids in the tree's own pid namespace.
+    let pids = crate::pidns::PidMap::for_dump(&frozen)?;
     let mut tracking: Vec<TaskTracking> = Vec::new();
-    let listed = list_frozen(&mut frozen, parent.as_ref(), &mut tracking, &mut *sink);
+    let listed = list_frozen(
+        &mut frozen,
+        &pids,
+        parent.as_ref(),
+        &mut tracking,
+        &mut *sink,
+    );
     let tasks = match listed {
         Ok(p) => p,
         Err(e) => {
@@ -115,12 +118,12 @@ pub fn pre_dump(opts: &Options, notify: &mut dyn Notify) -> Result<()> {
         let mut plan = mem::plan_pages(t.pid, &t.vmas, scan, None, tt.held.as_deref(), true)?;
         log::debug!("pid {}: planned", t.pid);
         plan.refine_pinning()?;
-        sink.write_task(&mut plan, t.pid, t.pages_id, true)?;
+        sink.write_task(&mut plan, t.image_pid, t.pages_id, true)?;
         timing.stats.scanned += plan.stats.scanned;
         timing.stats.written += plan.stats.written;
         timing.stats.skipped_parent += plan.stats.skipped_parent;
         if opts.auto_dedup && parent.is_some() {
-            crate::images::pages::dedup(&dir, t.pid)?;
+            crate::images::pages::dedup(&dir, t.image_pid)?;
         }
     }
     sink.finish()?;
@@ -184,6 +187,7 @@ pub fn untrack(pid: pid_t) -> Result<()> {
 /// syscalls, where the task has none).
 fn list_frozen(
     frozen: &mut Frozen,
+    pids: &crate::pidns::PidMap,
     parent: Option<&crate::engine::iteration::ParentImages>,
     tracking: &mut Vec<TaskTracking>,
     sink: &mut dyn mem::PageSink,
@@ -195,8 +199,9 @@ fn list_frozen(
         // Only the ranges and kinds of the mappings matter here: no smaps walk.
         let maps = procfs::maps_quick(pid)?;
         log::debug!("pid {pid}: maps read");
-        let mut tt = TaskTracking::find(pid, stat.start_time, parent)?;
-        if tt.held.is_some() && !sink.has_parent(pid)? {
+        let image_pid = pids.image_pid(pid)?;
+        let mut tt = TaskTracking::find(pid, image_pid, stat.start_time, parent)?;
+        if tt.held.is_some() && !sink.has_parent(image_pid)? {
             log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
             tt.held = None;
         }
@@ -222,6 +227,7 @@ fn list_frozen(
         let registration = mem::register_listed(pid, tt.tracker.as_ref().expect("ensured"), &vmas)?;
         tasks.push(TaskVmas {
             pid,
+            image_pid,
             pages_id: tasks.len() as u32 + 1,
             vmas,
             registration,
