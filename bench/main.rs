@@ -957,7 +957,13 @@ fn main() {
             let d = PathBuf::from(format!("/tmp/criu-rs-bench-{}", std::process::id()));
             std::fs::create_dir_all(&d).unwrap();
             let st = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "huge=within_size,size=16g", "criu-rs-bench"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "huge=within_size,size=16g",
+                    "criu-rs-bench",
+                ])
                 .arg(&d)
                 .status()
                 .unwrap();
@@ -987,7 +993,11 @@ fn main() {
     println!(
         "criu-rs bench: one process with {mib} MiB of touched anonymous memory, images in {}{}",
         dir.display(),
-        if mounted { " (tmpfs, huge=within_size)" } else { "" }
+        if mounted {
+            " (tmpfs, huge=within_size)"
+        } else {
+            ""
+        }
     );
     let memcpy = memcpy_bandwidth();
     let fresh = fresh_fill_bandwidth();

@@ -572,13 +572,13 @@ pub fn command() -> Command {
         "track-mem",
         "no-track-mem",
         None,
-        "track memory changes for the next dump (not supported yet)",
+        "keep tracking memory writes for the next (pre-)dump (a userfaultfd left in the task; `criu untrack` ends it)",
     );
     c = c.arg(
         value(
             "prev-images-dir",
             "DIR",
-            "images of the previous (pre-)dump, relative to -D (not supported yet)",
+            "images of the previous (pre-)dump, relative to -D: unchanged pages are recorded as there",
         )
         .value_parser(ValueParser::path_buf()),
     );
@@ -594,7 +594,7 @@ pub fn command() -> Command {
         "auto-dedup",
         "no-auto-dedup",
         None,
-        "drop pages of older images as newer ones replace them (not supported yet)",
+        "drop pages of older images as newer ones replace them",
     );
     c = c.arg(
         value(
