@@ -148,6 +148,7 @@ impl Tracker {
             ino,
             token: None,
         };
+        prune_state();
         t.save(None)?;
         log::info!("pid {pid}: memory tracker created at fd {fd_in_task}");
         Ok(t)
@@ -266,6 +267,55 @@ pub fn fds_in_task(pid: pid_t, inodes: &[u64]) -> Vec<RawFd> {
         .collect()
 }
 
+/// Inodes of trackers of ours in task `pid` that no state file knows (lost: the state
+/// directory was wiped, or a dumper died between creating a tracker and saving it). Known by
+/// what we make: an asynchronous write-protect userfaultfd parked just below the task's fd
+/// limit. Such a tracker is useless (its bits are relative to nothing we know) and harmful
+/// (it holds the registrations, and a dump would find a descriptor it cannot save).
+pub fn orphans_in_task(pid: pid_t, known: &[u64]) -> Vec<u64> {
+    let Some(limit) = fd_soft_limit(pid) else {
+        return Vec::new();
+    };
+    let low = limit.min(1 << 20).saturating_sub(PARK_BELOW_LIMIT);
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|fd| fd >= low)
+                && std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
+                && uffd_features(pid, &e.file_name().to_string_lossy())
+                    .is_some_and(|f| f & uffd::TRACKER_FEATURES == uffd::TRACKER_FEATURES)
+        })
+        .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| m.ino()))
+        .filter(|ino| !known.contains(ino))
+        .collect()
+}
+
+/// The soft RLIMIT_NOFILE of task `pid`, from /proc/PID/limits.
+fn fd_soft_limit(pid: pid_t) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The features a userfaultfd of task `pid` was set up with ("API:\taa:FEATURES:IOCTLS" in
+/// its fdinfo).
+fn uffd_features(pid: pid_t, fd: &str) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let api = info.lines().find_map(|l| l.strip_prefix("API:"))?;
+    u64::from_str_radix(api.trim().split(':').nth(1)?, 16).ok()
+}
+
 /// Closes every copy of a tracker in the task `remote` drives (its own and inherited ones):
 /// a copy left anywhere would keep the registrations, and their cost, alive.
 pub fn close_all_in_task(remote: &Remote, inodes: &[u64]) -> Result<usize> {
@@ -278,6 +328,25 @@ pub fn close_all_in_task(remote: &Remote, inodes: &[u64]) -> Result<usize> {
         )?;
     }
     Ok(fds.len())
+}
+
+/// Drops the state files of tasks that are gone (the trackers went with them).
+fn prune_state() {
+    let Ok(rd) = std::fs::read_dir(state_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some((pid, start)) = name.to_str().and_then(|n| n.split_once('-')) else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<pid_t>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if !crate::procfs::stat(pid, None).is_ok_and(|st| st.start_time == start) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Drops the state of a task that is gone or no longer tracked.

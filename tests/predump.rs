@@ -241,6 +241,55 @@ fn writes_to_a_mapping_that_lost_its_tracking_to_an_mremap_merge_are_not_missed(
     }
 }
 
+/// A tracker whose state file is gone (the state directory wiped) is recognised in the task:
+/// the next pre-dump replaces it and copies everything, and the dump leaves it out of the
+/// images instead of refusing an unknown userfaultfd.
+#[test]
+fn a_tracker_whose_state_was_lost_is_replaced_and_left_out_of_the_images() {
+    become_subreaper();
+    let s = Scratch::new("predumplosttracker");
+    let (mut child, pid) = start_generations(&s, 32, 10, "");
+    pre_dump(&s, pid, "1", None, &[]);
+    let trackers = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
+            })
+            .count()
+    };
+    assert_eq!(trackers(), 1);
+    let state = std::path::Path::new("/run/criu-rs/track");
+    for e in std::fs::read_dir(state).unwrap().flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{pid}-"))
+        {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    pre_dump(&s, pid, "2", Some("../1"), &[]);
+    assert_eq!(trackers(), 1, "the lost tracker was closed, a new one made");
+    let st = stats(&s.path("2"));
+    assert_eq!(st.pages_skipped_parent, 0, "nothing trusted: {st:?}");
+    pre_dump(&s, pid, "3", Some("../2"), &[]);
+    assert!(stats(&s.path("3")).pages_skipped_parent > 0);
+    // Lost again just before the dump: left out of the images.
+    for e in std::fs::read_dir(state).unwrap().flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{pid}-"))
+        {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    final_dump(&s, pid, "4", Some("../3"), &[]);
+    let _ = child.wait();
+    assert_eq!(restore_and_check(&s, "4"), 0, "{}", s.read("out"));
+}
+
 #[test]
 fn lost_or_stale_tracking_copies_everything_again() {
     become_subreaper();

@@ -360,6 +360,12 @@ fn dump_task(
         parent_images.as_ref(),
     )?);
     let tt = tracking.last_mut().expect("just pushed");
+    // Lost trackers of ours are skipped like known ones (and closed if the task lives on).
+    let lost = crate::track::orphans_in_task(pid, trackers);
+    if !lost.is_empty() {
+        log::info!("pid {pid}: {} lost memory tracker(s) left out", lost.len());
+        trackers.extend(lost);
+    }
     if tt.held.is_some() && !sink.has_parent(image_pid)? {
         log::info!("pid {pid}: the destination holds no earlier pages: copying all memory");
         tt.held = None;

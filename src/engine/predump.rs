@@ -207,7 +207,15 @@ fn list_frozen(
         }
         log::debug!("pid {pid}: tracker found");
         if tt.tracker.is_none() {
-            in_leader(task, &maps, |remote| tt.ensure(remote))?;
+            // A lost tracker of ours goes first: it holds the registrations.
+            let lost = crate::track::orphans_in_task(pid, &crate::track::known_inodes());
+            in_leader(task, &maps, |remote| {
+                if !lost.is_empty() {
+                    let n = crate::track::close_all_in_task(remote, &lost)?;
+                    log::info!("pid {pid}: {n} lost memory tracker(s) closed");
+                }
+                tt.ensure(remote)
+            })?;
         }
         tracking.push(tt);
         let tt = tracking.last_mut().expect("just pushed");
