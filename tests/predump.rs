@@ -98,12 +98,18 @@ fn assert_restores_exactly(s: &Scratch, dir: &str, round: u32) {
 }
 
 fn has_tracker_fd(pid: i32) -> bool {
+    tracker_fds(pid) > 0
+}
+
+/// How many userfaultfds task `pid` holds.
+fn tracker_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .any(|e| {
+        .filter(|e| {
             std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
         })
+        .count()
 }
 
 #[test]
@@ -250,41 +256,30 @@ fn a_tracker_whose_state_was_lost_is_replaced_and_left_out_of_the_images() {
     let s = Scratch::new("predumplosttracker");
     let (mut child, pid) = start_generations(&s, 32, 10, "");
     pre_dump(&s, pid, "1", None, &[]);
-    let trackers = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
-            })
-            .count()
-    };
-    assert_eq!(trackers(), 1);
-    let state = std::path::Path::new("/run/criu-rs/track");
-    for e in std::fs::read_dir(state).unwrap().flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{pid}-"))
-        {
-            std::fs::remove_file(e.path()).unwrap();
+    let lose_state = || {
+        for e in std::fs::read_dir("/run/criu-rs/track").unwrap().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pid}-"))
+            {
+                std::fs::remove_file(e.path()).unwrap();
+            }
         }
-    }
+    };
+    assert_eq!(tracker_fds(pid), 1);
+    lose_state();
     pre_dump(&s, pid, "2", Some("../1"), &[]);
-    assert_eq!(trackers(), 1, "the lost tracker was closed, a new one made");
+    assert_eq!(
+        tracker_fds(pid),
+        1,
+        "the lost tracker was closed, a new one made"
+    );
     let st = stats(&s.path("2"));
     assert_eq!(st.pages_skipped_parent, 0, "nothing trusted: {st:?}");
     pre_dump(&s, pid, "3", Some("../2"), &[]);
     assert!(stats(&s.path("3")).pages_skipped_parent > 0);
     // Lost again just before the dump: left out of the images.
-    for e in std::fs::read_dir(state).unwrap().flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{pid}-"))
-        {
-            std::fs::remove_file(e.path()).unwrap();
-        }
-    }
+    lose_state();
     final_dump(&s, pid, "4", Some("../3"), &[]);
     let _ = child.wait();
     assert_eq!(restore_and_check(&s, "4"), 0, "{}", s.read("out"));
