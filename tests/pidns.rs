@@ -223,10 +223,7 @@ fn tree_partly_in_a_pid_namespace_or_rooted_below_its_init_is_refused() {
     let t_host = ids(&s, "T")[4];
 
     // The launcher lives in our namespace, its child is init of another one.
-    let pid_s = launcher.id().to_string();
-    let out = s.criu(&["dump", "-t", &pid_s, "-D", "img", "-o", "dump.log", "-v4"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(launcher.id() as i32, &["-v4"], "dump.log");
     assert!(
         err.contains(&format!("pid {root}")) && err.contains("pid namespace"),
         "{err}"
@@ -235,10 +232,7 @@ fn tree_partly_in_a_pid_namespace_or_rooted_below_its_init_is_refused() {
     assert_running_untraced(root);
 
     // T is pid 2 of the namespace, not its init.
-    let pid_s = t_host.to_string();
-    let out = s.criu(&["dump", "-t", &pid_s, "-D", "img", "-o", "dump2.log", "-v4"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(t_host, &["-v4"], "dump2.log");
     assert!(
         err.contains(&format!("pid {t_host}")) && err.contains("not the init"),
         "{err}"

@@ -71,28 +71,8 @@ fn leave_running_keeps_the_ptys_working() {
 /// tty-info.img as Debian's crit reads it: A's master and slave with their index, A's window
 /// size and termios, B's lock and packet mode; the session and foreground group of A.
 fn check_images_with_crit(s: &Scratch, index: u64) {
-    let crit = std::env::var_os("CRIT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
-        });
-    assert!(
-        crit.is_file(),
-        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
-        crit.display()
-    );
-    let out = std::process::Command::new(crit)
-        .args(["decode", "-i"])
-        .arg(s.img().join("tty-info.img"))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entries = j["entries"].as_array().unwrap();
+    let j = crit_decode(&s.img().join("tty-info.img"));
+    let entries = entries(&j);
     let of_a: Vec<&serde_json::Value> = entries
         .iter()
         .filter(|e| e["pty"]["index"].as_u64() == Some(index))
@@ -244,17 +224,7 @@ fn shell_job_comes_back_on_the_restorers_terminal() {
     );
     // Without --shell-job its terminal (a pty whose master is the test's) is refused by name,
     // and the job keeps running.
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "refused.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &[], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains("--shell-job"),
         "{err}"
@@ -409,18 +379,7 @@ fn unread_terminal_input_is_refused_and_the_task_runs_on() {
     let n = unsafe { libc::write(console.master.as_raw_fd(), b"zzz\n".as_ptr().cast(), 4) };
     assert_eq!(n, 4);
     std::thread::sleep(Duration::from_millis(50));
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "--shell-job",
-        "-o",
-        "refused.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &["--shell-job"], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains("4 bytes of input not read yet"),
         "{err}"

@@ -131,17 +131,7 @@ fn stream_socket_connected_outside_comes_back_inherited() {
     assert_eq!(ask(&mut ours, &mut r, "one"), "pong 1 one");
 
     // Refused without --external, naming the task and what to use; the task goes on.
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "refused.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &[], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains(&format!("--external unix[{ino}]")),
         "{err}"
@@ -199,17 +189,7 @@ fn pipes_to_the_outside_come_back_inherited() {
     let (mut w, mut r) = (std::fs::File::from(req_w), std::fs::File::from(rep_r));
     assert_eq!(ask(&mut w, &mut r, "one"), "pong 1 one");
     // We hold the other ends: refused unless --external names the pipes.
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "refused.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &[], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains(&format!("--external pipe[{req_ino}]")),
         "{err}"

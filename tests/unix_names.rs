@@ -65,17 +65,7 @@ fn listener_with_a_pending_connection_is_refused() {
     let (_child, pid) = start(&s);
     // A connection the task has not accepted yet (ours: outside the tree).
     let _client = std::os::unix::net::UnixStream::connect(s.path("listen.sock")).unwrap();
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "dump.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &[], "dump.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains("not accepted yet"),
         "{err}"
@@ -92,17 +82,7 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
     let child = KillOnDrop(s.spawn(&workload("unixnames"), &[s.dir.to_str().unwrap(), "ext"]));
     let pid: i32 = s.wait_file("ready", T).trim().parse().unwrap();
     let mut child = child;
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "refused.log",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &[], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}"))
             && err.contains("--ext-unix-sk")
@@ -127,47 +107,23 @@ fn datagram_socket_connected_outside_needs_ext_unix_sk() {
 /// files.img as Debian's crit reads it: the listeners with their backlog, the names, the
 /// removed socket file marked deleted, and the outside socket as an external entry.
 fn check_files_with_crit(s: &Scratch) {
-    let out = std::process::Command::new(crit_path())
-        .args(["decode", "-i"])
-        .arg(s.img().join("files.img"))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let usks: Vec<&serde_json::Value> = j["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.get("usk"))
-        .collect();
+    let j = crit_decode(&s.img().join("files.img"));
+    let usks: Vec<&serde_json::Value> = entries(&j).iter().filter_map(|e| e.get("usk")).collect();
     let with = |f: &dyn Fn(&serde_json::Value) -> bool| usks.iter().filter(|u| f(u)).count();
     // crit shows names as text and the listen state as 10.
     let name = |u: &serde_json::Value, n: &str| u["name"].as_str().is_some_and(|x| x.contains(n));
     assert_eq!(
         with(&|u| u["state"] == 10 && u["backlog"] == 7 && name(u, "listen.sock")),
         1,
-        "{text}"
+        "{j}"
     );
-    assert_eq!(
-        with(&|u| u["state"] == 10 && u["backlog"] == 3),
-        1,
-        "{text}"
-    );
+    assert_eq!(with(&|u| u["state"] == 10 && u["backlog"] == 3), 1, "{j}");
     assert_eq!(
         with(&|u| name(u, "gone.sock") && u["deleted"] == true),
         1,
-        "{text}"
+        "{j}"
     );
-    assert_eq!(
-        with(&|u| name(u, "ext.sock") && u["uflags"] == 1),
-        1,
-        "{text}"
-    );
+    assert_eq!(with(&|u| name(u, "ext.sock") && u["uflags"] == 1), 1, "{j}");
 }
 
 #[test]
@@ -179,20 +135,8 @@ fn files_in_flight_travel_with_their_messages() {
     s.dump(pid, &[]);
     assert!(!child.0.wait().unwrap().success());
     // sk-queues.img as crit reads it: three messages, each naming one file.
-    let out = std::process::Command::new(crit_path())
-        .args(["decode", "-i"])
-        .arg(s.img().join("sk-queues.img"))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let with_rights = j["entries"]
-        .as_array()
-        .unwrap()
+    let j = crit_decode(&s.img().join("sk-queues.img"));
+    let with_rights = entries(&j)
         .iter()
         .filter(|e| {
             e["scm"][0]["rights"]

@@ -53,43 +53,17 @@ fn connections_not_accepted_yet_are_accepted_after_restore() {
 /// files.img as Debian's crit reads it: each of the three clients is established with the
 /// listener as its peer, as CRIU writes a connection waiting in a listener's queue.
 fn check_files_with_crit(s: &Scratch) {
-    let crit = std::env::var_os("CRIT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/crit/crit")
-        });
-    assert!(
-        crit.is_file(),
-        "crit not found at {}: run scripts/get-crit.sh first (or set CRIT)",
-        crit.display()
-    );
-    let out = std::process::Command::new(crit)
-        .args(["decode", "-i"])
-        .arg(s.img().join("files.img"))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let usks: Vec<&serde_json::Value> = j["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.get("usk"))
-        .collect();
+    let j = crit_decode(&s.img().join("files.img"));
+    let usks: Vec<&serde_json::Value> = entries(&j).iter().filter_map(|e| e.get("usk")).collect();
     let listener = usks
         .iter()
         .find(|u| u["state"] == 10)
-        .unwrap_or_else(|| panic!("no listener: {text}"));
+        .unwrap_or_else(|| panic!("no listener: {j}"));
     let clients = usks
         .iter()
         .filter(|u| u["state"] == 1 && u["peer"] == listener["ino"])
         .count();
-    assert_eq!(clients, 3, "{text}");
+    assert_eq!(clients, 3, "{j}");
 }
 
 #[test]
@@ -117,18 +91,7 @@ fn data_sent_before_the_accept_comes_back() {
     become_subreaper();
     let s = Scratch::new("unix-pending-data");
     let (mut child, pid) = start(&s, &["data"]);
-    let out = s.criu(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        "img",
-        "-o",
-        "refused.log",
-        "--leave-running",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = s.refused_dump(pid, &["--leave-running"], "refused.log");
     assert!(
         err.contains(&format!("pid {pid}")) && err.contains("--leave-running"),
         "{err}"

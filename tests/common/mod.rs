@@ -170,6 +170,18 @@ impl Scratch {
         );
     }
 
+    /// `criu dump -t PID -D img -o LOG EXTRA...`, which must fail and leave the task running
+    /// untraced; returns what criu said on stderr, for the caller to check the reason.
+    pub fn refused_dump(&self, pid: i32, extra: &[&str], log: &str) -> String {
+        let pid_s = pid.to_string();
+        let mut args = vec!["dump", "-t", &pid_s, "-D", "img", "-o", log];
+        args.extend_from_slice(extra);
+        let out = self.criu(&args);
+        assert!(!out.status.success(), "dump of {pid} was not refused");
+        assert_running_untraced(pid);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// `criu restore -d -D img --pidfile`; returns the restored pid.
     pub fn restore(&self, extra: &[&str]) -> i32 {
         let mut args = vec![
