@@ -290,79 +290,12 @@ fn lazy_migration_over_loopback() {
     eprintln!("lazy migration of 256 MiB over loopback: {total:.3} s");
 }
 
-/// A network namespace joined to ours by a veth pair (10.214.a.b/30), removed on drop.
-struct NetnsPair {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-    peer_ip: String,
-}
-
-impl NetnsPair {
-    fn new() -> NetnsPair {
-        let r = rand_u32();
-        let ns = format!("crlz{}", r % 100000);
-        let host_if = format!("crlzh{}", r % 100000);
-        let peer_if = format!("crlzp{}", r % 100000);
-        let net = (r / 7) % 16000;
-        let (a, b) = (net / 64, (net % 64) * 4);
-        let pair = NetnsPair {
-            ns: ns.clone(),
-            host_if: host_if.clone(),
-            host_ip: format!("10.214.{a}.{}", b + 1),
-            peer_ip: format!("10.214.{a}.{}", b + 2),
-        };
-        let sh = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        sh(&["netns", "add", &ns]);
-        sh(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ]);
-        sh(&["link", "set", &peer_if, "netns", &ns]);
-        sh(&[
-            "addr",
-            "add",
-            &format!("{}/30", pair.host_ip),
-            "dev",
-            &host_if,
-        ]);
-        sh(&["link", "set", &host_if, "up"]);
-        sh(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/30", pair.peer_ip),
-            "dev",
-            &peer_if,
-        ]);
-        sh(&["-n", &ns, "link", "set", &peer_if, "up"]);
-        sh(&["-n", &ns, "link", "set", "lo", "up"]);
-        pair
-    }
-
-    fn exec(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.ns]
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
 /// The destination in another network namespace: the pages cross a veth pair.
 #[test]
 fn lazy_migration_across_a_veth_pair() {
     become_subreaper();
     let s = Scratch::new("lazymig-veth");
-    let net = NetnsPair::new();
+    let net = NetnsPair::new("crlz", 214);
     let (host, peer) = (net.host_ip.clone(), net.peer_ip.clone());
     let total = migrate(&s, 256, &net.exec(), &host, &host);
     let dump_log = s.log("dump.log");

@@ -176,75 +176,11 @@ fn start_basic(s: &Scratch) -> (std::process::Child, i32) {
     (child, pid)
 }
 
-/// A network namespace joined to ours by a veth pair, removed on drop.
-struct NetnsPair {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-    peer_ip: String,
-}
-
-impl NetnsPair {
-    fn new() -> NetnsPair {
-        let r = rand_u32();
-        let ns = format!("crps{}", r % 100000);
-        let host_if = format!("crpsh{}", r % 100000);
-        let peer_if = format!("crpsp{}", r % 100000);
-        // A /30 in 10.213.0.0/16 nobody else here uses.
-        let net = (r / 7) % 16000;
-        let (a, b) = (net / 64, (net % 64) * 4);
-        let host_ip = format!("10.213.{a}.{}", b + 1);
-        let peer_ip = format!("10.213.{a}.{}", b + 2);
-        let sh = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        let pair = NetnsPair {
-            ns: ns.clone(),
-            host_if: host_if.clone(),
-            host_ip: host_ip.clone(),
-            peer_ip: peer_ip.clone(),
-        };
-        sh(&["netns", "add", &ns]);
-        sh(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ]);
-        sh(&["link", "set", &peer_if, "netns", &ns]);
-        sh(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        sh(&["link", "set", &host_if, "up"]);
-        sh(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{peer_ip}/30"),
-            "dev",
-            &peer_if,
-        ]);
-        sh(&["-n", &ns, "link", "set", &peer_if, "up"]);
-        sh(&["-n", &ns, "link", "set", "lo", "up"]);
-        pair
-    }
-
-    fn exec(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.ns]
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
 #[test]
 fn dump_across_a_veth_pair_restores_on_the_destination() {
     become_subreaper();
     let s = Scratch::new("psveth");
-    let net = NetnsPair::new();
+    let net = NetnsPair::new("crps", 213);
     let port = 27000 + (rand_u32() % 2000) as u16;
     let (mut child, pid) = start_basic(&s);
     let server = start_server(&s, &net.exec(), "dst", &net.peer_ip, port, &[]);

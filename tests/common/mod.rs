@@ -411,3 +411,68 @@ pub fn tls_args(dir: &Path, ca: &str, me: &str) -> Vec<String> {
         f(&format!("{me}.key")),
     ]
 }
+
+/// A network namespace joined to ours by a veth pair with a /30 in 10.OCTET.0.0/16 nobody else
+/// here uses (names start with TAG), removed on drop.
+pub struct NetnsPair {
+    pub ns: String,
+    pub host_if: String,
+    pub host_ip: String,
+    pub peer_ip: String,
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str, octet: u8) -> NetnsPair {
+        let r = rand_u32();
+        let ns = format!("{tag}{}", r % 100000);
+        let host_if = format!("{tag}h{}", r % 100000);
+        let peer_if = format!("{tag}p{}", r % 100000);
+        let net = (r / 7) % 16000;
+        let (a, b) = (net / 64, (net % 64) * 4);
+        let host_ip = format!("10.{octet}.{a}.{}", b + 1);
+        let peer_ip = format!("10.{octet}.{a}.{}", b + 2);
+        let sh = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        let pair = NetnsPair {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            peer_ip: peer_ip.clone(),
+        };
+        sh(&["netns", "add", &ns]);
+        sh(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        sh(&["link", "set", &peer_if, "netns", &ns]);
+        sh(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        sh(&["link", "set", &host_if, "up"]);
+        sh(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{peer_ip}/30"),
+            "dev",
+            &peer_if,
+        ]);
+        sh(&["-n", &ns, "link", "set", &peer_if, "up"]);
+        sh(&["-n", &ns, "link", "set", "lo", "up"]);
+        pair
+    }
+
+    /// The command prefix that runs a program inside the namespace.
+    pub fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
